@@ -1,0 +1,1 @@
+"""Utilities that ship with ``awaitlet``; :mod:`awaitlet.util.testing` holds test helpers."""
