@@ -1,0 +1,48 @@
+import asyncio
+
+import awaitlet
+import pytest
+from awaitlet import NoAwaitletContext, NoAwaitOccurred, __version__, async_def
+from awaitlet import awaitlet as awaitlet_function
+
+
+def test_public_names_are_importable():
+    assert callable(async_def)
+    assert callable(awaitlet_function)
+    assert isinstance(__version__, str)
+    assert __version__
+
+
+def test_exceptions_are_plain_exception_subclasses():
+    assert issubclass(NoAwaitletContext, Exception)
+    assert issubclass(NoAwaitOccurred, Exception)
+    assert not issubclass(NoAwaitletContext, NoAwaitOccurred)
+    assert not issubclass(NoAwaitOccurred, NoAwaitletContext)
+
+
+def test_exceptions_can_be_raised_and_caught_by_user_code():
+    with pytest.raises(NoAwaitletContext, match="custom"):
+        raise NoAwaitletContext("custom")
+    with pytest.raises(NoAwaitOccurred, match="custom"):
+        raise NoAwaitOccurred("custom")
+
+
+def test_module_attributes_are_the_same_objects_as_imported_names():
+    assert awaitlet.async_def is async_def
+    assert awaitlet.awaitlet is awaitlet_function
+    assert awaitlet.NoAwaitletContext is NoAwaitletContext
+    assert awaitlet.NoAwaitOccurred is NoAwaitOccurred
+
+
+def test_round_trip_through_async_def_and_awaitlet():
+    async def double(value):
+        await asyncio.sleep(0)
+        return value * 2
+
+    def sync_sum(*values):
+        return sum(awaitlet_function(double(value)) for value in values)
+
+    async def main():
+        return await async_def(sync_sum, 1, 2, 3)
+
+    assert asyncio.run(main()) == 12
