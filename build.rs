@@ -1,0 +1,51 @@
+//! Compiles `src/pystate/pystate.c` against the headers (internal ones included) of the
+//! exact interpreter this extension is being built for, so every private field it touches
+//! has the offset that interpreter uses.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn main() {
+    pyo3_build_config::use_pyo3_cfgs();
+    let config = pyo3_build_config::get();
+    let python = config
+        .executable()
+        .map(str::to_owned)
+        .expect("pyo3 did not report the Python interpreter being built for");
+    let output = Command::new(&python)
+        .args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_path('include')); print(sysconfig.get_config_var('Py_GIL_DISABLED') or 0)",
+        ])
+        .output()
+        .expect("could not run the Python interpreter to find its headers");
+    assert!(
+        output.status.success(),
+        "asking {python} for its include directory failed"
+    );
+    let stdout = String::from_utf8(output.stdout).expect("non-UTF-8 include path");
+    let mut lines = stdout.lines();
+    let include = PathBuf::from(lines.next().expect("no include path printed"));
+    assert!(
+        include.join("internal").is_dir(),
+        "{} has no internal/ headers; install the interpreter's development headers",
+        include.display()
+    );
+    assert_eq!(
+        lines.next().map(str::trim),
+        Some("0"),
+        "free-threaded CPython builds are not supported"
+    );
+
+    cc::Build::new()
+        .file("src/pystate/pystate.c")
+        .include(&include)
+        .warnings(true)
+        .extra_warnings(true)
+        .flag_if_supported("-Wno-unused-parameter")
+        .flag_if_supported("-Wno-missing-field-initializers")
+        .opt_level(2)
+        .compile("awaitlet_pystate");
+    println!("cargo:rerun-if-changed=src/pystate/pystate.c");
+    println!("cargo:rerun-if-changed=build.rs");
+}

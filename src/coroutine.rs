@@ -1,0 +1,750 @@
+//! The coroutine object `async_def()` returns, and `awaitlet()`.
+//!
+//! `async_def(fn, ...)` returns an [`AsyncDefCoroutine`]. Its first `send(None)` starts `fn`
+//! on a new fiber. When the sync code calls `awaitlet(x)`, the fiber suspends with `x`'s
+//! awaitable iterator, and the coroutine delegates to that iterator exactly as `await` (or
+//! `yield from`) does: whatever it yields goes to the caller of `send`, what is sent or
+//! thrown in goes to it, and when it returns or raises, the value or exception is handed
+//! back to the sync code at its `awaitlet()` call. Any loop that drives coroutines drives
+//! these.
+
+use std::cell::RefCell;
+use std::ffi::CString;
+
+use pyo3::exceptions::{
+    PyGeneratorExit, PyRuntimeError, PyRuntimeWarning, PyStopIteration, PyTypeError, PyValueError,
+};
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyTuple, PyType};
+use pyo3::PyTraverseError;
+use pyo3::PyVisit;
+
+use crate::exceptions::{NoAwaitOccurred, NoAwaitletContext};
+use crate::fiber::{current_thread, CurrentFiber, Fiber, Resume, Step};
+use crate::pystate::interpreter_finalizing;
+
+enum State {
+    /// Not started: `fn` has not run.
+    Created {
+        args: Py<PyTuple>,
+        kwargs: Option<Py<PyDict>>,
+    },
+    Running(Running),
+    /// Finished, closed, or cleared by the garbage collector.
+    Done,
+}
+
+struct Running {
+    fiber: Fiber,
+    /// The awaitable iterator the suspended sync code waits on.
+    awaiting: Option<Py<PyAny>>,
+    /// Whether the sync code ever called `awaitlet()`.
+    awaited: bool,
+}
+
+/// Coroutine state behind a `RefCell`: a borrow is held for the whole of a `send`, so a
+/// re-entrant call from the sync code finds it borrowed and is refused.
+struct StateCell(RefCell<State>);
+
+// SAFETY: the extension only builds for CPython with a GIL (build.rs refuses free-threaded
+// builds), so all access is serialized by the GIL. The only thread-affine content is the
+// `Fiber`, and every path that touches it compares `Fiber::thread()` with the calling thread
+// first (and a fiber dropped on another thread is leaked, never touched).
+unsafe impl Send for StateCell {}
+// SAFETY: as above.
+unsafe impl Sync for StateCell {}
+
+/// What driving the coroutine one step produced.
+enum Outcome {
+    /// The awaited object yielded this to the event loop.
+    Yielded(Py<PyAny>),
+    /// The sync function returned this.
+    Returned(Py<PyAny>),
+}
+
+/// The coroutine returned by `async_def()`.
+#[pyclass(
+    module = "awaitlet._awaitlet",
+    name = "async_def_coroutine",
+    frozen,
+    weakref
+)]
+pub struct AsyncDefCoroutine {
+    func: Py<PyAny>,
+    assert_await_occurs: bool,
+    state: StateCell,
+}
+
+impl AsyncDefCoroutine {
+    pub fn new(
+        func: Py<PyAny>,
+        args: Py<PyTuple>,
+        kwargs: Option<Py<PyDict>>,
+        assert_await_occurs: bool,
+    ) -> Self {
+        Self {
+            func,
+            assert_await_occurs,
+            state: StateCell(RefCell::new(State::Created { args, kwargs })),
+        }
+    }
+
+    fn borrow_mut(&self) -> PyResult<std::cell::RefMut<'_, State>> {
+        self.state
+            .0
+            .try_borrow_mut()
+            .map_err(|_| PyValueError::new_err("coroutine already executing"))
+    }
+
+    fn qualname(&self, py: Python<'_>) -> String {
+        let func = self.func.bind(py);
+        for attribute in ["__qualname__", "__name__"] {
+            if let Ok(name) = func
+                .getattr(attribute)
+                .and_then(|name| name.extract::<String>())
+            {
+                return name;
+            }
+        }
+        func.get_type()
+            .name()
+            .map(|name| name.to_string())
+            .unwrap_or_else(|_| "async_def".to_owned())
+    }
+
+    /// Starts the fiber (first `send`).
+    fn start(&self, py: Python<'_>, state: &mut State) -> PyResult<Outcome> {
+        let State::Created { args, kwargs } = std::mem::replace(state, State::Done) else {
+            unreachable!("start() on a started coroutine")
+        };
+        let func = self.func.clone_ref(py);
+        let fiber = Fiber::new(
+            py,
+            Box::new(move |py| {
+                let kwargs = kwargs.as_ref().map(|kwargs| kwargs.bind(py));
+                func.bind(py).call(args.bind(py), kwargs).map(Bound::unbind)
+            }),
+        )?;
+        *state = State::Running(Running {
+            fiber,
+            awaiting: None,
+            awaited: false,
+        });
+        self.drive(py, state, Resume::Value(py.None()))
+    }
+
+    /// Resumes the fiber with `input` and keeps delegating to what it awaits until something
+    /// yields to the event loop or the sync function finishes.
+    fn drive(&self, py: Python<'_>, state: &mut State, mut input: Resume) -> PyResult<Outcome> {
+        let State::Running(running) = state else {
+            unreachable!("drive() on a coroutine that is not running")
+        };
+        let result = loop {
+            match running.fiber.resume(py, input) {
+                Step::Suspended(awaitable) => {
+                    running.awaited = true;
+                    input = match send_into(py, &awaitable, None) {
+                        Delegated::Yielded(value) => {
+                            running.awaiting = Some(awaitable);
+                            return Ok(Outcome::Yielded(value));
+                        }
+                        Delegated::Returned(value) => Resume::Value(value),
+                        Delegated::Raised(err) => Resume::Throw(err),
+                    };
+                }
+                Step::Finished(result) => break result,
+            }
+        };
+        let awaited = running.awaited;
+        *state = State::Done;
+        match result {
+            Ok(value) if self.assert_await_occurs && !awaited => {
+                drop(value);
+                Err(NoAwaitOccurred::new_err(
+                    "Function was run but no await was called.",
+                ))
+            }
+            Ok(value) => Ok(Outcome::Returned(value)),
+            Err(err) if err.is_instance_of::<PyStopIteration>(py) => {
+                // PEP 479, as for any coroutine: StopIteration must not end the caller's
+                // delegation silently.
+                let replacement = PyRuntimeError::new_err("coroutine raised StopIteration");
+                replacement.set_cause(py, Some(err));
+                Err(replacement)
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Checks that the caller may resume this running coroutine.
+    fn check_thread(running: &Running) -> PyResult<()> {
+        if running.fiber.thread() != current_thread() {
+            return Err(PyRuntimeError::new_err(
+                "cannot resume an async_def() coroutine from a thread other than the one it runs on",
+            ));
+        }
+        Ok(())
+    }
+
+    fn send_impl(&self, py: Python<'_>, value: Bound<'_, PyAny>) -> PyResult<Outcome> {
+        let mut state = self.borrow_mut()?;
+        match &mut *state {
+            State::Created { .. } => {
+                if !value.is_none() {
+                    return Err(PyTypeError::new_err(
+                        "can't send non-None value to a just-started coroutine",
+                    ));
+                }
+                self.start(py, &mut state)
+            }
+            State::Running(running) => {
+                Self::check_thread(running)?;
+                let input = match running.awaiting.take() {
+                    Some(awaitable) => match send_into(py, &awaitable, Some(&value)) {
+                        Delegated::Yielded(yielded) => {
+                            running.awaiting = Some(awaitable);
+                            return Ok(Outcome::Yielded(yielded));
+                        }
+                        Delegated::Returned(result) => Resume::Value(result),
+                        Delegated::Raised(err) => Resume::Throw(err),
+                    },
+                    None => Resume::Value(value.unbind()),
+                };
+                self.drive(py, &mut state, input)
+            }
+            State::Done => Err(PyRuntimeError::new_err(
+                "cannot reuse already awaited coroutine",
+            )),
+        }
+    }
+
+    fn throw_impl(&self, py: Python<'_>, exc: PyErr) -> PyResult<Outcome> {
+        let mut state = self.borrow_mut()?;
+        match &mut *state {
+            State::Created { .. } => {
+                // Like a coroutine that never started: it is closed and `fn` never runs.
+                *state = State::Done;
+                Err(exc)
+            }
+            State::Done => Err(exc),
+            State::Running(running) => {
+                Self::check_thread(running)?;
+                let input = match running.awaiting.take() {
+                    Some(awaitable) if exc.is_instance_of::<PyGeneratorExit>(py) => {
+                        match close_iter(py, &awaitable) {
+                            Ok(()) => Resume::Throw(exc),
+                            Err(err) => Resume::Throw(err),
+                        }
+                    }
+                    Some(awaitable) => match throw_into(py, &awaitable, &exc) {
+                        None => Resume::Throw(exc),
+                        Some(Delegated::Yielded(value)) => {
+                            running.awaiting = Some(awaitable);
+                            return Ok(Outcome::Yielded(value));
+                        }
+                        Some(Delegated::Returned(value)) => Resume::Value(value),
+                        Some(Delegated::Raised(err)) => Resume::Throw(err),
+                    },
+                    None => Resume::Throw(exc),
+                };
+                self.drive(py, &mut state, input)
+            }
+        }
+    }
+
+    /// Finishes the coroutine: throws GeneratorExit into suspended sync code, whose later
+    /// `awaitlet()` calls raise RuntimeError, so that it has to finish.
+    fn close_state(&self, py: Python<'_>, state: &mut State) -> PyResult<Py<PyAny>> {
+        let running = match state {
+            State::Created { .. } => {
+                *state = State::Done;
+                return Ok(py.None());
+            }
+            State::Done => return Ok(py.None()),
+            State::Running(running) => running,
+        };
+        Self::check_thread(running)?;
+        running.fiber.set_closing();
+        let exc = match running.awaiting.take() {
+            Some(awaitable) => close_iter(py, &awaitable)
+                .err()
+                .unwrap_or_else(|| PyGeneratorExit::new_err(())),
+            None => PyGeneratorExit::new_err(()),
+        };
+        match self.drive(py, state, Resume::Throw(exc)) {
+            Ok(Outcome::Returned(value)) => {
+                // Since 3.13 close() returns the value a coroutine returned after
+                // GeneratorExit.
+                Ok(if py.version_info() >= (3, 13) {
+                    value
+                } else {
+                    py.None()
+                })
+            }
+            Ok(Outcome::Yielded(_)) => {
+                Err(PyRuntimeError::new_err("coroutine ignored GeneratorExit"))
+            }
+            Err(err)
+                if err.is_instance_of::<PyGeneratorExit>(py)
+                    || err.is_instance_of::<PyStopIteration>(py) =>
+            {
+                Ok(py.None())
+            }
+            Err(err) => Err(err),
+        }
+    }
+}
+
+impl Drop for AsyncDefCoroutine {
+    fn drop(&mut self) {
+        // SAFETY: pyclass values are dropped from tp_dealloc, with the GIL held.
+        let py = unsafe { Python::assume_attached() };
+        let state = self.state.0.get_mut();
+        let action = match state {
+            State::Created { .. } => DropAction::WarnNeverAwaited,
+            State::Running(running)
+                if running.fiber.is_suspended()
+                    && running.fiber.thread() == current_thread()
+                    && !interpreter_finalizing(py) =>
+            {
+                DropAction::Close
+            }
+            _ => DropAction::Nothing,
+        };
+        if matches!(action, DropAction::Nothing) {
+            // A fiber suspended on another (maybe dead) thread, or at interpreter exit,
+            // cannot be finished safely: Fiber's Drop leaks it.
+            return;
+        }
+        // Whatever exception is being raised while this object dies must survive it.
+        let pending = PyErr::take(py);
+        let outcome = match action {
+            DropAction::WarnNeverAwaited => {
+                let message = format!("coroutine '{}' was never awaited", self.qualname(py));
+                let message = CString::new(message).unwrap_or_default();
+                PyErr::warn(py, &py.get_type::<PyRuntimeWarning>(), &message, 1)
+            }
+            _ => {
+                let mut state = std::mem::replace(self.state.0.get_mut(), State::Done);
+                let result = self.close_state(py, &mut state).map(drop);
+                *self.state.0.get_mut() = state;
+                result
+            }
+        };
+        if let Err(err) = outcome {
+            let func = self.func.bind(py).clone();
+            err.write_unraisable(py, Some(&func));
+        }
+        if let Some(pending) = pending {
+            pending.restore(py);
+        }
+    }
+}
+
+enum DropAction {
+    WarnNeverAwaited,
+    Close,
+    Nothing,
+}
+
+#[pymethods]
+impl AsyncDefCoroutine {
+    /// Resumes the coroutine with `value`; returns what it yields next, or raises
+    /// StopIteration with its result.
+    fn send(&self, py: Python<'_>, value: Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        outcome_to_python(py, self.send_impl(py, value))
+    }
+
+    /// Raises an exception at the point where the coroutine is suspended.
+    #[pyo3(signature = (typ, val = None, tb = None))]
+    fn throw(
+        &self,
+        py: Python<'_>,
+        typ: Bound<'_, PyAny>,
+        val: Option<Bound<'_, PyAny>>,
+        tb: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        if py.version_info() >= (3, 12) && (val.is_some() || tb.is_some()) {
+            PyErr::warn(
+                py,
+                &py.get_type::<pyo3::exceptions::PyDeprecationWarning>(),
+                c"the (type, exc, tb) signature of throw() is deprecated, use the single-arg signature instead.",
+                1,
+            )?;
+        }
+        let exc = exception_from_throw_args(py, typ, val, tb)?;
+        outcome_to_python(py, self.throw_impl(py, exc))
+    }
+
+    /// Raises GeneratorExit at the point where the coroutine is suspended.
+    fn close(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let mut state = self.borrow_mut()?;
+        self.close_state(py, &mut state)
+    }
+
+    fn __await__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    fn __next__(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        outcome_to_python(py, self.send_impl(py, py.None().into_bound(py)))
+    }
+
+    #[getter]
+    fn __name__(&self, py: Python<'_>) -> String {
+        let func = self.func.bind(py);
+        func.getattr("__name__")
+            .and_then(|name| name.extract())
+            .unwrap_or_else(|_| self.qualname(py))
+    }
+
+    #[getter]
+    fn __qualname__(&self, py: Python<'_>) -> String {
+        self.qualname(py)
+    }
+
+    /// Whether the sync code is running right now.
+    #[getter]
+    fn cr_running(&self) -> bool {
+        self.state.0.try_borrow().is_err()
+    }
+
+    /// Whether the sync code is suspended in `awaitlet()`.
+    #[getter]
+    fn cr_suspended(&self) -> bool {
+        matches!(self.state.0.try_borrow().as_deref(), Ok(State::Running(running)) if running.fiber.is_suspended())
+    }
+
+    /// What the suspended sync code awaits.
+    #[getter]
+    fn cr_await(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        match self.state.0.try_borrow().as_deref() {
+            Ok(State::Running(running)) => running
+                .awaiting
+                .as_ref()
+                .map(|awaitable| awaitable.clone_ref(py)),
+            _ => None,
+        }
+    }
+
+    /// The innermost frame of the suspended sync code (its `f_back` chain leads to `fn`).
+    #[getter]
+    fn cr_frame<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        match self.state.0.try_borrow().as_deref() {
+            Ok(State::Running(running)) => running.fiber.top_frame(py),
+            _ => Ok(None),
+        }
+    }
+
+    /// The code of `cr_frame` while suspended, else `fn`'s code (if it has one).
+    #[getter]
+    fn cr_code<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        if let Some(frame) = self.cr_frame(py)? {
+            return frame.getattr("f_code").map(Some);
+        }
+        Ok(self.func.bind(py).getattr("__code__").ok())
+    }
+
+    #[getter]
+    fn cr_origin(&self) -> Option<Py<PyAny>> {
+        None
+    }
+
+    fn __repr__(slf: &Bound<'_, Self>) -> String {
+        let py = slf.py();
+        format!(
+            "<async_def coroutine object {} at {:#x}>",
+            slf.get().qualname(py),
+            slf.as_ptr() as usize
+        )
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.func)?;
+        match self.state.0.try_borrow().as_deref() {
+            Ok(State::Created { args, kwargs }) => {
+                visit.call(args)?;
+                visit.call(kwargs)?;
+            }
+            Ok(State::Running(running)) => visit.call(&running.awaiting)?,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        if let Ok(mut state) = self.state.0.try_borrow_mut() {
+            match &mut *state {
+                // A never-started coroutine caught in a garbage cycle has nothing to run.
+                State::Created { .. } => *state = State::Done,
+                // The suspended sync code is finished when this object is deallocated.
+                State::Running(running) => running.awaiting = None,
+                State::Done => {}
+            }
+        }
+    }
+}
+
+fn outcome_to_python(py: Python<'_>, outcome: PyResult<Outcome>) -> PyResult<Py<PyAny>> {
+    match outcome? {
+        Outcome::Yielded(value) => Ok(value),
+        Outcome::Returned(value) => Err(stop_iteration(py, value)),
+    }
+}
+
+fn stop_iteration(py: Python<'_>, value: Py<PyAny>) -> PyErr {
+    if value.is_none(py) {
+        PyStopIteration::new_err(())
+    } else {
+        // A 1-tuple so that a tuple result is not taken as the constructor's arguments.
+        PyStopIteration::new_err((value,))
+    }
+}
+
+/// The result of delegating one step to an awaited iterator.
+enum Delegated {
+    Yielded(Py<PyAny>),
+    Returned(Py<PyAny>),
+    Raised(PyErr),
+}
+
+/// `yield from`'s send step: `PyIter_Send` uses `am_send`, `__next__` or `send` as CPython's
+/// own delegation does.
+fn send_into(py: Python<'_>, awaitable: &Py<PyAny>, value: Option<&Bound<'_, PyAny>>) -> Delegated {
+    let none = py.None();
+    let value = value.map_or(none.as_ptr(), Bound::as_ptr);
+    let mut result: *mut ffi::PyObject = std::ptr::null_mut();
+    // SAFETY: GIL held; both objects are alive for the call; `result` receives a new
+    // reference for PYGEN_NEXT and PYGEN_RETURN and stays NULL on error.
+    let status = unsafe { ffi::PyIter_Send(awaitable.as_ptr(), value, &mut result) };
+    match status {
+        // SAFETY: a new reference, see above.
+        ffi::PySendResult::PYGEN_NEXT => {
+            Delegated::Yielded(unsafe { Bound::from_owned_ptr(py, result) }.unbind())
+        }
+        // SAFETY: a new reference, see above.
+        ffi::PySendResult::PYGEN_RETURN => {
+            Delegated::Returned(unsafe { Bound::from_owned_ptr(py, result) }.unbind())
+        }
+        ffi::PySendResult::PYGEN_ERROR => Delegated::Raised(PyErr::fetch(py)),
+    }
+}
+
+/// `yield from`'s throw step; `None` when the iterator has no `throw` (the exception then
+/// goes to the delegating code itself).
+fn throw_into(py: Python<'_>, awaitable: &Py<PyAny>, exc: &PyErr) -> Option<Delegated> {
+    let throw = match awaitable.bind(py).getattr(pyo3::intern!(py, "throw")) {
+        Ok(throw) => throw,
+        Err(err) if err.is_instance_of::<pyo3::exceptions::PyAttributeError>(py) => return None,
+        Err(err) => return Some(Delegated::Raised(err)),
+    };
+    Some(match throw.call1((exc.value(py),)) {
+        Ok(value) => Delegated::Yielded(value.unbind()),
+        Err(err) if err.is_instance_of::<PyStopIteration>(py) => {
+            match err.value(py).getattr(pyo3::intern!(py, "value")) {
+                Ok(value) => Delegated::Returned(value.unbind()),
+                Err(err) => Delegated::Raised(err),
+            }
+        }
+        Err(err) => Delegated::Raised(err),
+    })
+}
+
+/// `yield from`'s close step.
+fn close_iter(py: Python<'_>, awaitable: &Py<PyAny>) -> PyResult<()> {
+    match awaitable.bind(py).getattr(pyo3::intern!(py, "close")) {
+        Ok(close) => close.call0().map(drop),
+        Err(err) if err.is_instance_of::<pyo3::exceptions::PyAttributeError>(py) => Ok(()),
+        Err(err) => Err(err),
+    }
+}
+
+/// Builds the exception `throw(typ, val, tb)` raises, with the rules of `generator.throw`.
+fn exception_from_throw_args(
+    py: Python<'_>,
+    typ: Bound<'_, PyAny>,
+    val: Option<Bound<'_, PyAny>>,
+    tb: Option<Bound<'_, PyAny>>,
+) -> PyResult<PyErr> {
+    let val = val.filter(|val| !val.is_none());
+    let tb = tb.filter(|tb| !tb.is_none());
+    if let Some(tb) = &tb {
+        if !tb.is_instance_of::<pyo3::types::PyTraceback>() {
+            return Err(PyTypeError::new_err(
+                "throw() third argument must be a traceback object",
+            ));
+        }
+    }
+    let err = if let Ok(exc_type) = typ.cast::<PyType>() {
+        if !exc_type.is_subclass_of::<pyo3::exceptions::PyBaseException>()? {
+            return Err(not_an_exception(&typ));
+        }
+        let args = val.map_or_else(|| py.None(), Bound::unbind);
+        let err = PyErr::from_type(exc_type.clone(), args);
+        // Normalize now, as generator.throw does, so the instance exists before it is raised.
+        err.value(py);
+        err
+    } else if typ.is_instance_of::<pyo3::exceptions::PyBaseException>() {
+        if val.is_some() {
+            return Err(PyTypeError::new_err(
+                "instance exception may not have a separate value",
+            ));
+        }
+        PyErr::from_value(typ)
+    } else {
+        return Err(not_an_exception(&typ));
+    };
+    if let Some(tb) = tb {
+        err.value(py).setattr("__traceback__", tb)?;
+    }
+    Ok(err)
+}
+
+fn not_an_exception(typ: &Bound<'_, PyAny>) -> PyErr {
+    let name = typ
+        .get_type()
+        .name()
+        .map(|name| name.to_string())
+        .unwrap_or_default();
+    PyTypeError::new_err(format!(
+        "exceptions must be classes or instances deriving from BaseException, not {name}"
+    ))
+}
+
+/// `async_def(fn, /, *args, assert_await_occurs=False, **kwargs)`: a coroutine function
+/// that runs the sync callable `fn` on its own fiber.
+#[pyclass(
+    module = "awaitlet._awaitlet",
+    name = "async_def_function",
+    frozen,
+    dict
+)]
+pub struct AsyncDefFunction;
+
+#[pymethods]
+impl AsyncDefFunction {
+    #[pyo3(signature = (r#fn, /, *args, assert_await_occurs = false, **kwargs))]
+    fn __call__(
+        &self,
+        r#fn: Bound<'_, PyAny>,
+        args: Bound<'_, PyTuple>,
+        assert_await_occurs: bool,
+        kwargs: Option<Bound<'_, PyDict>>,
+    ) -> PyResult<AsyncDefCoroutine> {
+        if !r#fn.is_callable() {
+            let name = r#fn
+                .get_type()
+                .name()
+                .map(|name| name.to_string())
+                .unwrap_or_default();
+            return Err(PyTypeError::new_err(format!(
+                "async_def() argument 'fn' must be callable, not {name}"
+            )));
+        }
+        Ok(AsyncDefCoroutine::new(
+            r#fn.unbind(),
+            args.unbind(),
+            kwargs.map(Bound::unbind),
+            assert_await_occurs,
+        ))
+    }
+}
+
+/// `awaitlet(awaitable)`: from sync code running under `async_def`, wait for `awaitable`
+/// and return its result (or raise its exception).
+#[pyfunction]
+pub fn awaitlet(py: Python<'_>, awaitable: Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+    let Some(fiber) = CurrentFiber::get() else {
+        close_if_coroutine(py, &awaitable)?;
+        return Err(NoAwaitletContext::new_err(
+            "Can't call awaitlet() unless the call stack was invoked with async_def().",
+        ));
+    };
+    if fiber.is_closing() {
+        close_if_coroutine(py, &awaitable)?;
+        return Err(PyRuntimeError::new_err("coroutine ignored GeneratorExit"));
+    }
+    let iterator = awaitable_iterator(&awaitable)?;
+    match fiber.suspend(py, iterator.unbind()) {
+        Resume::Value(value) => Ok(value),
+        Resume::Throw(err) => Err(err),
+    }
+}
+
+/// Closes a coroutine that will never be awaited, so it does not warn.
+fn close_if_coroutine(py: Python<'_>, awaitable: &Bound<'_, PyAny>) -> PyResult<()> {
+    static ISCOROUTINE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let iscoroutine = ISCOROUTINE.get_or_try_init(py, || {
+        py.import("asyncio")
+            .and_then(|asyncio| asyncio.getattr("iscoroutine"))
+            .map(Bound::unbind)
+    })?;
+    if iscoroutine.bind(py).call1((awaitable,))?.is_truthy()? {
+        awaitable.call_method0("close")?;
+    }
+    Ok(())
+}
+
+/// What `await awaitable` iterates over, with the checks and messages of CPython's
+/// GET_AWAITABLE.
+fn awaitable_iterator<'py>(awaitable: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    if is_coroutine_object(awaitable) {
+        return Ok(awaitable.clone());
+    }
+    let py = awaitable.py();
+    let type_ptr = awaitable.get_type().as_ptr().cast::<ffi::PyTypeObject>();
+    // SAFETY: a valid type object; PyType_GetSlot works on static and heap types since 3.10.
+    let slot = unsafe { ffi::PyType_GetSlot(type_ptr, ffi::Py_am_await) };
+    let type_name = || {
+        awaitable
+            .get_type()
+            .name()
+            .map(|name| name.to_string())
+            .unwrap_or_default()
+    };
+    if slot.is_null() {
+        return Err(PyTypeError::new_err(format!(
+            "object {} can't be used in 'await' expression",
+            type_name()
+        )));
+    }
+    // SAFETY: the am_await slot has the unaryfunc signature.
+    let am_await: ffi::unaryfunc = unsafe { std::mem::transmute(slot) };
+    // SAFETY: GIL held; returns a new reference or NULL with an exception set.
+    let iterator = unsafe { Bound::from_owned_ptr_or_err(py, am_await(awaitable.as_ptr())) }?;
+    if is_coroutine_object(&iterator) {
+        return Err(PyTypeError::new_err("__await__() returned a coroutine"));
+    }
+    // SAFETY: GIL held, valid object.
+    if unsafe { ffi::PyIter_Check(iterator.as_ptr()) } == 0 {
+        let name = iterator
+            .get_type()
+            .name()
+            .map(|name| name.to_string())
+            .unwrap_or_default();
+        return Err(PyTypeError::new_err(format!(
+            "__await__() returned non-iterator of type '{name}'"
+        )));
+    }
+    Ok(iterator)
+}
+
+/// A native coroutine, or a generator decorated with `types.coroutine`.
+fn is_coroutine_object(object: &Bound<'_, PyAny>) -> bool {
+    const CO_ITERABLE_COROUTINE: i64 = 0x0100;
+    // SAFETY: GIL held, valid object pointer.
+    if unsafe { ffi::PyCoro_CheckExact(object.as_ptr()) } != 0 {
+        return true;
+    }
+    // SAFETY: as above.
+    if unsafe { ffi::PyGen_CheckExact(object.as_ptr()) } != 0 {
+        let flags = object
+            .getattr("gi_code")
+            .and_then(|code| code.getattr("co_flags"))
+            .and_then(|flags| flags.extract::<i64>());
+        return matches!(flags, Ok(flags) if flags & CO_ITERABLE_COROUTINE != 0);
+    }
+    false
+}

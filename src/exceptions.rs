@@ -1,0 +1,17 @@
+//! The exceptions of awaitlet's public API.
+
+use pyo3::create_exception;
+use pyo3::exceptions::PyException;
+
+create_exception!(
+    awaitlet,
+    NoAwaitletContext,
+    PyException,
+    "awaitlet() was called outside a call stack started by async_def()."
+);
+create_exception!(
+    awaitlet,
+    NoAwaitOccurred,
+    PyException,
+    "async_def(..., assert_await_occurs=True) ran a function that never called awaitlet()."
+);

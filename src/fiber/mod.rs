@@ -1,0 +1,287 @@
+//! Fibers: a Python callable running on its own machine stack.
+//!
+//! This module is the only user of corosensei. A [`Fiber`] owns a stack and a coroutine that
+//! calls a Rust closure (which calls the Python function) on that stack. The resumer calls
+//! [`Fiber::resume`]; code running on the fiber calls [`CurrentFiber::suspend`] to hand an
+//! awaitable iterator back to the resumer and wait for the value (or exception) to continue
+//! with. Every switch swaps the interpreter's per-thread state (see [`crate::pystate`]).
+//!
+//! ```text
+//!   resumer stack                          fiber stack
+//!   Fiber::resume(input) --enter state-->  body(py) ... awaitlet(x)
+//!                        <--leave state--  CurrentFiber::suspend(iter)
+//!   Step::Suspended(iter)
+//!   Fiber::resume(value) --enter state-->  ... suspend returns value
+//!                        <--finish state-  body returns
+//!   Step::Finished(result)
+//! ```
+//!
+//! A fiber is `!Send`: it belongs to the thread that first resumed it, and the caller checks
+//! [`Fiber::thread`] against [`current_thread`] before touching it. A suspended fiber is
+//! never unwound with a Rust panic (that would unwind through CPython's C frames): the
+//! owner finishes it by throwing a Python exception in, and a fiber that cannot be finished
+//! is leaked on purpose when dropped.
+
+use std::cell::Cell;
+use std::mem::ManuallyDrop;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::ptr::{self, NonNull};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use corosensei::stack::{DefaultStack, Stack};
+use corosensei::{Coroutine, CoroutineResult, Yielder};
+use pyo3::exceptions::{PyMemoryError, PyRuntimeError};
+use pyo3::panic::PanicException;
+use pyo3::prelude::*;
+
+use crate::pystate::FiberPyState;
+
+/// Machine stack reserved for each fiber. Only the pages a fiber touches use memory; the
+/// size is what deep recursion may reach before CPython's own limits raise RecursionError.
+pub const STACK_SIZE: usize = 2 * 1024 * 1024;
+
+/// What a suspended fiber continues with.
+pub enum Resume {
+    /// `awaitlet()` returns this value.
+    Value(Py<PyAny>),
+    /// `awaitlet()` raises this exception.
+    Throw(PyErr),
+}
+
+/// Where a resumed fiber stopped.
+pub enum Step {
+    /// It called `awaitlet()` with this awaitable iterator.
+    Suspended(Py<PyAny>),
+    /// Its function returned or raised.
+    Finished(PyResult<Py<PyAny>>),
+}
+
+/// The Python work a fiber runs.
+pub type Body = Box<dyn FnOnce(Python<'_>) -> PyResult<Py<PyAny>>>;
+
+type Machine = Coroutine<Resume, Py<PyAny>, PyResult<Py<PyAny>>, DefaultStack>;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Status {
+    NotStarted,
+    Running,
+    Suspended,
+    Finished,
+}
+
+/// What code running on a fiber needs to reach it: shared between the [`Fiber`] handle and
+/// the closure on the fiber's stack, at a stable heap address.
+struct Shared {
+    pystate: FiberPyState,
+    yielder: Cell<*const Yielder<Resume, Py<PyAny>>>,
+    closing: Cell<bool>,
+}
+
+thread_local! {
+    /// The fiber running on this thread, if any.
+    static CURRENT: Cell<*const Shared> = const { Cell::new(ptr::null()) };
+    /// This thread's token; 0 until first asked for.
+    static THREAD_TOKEN: Cell<u64> = const { Cell::new(0) };
+}
+
+/// A number that identifies the calling thread for the life of the process (thread ids are
+/// reused after a thread exits; these tokens are not).
+pub fn current_thread() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    THREAD_TOKEN.with(|token| {
+        if token.get() == 0 {
+            token.set(NEXT.fetch_add(1, Ordering::Relaxed));
+        }
+        token.get()
+    })
+}
+
+pub struct Fiber {
+    shared: NonNull<Shared>,
+    machine: ManuallyDrop<Machine>,
+    status: Status,
+    thread: u64,
+}
+
+impl Fiber {
+    /// Prepares `body` to run on a new stack; it starts at the first [`Fiber::resume`].
+    /// Must be called on the thread that will run it.
+    pub fn new(py: Python<'_>, body: Body) -> PyResult<Self> {
+        let stack = DefaultStack::new(STACK_SIZE).map_err(|err| {
+            PyMemoryError::new_err(format!("cannot allocate a fiber stack: {err}"))
+        })?;
+        // limit() includes the guard page, which the interpreter must not count as usable.
+        let usable_low = stack.limit().get() + page_size();
+        let usable_size = stack.base().get() - usable_low;
+        let pystate = FiberPyState::new(py, usable_low as *mut u8, usable_size)?;
+        let shared = NonNull::from(Box::leak(Box::new(Shared {
+            pystate,
+            yielder: Cell::new(ptr::null()),
+            closing: Cell::new(false),
+        })));
+        let shared_addr = shared.as_ptr() as usize;
+        let machine = Coroutine::with_stack(
+            stack,
+            move |yielder: &Yielder<Resume, Py<PyAny>>, _start: Resume| {
+                // SAFETY: `Shared` is freed only after the machine has finished (or never, when
+                // the fiber is leaked), so it outlives this closure.
+                let shared = unsafe { &*(shared_addr as *const Shared) };
+                shared.yielder.set(yielder);
+                // SAFETY: fibers are resumed only by code holding the GIL, and it stays held
+                // across the switch onto this stack.
+                let py = unsafe { Python::assume_attached() };
+                // A panic must not unwind out of this stack: corosensei would carry it through
+                // the resumer's CPython frames.
+                let result = match catch_unwind(AssertUnwindSafe(|| body(py))) {
+                    Ok(result) => result,
+                    Err(payload) => Err(panic_to_pyerr(payload)),
+                };
+                // Finalizers run while the fiber's state is released must not suspend it.
+                shared.closing.set(true);
+                // SAFETY: on the fiber's stack, GIL held, the function has returned, and the
+                // fiber returns right after.
+                unsafe { shared.pystate.finish() };
+                result
+            },
+        );
+        Ok(Self {
+            shared,
+            machine: ManuallyDrop::new(machine),
+            status: Status::NotStarted,
+            thread: current_thread(),
+        })
+    }
+
+    /// The token of the thread this fiber belongs to.
+    pub fn thread(&self) -> u64 {
+        self.thread
+    }
+
+    pub fn is_suspended(&self) -> bool {
+        self.status == Status::Suspended
+    }
+
+    /// From now on `awaitlet()` in this fiber raises instead of suspending: it is being
+    /// closed and must finish.
+    pub fn set_closing(&self) {
+        self.shared().closing.set(true);
+    }
+
+    fn shared(&self) -> &Shared {
+        // SAFETY: `shared` is valid for as long as the handle exists (it is freed in Drop).
+        unsafe { self.shared.as_ref() }
+    }
+
+    /// Runs the fiber until it suspends or finishes.
+    ///
+    /// The caller has checked that this is the fiber's thread and that it is neither running
+    /// nor finished.
+    pub fn resume(&mut self, _py: Python<'_>, input: Resume) -> Step {
+        assert!(
+            self.thread == current_thread()
+                && matches!(self.status, Status::NotStarted | Status::Suspended),
+            "fiber resumed from the wrong thread or state"
+        );
+        let previous = CURRENT.with(|current| current.replace(self.shared.as_ptr()));
+        // SAFETY: GIL held (token), on the fiber's thread, it is not running or finished,
+        // and the switch onto its stack follows immediately.
+        unsafe { self.shared().pystate.enter() };
+        self.status = Status::Running;
+        let result = self.machine.resume(input);
+        CURRENT.with(|current| current.set(previous));
+        match result {
+            CoroutineResult::Yield(awaitable) => {
+                self.status = Status::Suspended;
+                Step::Suspended(awaitable)
+            }
+            CoroutineResult::Return(result) => {
+                self.status = Status::Finished;
+                Step::Finished(result)
+            }
+        }
+    }
+
+    /// The frame object of the innermost Python frame of a suspended fiber.
+    pub fn top_frame<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        if self.status != Status::Suspended || self.thread != current_thread() {
+            return Ok(None);
+        }
+        // SAFETY: GIL held, on the fiber's thread, the fiber is suspended.
+        let frame = unsafe { self.shared().pystate.top_frame(py) }?;
+        Ok(if frame.is_none() { None } else { Some(frame) })
+    }
+}
+
+impl Drop for Fiber {
+    fn drop(&mut self) {
+        match self.status {
+            Status::NotStarted | Status::Finished => {
+                // SAFETY: the machine has not started or has returned, so dropping it unwinds
+                // nothing; it is dropped exactly once, here.
+                unsafe { ManuallyDrop::drop(&mut self.machine) };
+                // SAFETY: allocated by Box::leak in `new`; the closure that also pointed to it
+                // was dropped with the machine just above.
+                drop(unsafe { Box::from_raw(self.shared.as_ptr()) });
+            }
+            // A suspended (or, impossibly, running) fiber still has CPython frames on its
+            // stack that only a Python exception can finish; its owner tried that already.
+            // Leak the stack, the machine and the shared state rather than unwind them.
+            Status::Running | Status::Suspended => {}
+        }
+    }
+}
+
+/// The fiber the calling code runs on.
+#[derive(Clone, Copy)]
+pub struct CurrentFiber {
+    shared: NonNull<Shared>,
+}
+
+impl CurrentFiber {
+    /// The fiber running on this thread, if the caller runs on one.
+    #[inline]
+    pub fn get() -> Option<Self> {
+        NonNull::new(CURRENT.with(Cell::get).cast_mut()).map(|shared| Self { shared })
+    }
+
+    fn shared(&self) -> &Shared {
+        // SAFETY: the fiber is running (we are on it), so its shared state is alive.
+        unsafe { self.shared.as_ref() }
+    }
+
+    /// Whether the fiber is being closed (or has finished its function).
+    pub fn is_closing(&self) -> bool {
+        self.shared().closing.get()
+    }
+
+    /// Suspends the fiber, handing `awaitable` to its resumer, until it is resumed.
+    pub fn suspend(&self, _py: Python<'_>, awaitable: Py<PyAny>) -> Resume {
+        let shared = self.shared();
+        let yielder = shared.yielder.get();
+        if yielder.is_null() {
+            return Resume::Throw(PyRuntimeError::new_err("fiber has no resumer"));
+        }
+        // SAFETY: on the fiber's stack, GIL held (token), the switch follows immediately.
+        unsafe { shared.pystate.leave() };
+        // SAFETY: the yielder lives on this fiber's stack for as long as its closure runs,
+        // which it does: we are in it.
+        unsafe { &*yielder }.suspend(awaitable)
+    }
+}
+
+fn panic_to_pyerr(payload: Box<dyn std::any::Any + Send>) -> PyErr {
+    let message = if let Some(text) = payload.downcast_ref::<String>() {
+        text.clone()
+    } else if let Some(text) = payload.downcast_ref::<&str>() {
+        (*text).to_owned()
+    } else {
+        "panic in awaitlet's fiber".to_owned()
+    };
+    PanicException::new_err(message)
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(size).unwrap_or(4096)
+}

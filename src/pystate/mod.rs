@@ -1,0 +1,130 @@
+//! The boundary to `pystate.c`, the only code that knows CPython's private thread-state
+//! layout.
+//!
+//! A [`FiberPyState`] holds, for one fiber, the interpreter state of the fiber while it is
+//! suspended and of its resumer while it runs. The three switch functions must be called
+//! exactly at the stack switches, in the order `enter` (on the resumer's stack), then
+//! `leave` or `finish` (on the fiber's stack), with the GIL held and no Python code running
+//! in between.
+
+use std::ffi::{c_char, c_void, CStr};
+use std::ptr::NonNull;
+
+use pyo3::exceptions::PyImportError;
+use pyo3::ffi;
+use pyo3::prelude::*;
+
+#[repr(C)]
+struct RawFiberState {
+    _opaque: [u8; 0],
+}
+
+extern "C" {
+    fn awaitlet_fiber_state_new(stack_low: *mut c_void, stack_size: usize) -> *mut RawFiberState;
+    fn awaitlet_fiber_state_free(state: *mut RawFiberState);
+    fn awaitlet_enter_fiber(state: *mut RawFiberState);
+    fn awaitlet_leave_fiber(state: *mut RawFiberState);
+    fn awaitlet_finish_fiber(state: *mut RawFiberState);
+    fn awaitlet_fiber_top_frame(state: *mut RawFiberState) -> *mut ffi::PyObject;
+    fn awaitlet_check_layout() -> *const c_char;
+    fn awaitlet_compiled_python_version() -> std::ffi::c_ulong;
+    fn awaitlet_interpreter_finalizing() -> std::ffi::c_int;
+}
+
+/// Interpreter state owned by one fiber; see the module documentation.
+pub struct FiberPyState {
+    raw: NonNull<RawFiberState>,
+}
+
+impl FiberPyState {
+    /// Allocates the state of a fiber that will run on the stack `[low, low + size)`.
+    pub fn new(_py: Python<'_>, stack_low: *mut u8, stack_size: usize) -> PyResult<Self> {
+        // SAFETY: the GIL is held (the token proves it) and we are on the thread that
+        // will run the fiber; the function only records the bounds.
+        let raw = unsafe { awaitlet_fiber_state_new(stack_low.cast(), stack_size) };
+        match NonNull::new(raw) {
+            Some(raw) => Ok(Self { raw }),
+            None => Err(PyErr::fetch(_py)),
+        }
+    }
+
+    /// Saves the resumer's interpreter state and installs the fiber's.
+    ///
+    /// # Safety
+    /// GIL held, on the fiber's thread, immediately before switching onto the fiber's stack;
+    /// the fiber is not running and has not finished.
+    #[inline]
+    pub unsafe fn enter(&self) {
+        // SAFETY: guaranteed by the caller.
+        unsafe { awaitlet_enter_fiber(self.raw.as_ptr()) }
+    }
+
+    /// Saves the fiber's interpreter state and reinstalls the resumer's.
+    ///
+    /// # Safety
+    /// GIL held, on the fiber's stack, immediately before suspending it.
+    #[inline]
+    pub unsafe fn leave(&self) {
+        // SAFETY: guaranteed by the caller.
+        unsafe { awaitlet_leave_fiber(self.raw.as_ptr()) }
+    }
+
+    /// Releases what the finished fiber's interpreter state owns and reinstalls the
+    /// resumer's. May run Python code (it drops the fiber's context reference) before the
+    /// switch of state.
+    ///
+    /// # Safety
+    /// GIL held, on the fiber's stack, after its Python function returned, immediately
+    /// before the fiber returns.
+    #[inline]
+    pub unsafe fn finish(&self) {
+        // SAFETY: guaranteed by the caller.
+        unsafe { awaitlet_finish_fiber(self.raw.as_ptr()) }
+    }
+
+    /// The frame object of the suspended fiber's innermost Python frame, if any.
+    ///
+    /// # Safety
+    /// GIL held, on the fiber's thread, while the fiber is suspended (not running).
+    pub unsafe fn top_frame<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        // SAFETY: guaranteed by the caller; returns a new reference or NULL with an error.
+        unsafe { Bound::from_owned_ptr_or_err(py, awaitlet_fiber_top_frame(self.raw.as_ptr())) }
+    }
+}
+
+impl Drop for FiberPyState {
+    fn drop(&mut self) {
+        // SAFETY: the owner drops this only for a fiber that never started or has
+        // finished (a suspended fiber is leaked together with its state), with the GIL held.
+        unsafe { awaitlet_fiber_state_free(self.raw.as_ptr()) }
+    }
+}
+
+/// Fails the import when the running interpreter's thread-state layout is not the one the
+/// extension was compiled against.
+pub fn check_interpreter(py: Python<'_>) -> PyResult<()> {
+    // SAFETY: plain function returning a constant.
+    let compiled = unsafe { awaitlet_compiled_python_version() } as u32;
+    let running: u32 = py.import("sys")?.getattr("hexversion")?.extract()?;
+    let version = |hex: u32| format!("{}.{}.{}", hex >> 24, (hex >> 16) & 0xff, (hex >> 8) & 0xff);
+    // SAFETY: GIL held; reads fields of the current thread state only.
+    let problem = unsafe { awaitlet_check_layout() };
+    if !problem.is_null() {
+        // SAFETY: the C side returns a static NUL-terminated string.
+        let problem = unsafe { CStr::from_ptr(problem) }.to_string_lossy();
+        return Err(PyImportError::new_err(format!(
+            "awaitlet was built against the headers of CPython {} but runs on CPython {}, \
+             whose thread-state layout differs ({problem}); reinstall awaitlet so that it is \
+             rebuilt for this interpreter",
+            version(compiled),
+            version(running)
+        )));
+    }
+    Ok(())
+}
+
+/// Whether the interpreter has started finalizing (no fiber is resumed from then on).
+pub fn interpreter_finalizing(_py: Python<'_>) -> bool {
+    // SAFETY: GIL held (the token proves it); reads a runtime flag.
+    unsafe { awaitlet_interpreter_finalizing() != 0 }
+}

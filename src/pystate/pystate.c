@@ -1,0 +1,569 @@
+/*
+ * The interpreter state that must follow a fiber across a stack switch.
+ *
+ * One OS thread has one PyThreadState.  Several fibers run on that thread, each on its own
+ * machine stack, and only one of them runs at a time.  The PyThreadState fields that say
+ * *where execution is* (the frame chain, the frame data stack, recursion counters, the
+ * exception being handled, the current context, C stack bounds, ...) belong to the running
+ * fiber, so on every switch they are saved for the fiber leaving and restored for the fiber
+ * entering.  Everything else (the exception in flight, trace functions, the thread dict,
+ * asyncio's running loop) stays with the thread.
+ *
+ * This file is the only place that knows CPython's private layouts.  It is compiled against
+ * the headers of the exact interpreter the extension is built for (build.rs), and every
+ * version difference is one of the AWAITLET_* flags below, kept in the same order in
+ * save/load/init/finish.
+ *
+ *     parent stack                       fiber stack
+ *     ------------                       -----------
+ *     awaitlet_enter_fiber(s)  ------->  (first time: initial state, else the saved one)
+ *       save parent into s->parent        ... Python code runs ...
+ *       load s->fiber (or init)          awaitlet_leave_fiber(s)
+ *                              <-------    save fiber into s->fiber, load s->parent
+ *                                        awaitlet_finish_fiber(s)   (fiber returns)
+ *                              <-------    release fiber resources, load s->parent
+ *
+ * No function here allocates Python objects or runs Python code while the thread state is
+ * half switched: a garbage collection in the middle of a switch could run finalizers that
+ * switch again.
+ */
+#include <Python.h>
+
+#if PY_VERSION_HEX < 0x030A0000 || PY_VERSION_HEX >= 0x03100000
+#  error "awaitlet supports CPython 3.10 to 3.15"
+#endif
+#ifdef Py_GIL_DISABLED
+#  error "free-threaded CPython builds are not supported"
+#endif
+
+/* 3.11: frames moved to a per-thread data stack (datastack_*), recursion became a
+ * countdown (recursion_remaining), Python-to-Python calls stopped recursing in C. */
+#define AWAITLET_PY311 (PY_VERSION_HEX >= 0x030B0000)
+/* 3.12: separate Python and C recursion counters; cframe lost use_tracing (PEP 669);
+ * the trashcan state moved into tstate->trash. */
+#define AWAITLET_PY312 (PY_VERSION_HEX >= 0x030C0000)
+/* 3.13: cframe removed, tstate->current_frame; trashcan nesting replaced by a check of the
+ * remaining C recursion, delete_later moved to tstate. */
+#define AWAITLET_PY313 (PY_VERSION_HEX >= 0x030D0000)
+/* 3.14: C recursion is measured against the machine stack bounds kept in
+ * _PyThreadStateImpl (python/cpython#139653); the JIT's current_executor. */
+#define AWAITLET_PY314 (PY_VERSION_HEX >= 0x030E0000)
+
+/* 3.10-3.12 link a chain of C-stack-allocated cframes from the thread state. */
+#define AWAITLET_USE_CFRAME (!AWAITLET_PY313)
+/* 3.10-3.11 cache "is tracing on" in the current cframe. */
+#define AWAITLET_CFRAME_TRACING (!AWAITLET_PY312)
+
+#if AWAITLET_PY314
+/* The C stack bounds live only in the private _PyThreadStateImpl. */
+#  ifndef Py_BUILD_CORE
+#    define Py_BUILD_CORE 1
+#  endif
+#  include "internal/pycore_tstate.h"
+#endif
+
+#if AWAITLET_PY311
+typedef _PyCFrame awaitlet_cframe;
+#elif AWAITLET_USE_CFRAME
+typedef CFrame awaitlet_cframe;
+#endif
+
+#include <stdint.h>
+#include <string.h>
+
+/* The frame data stack chunk a fiber starts with.  Larger frames get chunks of their own
+ * from CPython, which frees them again as they return. */
+#define AWAITLET_ROOT_CHUNK_SIZE (16 * 1024)
+
+/* The fields that describe where execution is, for one side of a switch. */
+typedef struct {
+    PyObject *context; /* the strong reference the thread state held */
+    _PyErr_StackItem *exc_info;
+#if AWAITLET_USE_CFRAME
+    awaitlet_cframe *cframe;
+#endif
+#if AWAITLET_PY311
+    struct _PyInterpreterFrame *current_frame;
+    _PyStackChunk *datastack_chunk;
+    PyObject **datastack_top;
+    PyObject **datastack_limit;
+#else
+    PyFrameObject *frame;
+#endif
+    /* Python recursion depth, stored as a depth so that a recursion limit changed while
+     * this side was switched out applies on return. */
+    int recursion_depth;
+#if AWAITLET_PY312 && !AWAITLET_PY314
+    int c_recursion_remaining;
+#endif
+#if !AWAITLET_PY313
+    int trash_delete_nesting;
+#endif
+#if AWAITLET_PY314
+    PyObject *current_executor;
+    uintptr_t c_stack_top;
+    uintptr_t c_stack_soft_limit;
+    uintptr_t c_stack_hard_limit;
+    uintptr_t c_stack_init_base;
+    uintptr_t c_stack_init_top;
+#endif
+} awaitlet_saved;
+
+typedef struct awaitlet_fiber_state {
+    awaitlet_saved parent; /* the side that resumed the fiber, while the fiber runs */
+    awaitlet_saved fiber;  /* the fiber, while it is suspended (and its initial state) */
+    /* The fiber's own bottom "exception being handled" item; linked to the resumer's
+     * chain on every entry, as a coroutine's is, so sys.exc_info() in sync code that
+     * handles nothing shows what the awaiting task handles, exactly as with `await`. */
+    _PyErr_StackItem exc_root;
+#if AWAITLET_USE_CFRAME
+    /* The fiber's bottom cframe: the eval loop links its own to tstate->cframe and writes
+     * through it on return, so it must outlive the fiber's first Python call. */
+    awaitlet_cframe base_cframe;
+#endif
+#if AWAITLET_PY311
+    _PyStackChunk *root_chunk;
+#endif
+#if AWAITLET_PY312 && !AWAITLET_PY314
+    int c_recursion_budget;
+#endif
+    int started;
+} awaitlet_fiber_state;
+
+static inline PyThreadState *
+current_tstate(void)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    return PyThreadState_GetUnchecked();
+#else
+    return _PyThreadState_UncheckedGet();
+#endif
+}
+
+#if AWAITLET_PY314
+static inline _PyThreadStateImpl *
+tstate_impl(PyThreadState *ts)
+{
+    return (_PyThreadStateImpl *)ts;
+}
+#endif
+
+static inline int
+python_recursion_depth(PyThreadState *ts)
+{
+#if AWAITLET_PY312
+    return ts->py_recursion_limit - ts->py_recursion_remaining;
+#elif AWAITLET_PY311
+    return ts->recursion_limit - ts->recursion_remaining;
+#else
+    return ts->recursion_depth;
+#endif
+}
+
+/* Moves the thread state's fields into `out`.  The strong reference to the context moves
+ * with them: the caller loads another state right away. */
+static void
+save(awaitlet_saved *out, PyThreadState *ts)
+{
+    out->context = ts->context;
+    out->exc_info = ts->exc_info;
+#if AWAITLET_USE_CFRAME
+    out->cframe = ts->cframe;
+#endif
+#if AWAITLET_PY313
+    out->current_frame = ts->current_frame;
+#elif AWAITLET_PY311
+    out->current_frame = ts->cframe->current_frame;
+#else
+    out->frame = ts->frame;
+#endif
+#if AWAITLET_PY311
+    out->datastack_chunk = ts->datastack_chunk;
+    out->datastack_top = ts->datastack_top;
+    out->datastack_limit = ts->datastack_limit;
+#endif
+    out->recursion_depth = python_recursion_depth(ts);
+#if AWAITLET_PY312 && !AWAITLET_PY314
+    out->c_recursion_remaining = ts->c_recursion_remaining;
+#endif
+#if AWAITLET_PY312 && !AWAITLET_PY313
+    out->trash_delete_nesting = ts->trash.delete_nesting;
+#elif !AWAITLET_PY313
+    out->trash_delete_nesting = ts->trash_delete_nesting;
+#endif
+#if AWAITLET_PY314
+    out->current_executor = ts->current_executor;
+    _PyThreadStateImpl *impl = tstate_impl(ts);
+    out->c_stack_top = impl->c_stack_top;
+    out->c_stack_soft_limit = impl->c_stack_soft_limit;
+    out->c_stack_hard_limit = impl->c_stack_hard_limit;
+    out->c_stack_init_base = impl->c_stack_init_base;
+    out->c_stack_init_top = impl->c_stack_init_top;
+#endif
+}
+
+/* Moves `in` into the thread state (the inverse of save). */
+static void
+load(const awaitlet_saved *in, PyThreadState *ts)
+{
+    ts->context = in->context;
+    /* Context variable lookups are cached per (thread state, version): invalidate. */
+    ts->context_ver++;
+    ts->exc_info = in->exc_info;
+#if AWAITLET_USE_CFRAME
+    ts->cframe = in->cframe;
+#endif
+#if AWAITLET_PY313
+    ts->current_frame = in->current_frame;
+#elif AWAITLET_PY311
+    ts->cframe->current_frame = in->current_frame;
+#else
+    ts->frame = in->frame;
+#endif
+#if AWAITLET_PY311
+    ts->datastack_chunk = in->datastack_chunk;
+    ts->datastack_top = in->datastack_top;
+    ts->datastack_limit = in->datastack_limit;
+#endif
+#if AWAITLET_PY312
+    ts->py_recursion_remaining = ts->py_recursion_limit - in->recursion_depth;
+#elif AWAITLET_PY311
+    ts->recursion_remaining = ts->recursion_limit - in->recursion_depth;
+#else
+    ts->recursion_depth = in->recursion_depth;
+#endif
+#if AWAITLET_PY312 && !AWAITLET_PY314
+    ts->c_recursion_remaining = in->c_recursion_remaining;
+#endif
+#if AWAITLET_PY312 && !AWAITLET_PY313
+    ts->trash.delete_nesting = in->trash_delete_nesting;
+#elif !AWAITLET_PY313
+    ts->trash_delete_nesting = in->trash_delete_nesting;
+#endif
+#if AWAITLET_PY314
+    ts->current_executor = in->current_executor;
+    _PyThreadStateImpl *impl = tstate_impl(ts);
+    impl->c_stack_top = in->c_stack_top;
+    impl->c_stack_soft_limit = in->c_stack_soft_limit;
+    impl->c_stack_hard_limit = in->c_stack_hard_limit;
+    impl->c_stack_init_base = in->c_stack_init_base;
+    impl->c_stack_init_top = in->c_stack_init_top;
+#endif
+}
+
+#if AWAITLET_CFRAME_TRACING
+/* Tracing is per thread (the trace function is not swapped), but 3.10/3.11 cache "tracing
+ * is on" in the current cframe: carry it over from the side being left. */
+#  define CARRY_TRACING_BEGIN(ts) int carried_use_tracing = (ts)->cframe->use_tracing
+#  define CARRY_TRACING_END(ts) ((ts)->cframe->use_tracing = carried_use_tracing)
+#else
+#  define CARRY_TRACING_BEGIN(ts) ((void)0)
+#  define CARRY_TRACING_END(ts) ((void)0)
+#endif
+
+/* The state a fiber starts in, built from the resumer's just-saved state. */
+static void
+init_fiber(awaitlet_fiber_state *s, PyThreadState *ts)
+{
+    awaitlet_saved *f = &s->fiber;
+    const awaitlet_saved *p = &s->parent;
+    /* The sync code shares the awaiting task's Context object. */
+    f->context = Py_XNewRef(p->context);
+    memset(&s->exc_root, 0, sizeof(s->exc_root));
+    f->exc_info = &s->exc_root;
+#if AWAITLET_USE_CFRAME
+    memset(&s->base_cframe, 0, sizeof(s->base_cframe));
+    s->base_cframe.previous = &ts->root_cframe;
+    f->cframe = &s->base_cframe;
+#endif
+#if AWAITLET_PY311
+    /* No current frame: the fiber's first frame has no f_back. */
+    f->current_frame = NULL;
+    /* A fresh root chunk, with its first slot skipped exactly as CPython's push_chunk
+     * does for a thread's root chunk, so that popping the fiber's first frame never tries
+     * to free it. */
+    _PyStackChunk *chunk = s->root_chunk;
+    chunk->previous = NULL;
+    chunk->size = AWAITLET_ROOT_CHUNK_SIZE;
+    chunk->top = 0;
+    f->datastack_chunk = chunk;
+    f->datastack_top = &chunk->data[1];
+    f->datastack_limit = (PyObject **)((char *)chunk + AWAITLET_ROOT_CHUNK_SIZE);
+#else
+    f->frame = NULL;
+#endif
+    /* The fiber starts as deep as its resumer, as a called function would. */
+    f->recursion_depth = p->recursion_depth;
+#if AWAITLET_PY312 && !AWAITLET_PY314
+    f->c_recursion_remaining = s->c_recursion_budget;
+#endif
+#if !AWAITLET_PY313
+    f->trash_delete_nesting = 0;
+#endif
+#if AWAITLET_PY314
+    f->current_executor = p->current_executor;
+    /* c_stack_* were filled in by awaitlet_fiber_state_new. */
+#endif
+}
+
+size_t
+awaitlet_root_chunk_size(void)
+{
+#if AWAITLET_PY311
+    return AWAITLET_ROOT_CHUNK_SIZE;
+#else
+    return 0;
+#endif
+}
+
+/* Allocates the state of a fiber that will run on [stack_low, stack_low + stack_size).
+ * Must be called with the GIL held, on the thread that will run the fiber.  Returns NULL
+ * with a Python exception set on failure. */
+awaitlet_fiber_state *
+awaitlet_fiber_state_new(void *stack_low, size_t stack_size)
+{
+    awaitlet_fiber_state *s = PyMem_RawCalloc(1, sizeof(awaitlet_fiber_state));
+    if (s == NULL) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+#if AWAITLET_PY311
+    s->root_chunk = PyMem_RawMalloc(AWAITLET_ROOT_CHUNK_SIZE);
+    if (s->root_chunk == NULL) {
+        PyMem_RawFree(s);
+        PyErr_NoMemory();
+        return NULL;
+    }
+#endif
+#if AWAITLET_PY312 && !AWAITLET_PY314
+    /* The C recursion budget is sized for an 8 MiB thread stack; scale it to the fiber's
+     * stack so that deep C recursion raises RecursionError instead of overflowing. */
+    {
+        const size_t thread_stack = 8u * 1024u * 1024u;
+#  if AWAITLET_PY313
+        const long limit = Py_C_RECURSION_LIMIT;
+#  else
+        const long limit = C_RECURSION_LIMIT;
+#  endif
+        long budget = (long)((double)limit * (double)stack_size / (double)thread_stack);
+        s->c_recursion_budget = (int)(budget < limit ? budget : limit);
+    }
+#endif
+#if AWAITLET_PY314
+    {
+        /* Let CPython compute the soft/hard limits for the fiber's stack, keep them, and
+         * put the thread's own back. */
+        PyThreadState *ts = current_tstate();
+        awaitlet_saved thread_bounds;
+        save(&thread_bounds, ts);
+        int rc = PyUnstable_ThreadState_SetStackProtection(ts, stack_low, stack_size);
+        _PyThreadStateImpl *impl = tstate_impl(ts);
+        s->fiber.c_stack_top = impl->c_stack_top;
+        s->fiber.c_stack_soft_limit = impl->c_stack_soft_limit;
+        s->fiber.c_stack_hard_limit = impl->c_stack_hard_limit;
+        s->fiber.c_stack_init_base = impl->c_stack_init_base;
+        s->fiber.c_stack_init_top = impl->c_stack_init_top;
+        impl->c_stack_top = thread_bounds.c_stack_top;
+        impl->c_stack_soft_limit = thread_bounds.c_stack_soft_limit;
+        impl->c_stack_hard_limit = thread_bounds.c_stack_hard_limit;
+        impl->c_stack_init_base = thread_bounds.c_stack_init_base;
+        impl->c_stack_init_top = thread_bounds.c_stack_init_top;
+        if (rc < 0) {
+            PyMem_RawFree(s->root_chunk);
+            PyMem_RawFree(s);
+            return NULL;
+        }
+    }
+#else
+    (void)stack_low;
+    (void)stack_size;
+#endif
+    return s;
+}
+
+/* Frees a state whose fiber never started or has finished. */
+void
+awaitlet_fiber_state_free(awaitlet_fiber_state *s)
+{
+    if (s == NULL) {
+        return;
+    }
+    if (!s->started) {
+        Py_CLEAR(s->fiber.context);
+    }
+#if AWAITLET_PY311
+    PyMem_RawFree(s->root_chunk);
+#endif
+    PyMem_RawFree(s);
+}
+
+/* Called on the resumer's stack right before switching into the fiber. */
+void
+awaitlet_enter_fiber(awaitlet_fiber_state *s)
+{
+    PyThreadState *ts = current_tstate();
+    CARRY_TRACING_BEGIN(ts);
+    save(&s->parent, ts);
+    if (!s->started) {
+        s->started = 1;
+        init_fiber(s, ts);
+    }
+    /* Like a coroutine's exception state, the fiber's bottom item leads to the resumer's
+     * chain for as long as the fiber runs. */
+    s->exc_root.previous_item = s->parent.exc_info;
+    load(&s->fiber, ts);
+    CARRY_TRACING_END(ts);
+}
+
+/* Called on the fiber's stack right before switching back to the resumer. */
+void
+awaitlet_leave_fiber(awaitlet_fiber_state *s)
+{
+    PyThreadState *ts = current_tstate();
+    CARRY_TRACING_BEGIN(ts);
+    save(&s->fiber, ts);
+    s->exc_root.previous_item = NULL;
+    load(&s->parent, ts);
+    CARRY_TRACING_END(ts);
+}
+
+/* Called on the fiber's stack when its function has returned, right before switching back
+ * to the resumer for the last time.  Releases what the fiber's thread-state view owns;
+ * dropping the context may run Python code, which still runs as the fiber. */
+void
+awaitlet_finish_fiber(awaitlet_fiber_state *s)
+{
+    PyThreadState *ts = current_tstate();
+    Py_CLEAR(ts->context);
+    Py_CLEAR(s->exc_root.exc_value);
+#if !AWAITLET_PY311
+    Py_CLEAR(s->exc_root.exc_type);
+    Py_CLEAR(s->exc_root.exc_traceback);
+#endif
+#if AWAITLET_PY311
+    /* Every frame has returned, so only the root chunk is left: CPython frees the chunks it
+     * pushed as their frames pop.  Any chunk still above the root (never expected) was
+     * allocated by CPython's arena allocator and goes back to it. */
+    {
+        _PyStackChunk *chunk = ts->datastack_chunk;
+        PyObjectArenaAllocator arena;
+        PyObject_GetArenaAllocator(&arena);
+        while (chunk != NULL && chunk != s->root_chunk) {
+            _PyStackChunk *previous = chunk->previous;
+            if (arena.free != NULL) {
+                arena.free(arena.ctx, chunk, chunk->size);
+            }
+            chunk = previous;
+        }
+    }
+#endif
+    CARRY_TRACING_BEGIN(ts);
+    /* The thread state's context reference was released above; the resumer's comes back. */
+    s->exc_root.previous_item = NULL;
+    load(&s->parent, ts);
+    CARRY_TRACING_END(ts);
+}
+
+/* Returns a new reference to the frame object of a suspended fiber's innermost frame, or
+ * None.  CPython only materializes frame objects for the running thread state, so the
+ * fiber's frame pointers are lent to the thread state for the call, with the collector off
+ * so that no finalizer runs while they are lent. */
+PyObject *
+awaitlet_fiber_top_frame(awaitlet_fiber_state *s)
+{
+    if (!s->started) {
+        Py_RETURN_NONE;
+    }
+    PyThreadState *ts = current_tstate();
+    PyFrameObject *frame = NULL;
+    int gc_was_enabled = PyGC_Disable();
+#if AWAITLET_PY313
+    struct _PyInterpreterFrame *mine = ts->current_frame;
+    ts->current_frame = s->fiber.current_frame;
+    frame = PyThreadState_GetFrame(ts);
+    ts->current_frame = mine;
+#elif AWAITLET_PY311
+    struct _PyInterpreterFrame *mine = ts->cframe->current_frame;
+    ts->cframe->current_frame = s->fiber.current_frame;
+    frame = PyThreadState_GetFrame(ts);
+    ts->cframe->current_frame = mine;
+#else
+    frame = (PyFrameObject *)Py_XNewRef(s->fiber.frame);
+#endif
+    if (gc_was_enabled) {
+        PyGC_Enable();
+    }
+    if (frame == NULL) {
+        if (PyErr_Occurred()) {
+            return NULL;
+        }
+        Py_RETURN_NONE;
+    }
+    return (PyObject *)frame;
+}
+
+/* Checks, on the running thread, that the thread-state fields this file uses are where the
+ * headers it was compiled against say.  Returns NULL when they are, else a message. */
+const char *
+awaitlet_check_layout(void)
+{
+    PyThreadState *ts = current_tstate();
+    if (ts == NULL || ts != PyThreadState_Get()) {
+        return "no current thread state";
+    }
+#if AWAITLET_PY311
+    if ((Py_Version >> 16) != (PY_VERSION_HEX >> 16)) {
+        return "the interpreter's minor version differs from the headers'";
+    }
+#endif
+    if (ts->interp != PyInterpreterState_Get()) {
+        return "PyThreadState.interp is not where the headers say";
+    }
+    if (ts->thread_id != PyThread_get_thread_ident()) {
+        return "PyThreadState.thread_id is not where the headers say";
+    }
+    if (ts->exc_info == NULL) {
+        return "PyThreadState.exc_info is not where the headers say";
+    }
+    if (ts->context != NULL && !PyContext_CheckExact(ts->context)) {
+        return "PyThreadState.context is not where the headers say";
+    }
+    if (python_recursion_depth(ts) < 0 || python_recursion_depth(ts) > Py_GetRecursionLimit() + 100) {
+        return "the recursion counters are not where the headers say";
+    }
+#if AWAITLET_PY311
+    if (ts->datastack_top != NULL &&
+        !(ts->datastack_top >= ts->datastack_chunk->data && ts->datastack_top <= ts->datastack_limit)) {
+        return "PyThreadState.datastack_* are not where the headers say";
+    }
+#endif
+#if AWAITLET_PY314
+    {
+        _PyThreadStateImpl *impl = tstate_impl(ts);
+        uintptr_t here = (uintptr_t)&impl;
+        if (impl->c_stack_top != 0 &&
+            !(impl->c_stack_hard_limit < here && here <= impl->c_stack_top)) {
+            return "_PyThreadStateImpl.c_stack_* are not where the headers say";
+        }
+    }
+#endif
+    return NULL;
+}
+
+/* The CPython version the headers describe. */
+unsigned long
+awaitlet_compiled_python_version(void)
+{
+    return PY_VERSION_HEX;
+}
+
+/* Whether the interpreter has started finalizing: fibers are no longer resumed then. */
+int
+awaitlet_interpreter_finalizing(void)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    return Py_IsFinalizing();
+#else
+    return _Py_IsFinalizing();
+#endif
+}
