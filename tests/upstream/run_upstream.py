@@ -43,9 +43,11 @@ markers =
 
 # A pytest plugin loaded by name from the run directory: its report header
 # shows which awaitlet was imported, and it refuses to run if that module
-# lives in the run directory (i.e. is not the installed package).
+# lives in the run directory (i.e. is not the installed package).  The summary
+# says whether greenlet was loaded, which this package should never need.
 PLUGIN = """\
 import os
+import sys
 
 import awaitlet
 
@@ -58,6 +60,11 @@ if os.path.commonpath([_here, _file]) == _here:
 def pytest_report_header(config):
     version = getattr(awaitlet, "__version__", "?")
     return [f"awaitlet under test: {_file} (version {version})"]
+
+
+def pytest_terminal_summary(terminalreporter):
+    loaded = "yes" if "greenlet" in sys.modules else "no"
+    terminalreporter.write_line(f"greenlet loaded during the run: {loaded}")
 """
 
 
