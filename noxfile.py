@@ -40,11 +40,20 @@ def tests(session: nox.Session) -> None:
     session.install("--force-reinstall", "--no-deps", ".", env=env)
     session.install("-r", "tests/requirements.txt")
     session.run("python", "-c", "import awaitlet; print('awaitlet from', awaitlet.__file__)")
+
+    # Run both suites even if the first fails, so one run reports everything.
     # session.run fails on any non-zero exit, so pytest's 5 (no tests) fails too.
-    session.run("python", "-m", "pytest", "tests", "-p", "no:cacheprovider", *session.posargs)
-    session.run(
-        "python",
-        "tests/upstream/run_upstream.py",
-        "--cache-dir",
-        str(session.cache_dir / "upstream"),
-    )
+    suites = {
+        "our tests": ["python", "-m", "pytest", "tests", "-p", "no:cacheprovider"],
+        "awaitlet 0.0.1 tests": ["python", "tests/upstream/run_upstream.py"],
+    }
+    suites["our tests"] += session.posargs
+    suites["awaitlet 0.0.1 tests"] += ["--cache-dir", str(session.cache_dir / "upstream")]
+    failed = []
+    for name, args in suites.items():
+        try:
+            session.run(*args)
+        except nox.command.CommandFailed:
+            failed.append(name)
+    if failed:
+        session.error("failed: " + ", ".join(failed))
