@@ -40,6 +40,8 @@ fn main() {
     cc::Build::new()
         .file("src/pystate/pystate.c")
         .include(&include)
+        // Debian-style layouts keep the real pyconfig.h in <multiarch>/pythonX.Y/ beside it.
+        .include(include.parent().unwrap_or(&include))
         .warnings(true)
         .extra_warnings(true)
         .flag_if_supported("-Wno-unused-parameter")

@@ -9,6 +9,8 @@ raises its exception) at the call site.  A drop-in replacement for the
 
 from __future__ import annotations
 
+from typing import Any
+
 from ._awaitlet import NoAwaitletContext, NoAwaitOccurred, async_def, awaitlet
 
 __version__ = "0.1.0"
@@ -20,3 +22,31 @@ __all__ = [
     "async_def",
     "awaitlet",
 ]
+
+
+async def _async_def_signature(
+    fn: Any, /, *args: Any, assert_await_occurs: bool = False, **kwargs: Any
+) -> Any:
+    """Run the sync callable ``fn(*args, **kwargs)`` so that it can call :func:`awaitlet`.
+
+    Returns a coroutine; awaiting it runs ``fn`` on its own stack and gives its result.
+    With ``assert_await_occurs=True``, :class:`NoAwaitOccurred` is raised if ``fn``
+    returned without calling :func:`awaitlet`.
+    """
+
+
+def _describe_async_def() -> None:
+    # async_def is a native callable; these attributes make inspect and asyncio see the
+    # coroutine function it is (inspect.iscoroutinefunction, inspect.signature, help()).
+    for attribute in ("__code__", "__defaults__", "__kwdefaults__", "__annotations__", "__doc__"):
+        setattr(async_def, attribute, getattr(_async_def_signature, attribute))
+    async_def.__name__ = async_def.__qualname__ = "async_def"
+    async_def.__module__ = __name__
+    import inspect
+
+    if hasattr(inspect, "markcoroutinefunction"):
+        inspect.markcoroutinefunction(async_def)
+
+
+_describe_async_def()
+del _describe_async_def

@@ -62,7 +62,7 @@
 #  include "internal/pycore_tstate.h"
 #endif
 
-#if AWAITLET_PY311
+#if AWAITLET_USE_CFRAME && AWAITLET_PY311
 typedef _PyCFrame awaitlet_cframe;
 #elif AWAITLET_USE_CFRAME
 typedef CFrame awaitlet_cframe;

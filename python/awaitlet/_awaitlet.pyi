@@ -1,0 +1,65 @@
+"""Type stubs for the native module ``awaitlet._awaitlet``."""
+
+from collections.abc import Awaitable, Callable, Coroutine, Generator
+from types import CodeType, FrameType, TracebackType
+from typing import Any, TypeVar, final, overload
+
+_T = TypeVar("_T")
+
+class NoAwaitletContext(Exception):
+    """awaitlet() was called outside a call stack started by async_def()."""
+
+class NoAwaitOccurred(Exception):
+    """async_def(..., assert_await_occurs=True) ran a function that never called awaitlet()."""
+
+@final
+class async_def_coroutine(Coroutine[Any, Any, _T]):
+    """The coroutine returned by ``async_def()``."""
+
+    @property
+    def __name__(self) -> str: ...
+    @property
+    def __qualname__(self) -> str: ...  # type: ignore[override]
+    @property
+    def cr_running(self) -> bool: ...
+    @property
+    def cr_suspended(self) -> bool: ...
+    @property
+    def cr_await(self) -> Any | None: ...
+    @property
+    def cr_frame(self) -> FrameType | None: ...
+    @property
+    def cr_code(self) -> CodeType | None: ...
+    @property
+    def cr_origin(self) -> None: ...
+    def send(self, value: Any, /) -> Any: ...
+    @overload
+    def throw(
+        self, typ: type[BaseException], val: object = ..., tb: TracebackType | None = ..., /
+    ) -> Any: ...
+    @overload
+    def throw(self, typ: BaseException, val: None = ..., tb: TracebackType | None = ..., /) -> Any: ...
+    def close(self) -> Any: ...
+    def __await__(self) -> Generator[Any, None, _T]: ...
+    def __next__(self) -> Any: ...
+
+@final
+class async_def_function:
+    """The type of ``async_def``."""
+
+    def __call__(
+        self,
+        fn: Callable[..., _T],
+        /,
+        *args: Any,
+        assert_await_occurs: bool = False,
+        **kwargs: Any,
+    ) -> async_def_coroutine[_T]: ...
+
+def async_def(
+    fn: Callable[..., _T], /, *args: Any, assert_await_occurs: bool = False, **kwargs: Any
+) -> Coroutine[Any, Any, _T]:
+    """Run the sync callable ``fn(*args, **kwargs)`` so that it can call ``awaitlet()``."""
+
+def awaitlet(awaitable: Awaitable[_T], /) -> _T:
+    """From sync code running under ``async_def``, wait for ``awaitable`` and return its result."""
