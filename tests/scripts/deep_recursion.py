@@ -1,0 +1,224 @@
+"""Deep recursion inside sync code run by async_def.
+
+Usage: deep_recursion.py SCENARIO
+Prints "<scenario> OK" when every check of the scenario passed.
+"""
+
+import asyncio
+import functools
+import sys
+
+from awaitlet import async_def, awaitlet
+
+
+def current_depth():
+    depth = 0
+    frame = sys._getframe(1)
+    while frame is not None:
+        depth += 1
+        frame = frame.f_back
+    return depth
+
+
+def recurse_forever(depth=0):
+    return recurse_forever(depth + 1)
+
+
+def recurse_to(remaining):
+    if remaining <= 0:
+        return 0
+    return recurse_to(remaining - 1) + 1
+
+
+def descend_directly(remaining, at_bottom):
+    if remaining <= 0:
+        return at_bottom()
+    return descend_directly(remaining - 1, at_bottom)
+
+
+def descend_through_map(remaining, at_bottom):
+    if remaining <= 0:
+        return at_bottom()
+    next_level = functools.partial(descend_through_map, at_bottom=at_bottom)
+    return list(map(next_level, [remaining - 1]))[0]
+
+
+def deepest_successful_descent(descend):
+    """The largest number of levels ``descend`` reaches from here without RecursionError."""
+    low, high = 0, 100_000
+    while low < high:
+        middle = (low + high + 1) // 2
+        try:
+            descend(middle, lambda: None)
+        except RecursionError:
+            high = middle - 1
+        else:
+            low = middle
+    return low
+
+
+def switch_and_report_depth():
+    results = [awaitlet(asyncio.sleep(0, result=index)) for index in range(20)]
+    return results, current_depth()
+
+
+def recurse_through_reduce(depth=0):
+    return functools.reduce(lambda accumulated, _: recurse_through_reduce(depth + 1), [0], 0)
+
+
+def recurse_through_map(depth=0):
+    return list(map(recurse_through_map, [depth + 1]))
+
+
+def recurse_through_sorted_key(depth=0):
+    return sorted([depth + 1], key=recurse_through_sorted_key)
+
+
+class RecursiveAttribute:
+    def __getattr__(self, name):
+        return getattr(self, name)
+
+
+def recurse_through_getattr():
+    return RecursiveAttribute().missing_attribute
+
+
+class RecursiveRepr:
+    def __repr__(self):
+        return repr(self)
+
+
+def recurse_through_repr():
+    return repr(RecursiveRepr())
+
+
+RECURSIONS = {
+    "pure_python": recurse_forever,
+    "reduce": recurse_through_reduce,
+    "map": recurse_through_map,
+    "sorted_key": recurse_through_sorted_key,
+    "getattr": recurse_through_getattr,
+    "repr": recurse_through_repr,
+}
+
+
+def raises_recursion_error(recursion):
+    try:
+        recursion()
+    except RecursionError:
+        return True
+    return False
+
+
+def sync_code_survives(recursion_names):
+    outcomes = {}
+    awaitlet(asyncio.sleep(0))
+    for name in recursion_names:
+        outcomes[name] = raises_recursion_error(RECURSIONS[name])
+        awaitlet(asyncio.sleep(0))
+        outcomes[f"{name} then recursion to 500"] = recurse_to(500) == 500
+        outcomes[f"{name} then awaitlet"] = awaitlet(asyncio.sleep(0, result=True))
+    return outcomes
+
+
+def check_outcomes(outcomes):
+    failed = [name for name, passed in outcomes.items() if not passed]
+    assert not failed, f"failed checks: {failed}"
+
+
+async def recursion_errors_are_survivable(recursion_names):
+    for _ in range(2):
+        check_outcomes(await async_def(sync_code_survives, recursion_names))
+    results = await asyncio.gather(
+        *(async_def(sync_code_survives, recursion_names) for _ in range(3))
+    )
+    for outcomes in results:
+        check_outcomes(outcomes)
+    assert raises_recursion_error(recurse_forever), "task side lost its recursion limit"
+    assert recurse_to(500) == 500
+    assert await async_def(awaitlet, asyncio.sleep(0, result="usable")) == "usable"
+
+
+def pure_python_to_limit():
+    asyncio.run(recursion_errors_are_survivable(["pure_python"]))
+
+
+def through_c_calls():
+    asyncio.run(recursion_errors_are_survivable(["reduce", "map", "sorted_key", "getattr", "repr"]))
+
+
+async def awaitlet_near_the_limit(descend):
+    levels = deepest_successful_descent(descend) - 100
+    assert levels >= 300, levels
+
+    def entry_point():
+        return descend(levels, switch_and_report_depth)
+
+    results, depth = await async_def(entry_point)
+    assert results == list(range(20)), results
+    assert depth >= levels, (depth, levels)
+    concurrent = await asyncio.gather(*(async_def(entry_point) for _ in range(5)))
+    for results, depth in concurrent:
+        assert results == list(range(20)), results
+        assert depth >= levels, (depth, levels)
+
+
+def awaitlet_at_depth_pure_python():
+    asyncio.run(awaitlet_near_the_limit(descend_directly))
+
+
+def awaitlet_at_depth_through_c_calls():
+    asyncio.run(awaitlet_near_the_limit(descend_through_map))
+
+
+def raised_limit_pure_python():
+    sys.setrecursionlimit(20_000)
+
+    def deep_then_switch():
+        results, depth = descend_directly(19_000 - current_depth(), switch_and_report_depth)
+        error = raises_recursion_error(recurse_forever)
+        return results, depth, error
+
+    async def main():
+        return await asyncio.gather(*(async_def(deep_then_switch) for _ in range(3)))
+
+    for results, depth, error in asyncio.run(main()):
+        assert results == list(range(20)), results
+        assert depth >= 18_990, depth
+        assert error
+
+
+def depth_counter_stable_after_many_switches():
+    limit = sys.getrecursionlimit()
+
+    def switch_at_depth(depth):
+        if depth > 0:
+            return switch_at_depth(depth - 1)
+        for _ in range(50):
+            awaitlet(asyncio.sleep(0))
+        return recurse_to(limit - 100 - current_depth())
+
+    async def main():
+        for _ in range(3):
+            await asyncio.gather(
+                *(async_def(switch_at_depth, depth) for depth in range(0, 400, 10))
+            )
+        return recurse_to(limit - 100 - current_depth())
+
+    asyncio.run(main())
+
+
+SCENARIOS = {
+    "pure_python_to_limit": pure_python_to_limit,
+    "through_c_calls": through_c_calls,
+    "awaitlet_at_depth_pure_python": awaitlet_at_depth_pure_python,
+    "awaitlet_at_depth_through_c_calls": awaitlet_at_depth_through_c_calls,
+    "raised_limit_pure_python": raised_limit_pure_python,
+    "depth_counter_stable_after_many_switches": depth_counter_stable_after_many_switches,
+}
+
+
+if __name__ == "__main__":
+    scenario = sys.argv[1]
+    SCENARIOS[scenario]()
+    print(f"{scenario} OK")
