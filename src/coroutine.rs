@@ -388,6 +388,12 @@ impl AsyncDefCoroutine {
         slf
     }
 
+    /// `__await__()` returns the coroutine itself, which must then be iterable for
+    /// `yield from coro.__await__()` (a native coroutine's await-wrapper is).
+    fn __iter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
     fn __next__(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         outcome_to_python(py, self.send_impl(py, py.None().into_bound(py)))
     }

@@ -9,8 +9,6 @@ raises its exception) at the call site.  A drop-in replacement for the
 
 from __future__ import annotations
 
-from typing import Any
-
 from ._awaitlet import NoAwaitletContext, NoAwaitOccurred, async_def, awaitlet
 
 __version__ = "0.1.0"
@@ -24,9 +22,7 @@ __all__ = [
 ]
 
 
-async def _async_def_signature(
-    fn: Any, /, *args: Any, assert_await_occurs: bool = False, **kwargs: Any
-) -> Any:
+async def _async_def_signature(fn, /, *args, assert_await_occurs=False, **kwargs):  # type: ignore[no-untyped-def]
     """Run the sync callable ``fn(*args, **kwargs)`` so that it can call :func:`awaitlet`.
 
     Returns a coroutine; awaiting it runs ``fn`` on its own stack and gives its result.
