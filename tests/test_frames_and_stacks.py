@@ -192,7 +192,7 @@ def test_frames_captured_in_sync_code_stay_readable_after_it_finished():
 
     walked = run(main)
     assert walked[0][0] == "leaf_function"
-    assert isinstance(captured_frames[0].f_locals, dict)
+    assert captured_frames[0].f_locals["leaf_local"] == "leaf value"
 
 
 def test_frame_chain_of_the_sync_code_can_be_walked_to_its_end():
