@@ -6,6 +6,7 @@ Prints "<scenario> OK" when every check of the scenario passed.
 
 import asyncio
 import functools
+import json
 import sys
 
 from awaitlet import async_def, awaitlet
@@ -92,6 +93,33 @@ def recurse_through_repr():
     return repr(RecursiveRepr())
 
 
+@functools.cache
+def recurse_through_lru_cache(depth=0):
+    return recurse_through_lru_cache(depth + 1)
+
+
+class RecursiveConstructor:
+    def __init__(self, depth=0):
+        self.child = RecursiveConstructor(depth + 1)
+
+
+class RecursiveInstanceCheck(type):
+    def __instancecheck__(cls, instance):
+        return isinstance(instance, cls)
+
+
+class CheckedType(metaclass=RecursiveInstanceCheck):
+    pass
+
+
+def recurse_through_isinstance():
+    return isinstance(0, CheckedType)
+
+
+def recurse_through_json_default():
+    return json.dumps(object(), default=lambda value: [object()])
+
+
 RECURSIONS = {
     "pure_python": recurse_forever,
     "reduce": recurse_through_reduce,
@@ -99,6 +127,10 @@ RECURSIONS = {
     "sorted_key": recurse_through_sorted_key,
     "getattr": recurse_through_getattr,
     "repr": recurse_through_repr,
+    "lru_cache": recurse_through_lru_cache,
+    "constructor": RecursiveConstructor,
+    "isinstance": recurse_through_isinstance,
+    "json_default": recurse_through_json_default,
 }
 
 
@@ -139,12 +171,8 @@ async def recursion_errors_are_survivable(recursion_names):
     assert await async_def(awaitlet, asyncio.sleep(0, result="usable")) == "usable"
 
 
-def pure_python_to_limit():
-    asyncio.run(recursion_errors_are_survivable(["pure_python"]))
-
-
-def through_c_calls():
-    asyncio.run(recursion_errors_are_survivable(["reduce", "map", "sorted_key", "getattr", "repr"]))
+def recursion_error_survivable(name):
+    asyncio.run(recursion_errors_are_survivable([name]))
 
 
 async def awaitlet_near_the_limit(descend):
@@ -188,6 +216,44 @@ def raised_limit_pure_python():
         assert error
 
 
+def limit_changed_inside_sync_code():
+    original = sys.getrecursionlimit()
+    raised = 3 * original
+
+    def changes_limit_across_switches():
+        sys.setrecursionlimit(400)
+        awaitlet(asyncio.sleep(0))
+        assert raises_recursion_error(recurse_forever)
+        assert recurse_to(200) == 200
+        awaitlet(task_side_checks(lowered=True))
+        sys.setrecursionlimit(raised)
+        awaitlet(asyncio.sleep(0))
+        assert recurse_to(original + 500) == original + 500
+        assert raises_recursion_error(recurse_forever)
+        awaitlet(task_side_checks(lowered=False))
+        sys.setrecursionlimit(original)
+        awaitlet(asyncio.sleep(0))
+        assert raises_recursion_error(recurse_forever)
+        return recurse_to(original - 150 - current_depth()) > 0
+
+    async def task_side_checks(lowered):
+        await asyncio.sleep(0)
+        assert raises_recursion_error(recurse_forever)
+        if lowered:
+            assert recurse_to(200) == 200
+        else:
+            assert recurse_to(original + 500) == original + 500
+
+    async def main():
+        for _ in range(3):
+            assert await async_def(changes_limit_across_switches)
+        assert raises_recursion_error(recurse_forever)
+        return recurse_to(original - 150 - current_depth()) > 0
+
+    assert asyncio.run(main())
+    assert sys.getrecursionlimit() == original
+
+
 def depth_counter_stable_after_many_switches():
     limit = sys.getrecursionlimit()
 
@@ -209,12 +275,15 @@ def depth_counter_stable_after_many_switches():
 
 
 SCENARIOS = {
-    "pure_python_to_limit": pure_python_to_limit,
-    "through_c_calls": through_c_calls,
+    **{
+        f"recursion_error_{name}": functools.partial(recursion_error_survivable, name)
+        for name in RECURSIONS
+    },
     "awaitlet_at_depth_pure_python": awaitlet_at_depth_pure_python,
     "awaitlet_at_depth_through_c_calls": awaitlet_at_depth_through_c_calls,
     "raised_limit_pure_python": raised_limit_pure_python,
     "depth_counter_stable_after_many_switches": depth_counter_stable_after_many_switches,
+    "limit_changed_inside_sync_code": limit_changed_inside_sync_code,
 }
 
 
