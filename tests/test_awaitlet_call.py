@@ -384,3 +384,99 @@ def test_async_def_can_be_run_by_asyncio_run_directly():
         return awaitlet(sleep_then_return("top level"))
 
     assert asyncio.run(async_def(fn)) == "top level"
+
+
+RETURN_VALUES = [
+    None,
+    (),
+    (1,),
+    (1, 2),
+    [1, 2],
+    ValueError("returned, not raised"),
+    StopIteration("returned, not raised"),
+    GeneratorExit(),
+    asyncio.CancelledError(),
+    ValueError,
+]
+RETURN_VALUE_IDS = [
+    "none",
+    "empty-tuple",
+    "one-tuple",
+    "pair",
+    "list",
+    "exception-instance",
+    "stop-iteration-instance",
+    "generator-exit-instance",
+    "cancelled-error-instance",
+    "exception-class",
+]
+
+
+@pytest.mark.parametrize("value", RETURN_VALUES, ids=RETURN_VALUE_IDS)
+def test_values_of_every_kind_pass_through_awaitlet_unchanged(value):
+    def fn():
+        awaitlet(asyncio.sleep(0))
+        return awaitlet(returns(value)), awaitlet(sleep_then_return(value))
+
+    async def main():
+        return await async_def(fn)
+
+    immediate, suspended = run(main)
+    assert immediate is value
+    assert suspended is value
+
+
+@pytest.mark.parametrize("value", RETURN_VALUES, ids=RETURN_VALUE_IDS)
+def test_values_of_every_kind_returned_by_fn_pass_through_unchanged(value):
+    def returns_after_switch():
+        awaitlet(asyncio.sleep(0))
+        return value
+
+    async def main():
+        return await async_def(lambda: value), await async_def(returns_after_switch)
+
+    without_switch, after_switch = run(main)
+    assert without_switch is value
+    assert after_switch is value
+
+
+def test_awaitlet_of_an_async_def_coroutine_created_in_sync_code():
+    def inner(value):
+        return awaitlet(sleep_then_return(value * 2))
+
+    def outer():
+        return [awaitlet(async_def(inner, value)) for value in range(3)]
+
+    async def main():
+        return await async_def(outer)
+
+    assert run(main) == [0, 2, 4]
+
+
+def test_async_def_nests_thirty_levels_deep():
+    def sync_level(depth):
+        awaitlet(asyncio.sleep(0))
+        if depth == 0:
+            return 0
+        return 1 + awaitlet(async_level(depth - 1))
+
+    async def async_level(depth):
+        return await async_def(sync_level, depth)
+
+    async def main():
+        return await async_level(30)
+
+    assert run(main) == 30
+
+
+def test_current_task_inside_sync_code_is_the_awaiting_task():
+    def fn():
+        before = asyncio.current_task()
+        awaitlet(asyncio.sleep(0))
+        return before, asyncio.current_task()
+
+    async def main():
+        before, after = await async_def(fn)
+        return before is asyncio.current_task(), after is asyncio.current_task()
+
+    assert run(main) == (True, True)
