@@ -1,8 +1,13 @@
 import asyncio
+import faulthandler
+import gc
 import inspect
+import logging
 import sys
 import traceback
+import warnings
 
+from _support import assert_script_succeeded, run_script
 from awaitlet import async_def, awaitlet
 
 SYNC_CHAIN = ["leaf_function", "middle_function", "sync_entry_point"]
@@ -249,3 +254,159 @@ def test_stack_inspection_in_many_concurrent_sync_stacks():
         return await asyncio.gather(*(async_def(sync_entry_point, index) for index in range(50)))
 
     assert run(main) == list(range(50))
+
+
+def test_stack_depth_is_the_same_before_and_after_switches():
+    def depth():
+        return len(walk_frames(sys._getframe(1)))
+
+    def leaf_function():
+        before = depth()
+        for _ in range(100):
+            awaitlet(asyncio.sleep(0))
+        return before, depth()
+
+    def sync_entry_point():
+        return leaf_function()
+
+    async def main():
+        return await async_def(sync_entry_point)
+
+    before, after = run(main)
+    assert before == after
+
+
+def test_warning_stacklevel_points_at_the_sync_caller_after_a_switch():
+    def warns_for_caller():
+        awaitlet(asyncio.sleep(0))
+        warnings.warn("attributed to caller", UserWarning, stacklevel=2)
+
+    def sync_entry_point():
+        awaitlet(asyncio.sleep(0))
+        expected_line = sys._getframe().f_lineno + 1
+        warns_for_caller()
+        return expected_line
+
+    async def main():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            expected_line = await async_def(sync_entry_point)
+        return expected_line, caught
+
+    expected_line, caught = run(main)
+    assert len(caught) == 1
+    assert caught[0].filename == __file__
+    assert caught[0].lineno == expected_line
+
+
+def test_logging_records_the_sync_function_name_after_a_switch():
+    records = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            records.append((record.funcName, record.lineno, record.getMessage()))
+
+    logger = logging.getLogger("awaitlet.tests.frames")
+    handler = Collect()
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+    def logging_function():
+        awaitlet(asyncio.sleep(0))
+        logger.info("from sync code")
+
+    async def main():
+        await async_def(logging_function)
+
+    try:
+        run(main)
+    finally:
+        logger.removeHandler(handler)
+    assert [(name, message) for name, _, message in records] == [
+        ("logging_function", "from sync code")
+    ]
+
+
+def test_faulthandler_dumps_the_sync_stack_without_crashing(tmp_path):
+    dump_path = tmp_path / "dump.txt"
+
+    def leaf_function():
+        awaitlet(asyncio.sleep(0))
+        with open(dump_path, "w") as dump_file:
+            faulthandler.dump_traceback(dump_file, all_threads=False)
+        awaitlet(asyncio.sleep(0))
+
+    def sync_entry_point():
+        leaf_function()
+
+    async def main():
+        await async_def(sync_entry_point)
+        with open(dump_path, "a") as dump_file:
+            faulthandler.dump_traceback(dump_file, all_threads=True)
+
+    run(main)
+    dumped = dump_path.read_text()
+    assert "leaf_function" in dumped
+    assert "sync_entry_point" in dumped
+
+
+def test_traceback_frames_stay_walkable_after_the_coroutine_is_gone():
+    def raising_helper():
+        helper_local = "helper value"
+        awaitlet(asyncio.sleep(0))
+        raise LookupError(helper_local)
+
+    def sync_entry_point():
+        awaitlet(asyncio.sleep(0))
+        raising_helper()
+
+    async def main():
+        try:
+            await async_def(sync_entry_point)
+        except LookupError as caught:
+            return caught
+        return None
+
+    caught = run(main)
+    gc.collect()
+    walked = []
+    for frame, line_number in traceback.walk_tb(caught.__traceback__):
+        walked.append((frame.f_code.co_name, line_number, dict(frame.f_locals)))
+        walk_frames(frame)
+    names = [name for name, _, _ in walked]
+    assert names[-2:] == ["sync_entry_point", "raising_helper"]
+    assert walked[-1][2]["helper_local"] == "helper value"
+    assert "".join(traceback.format_exception(caught))
+
+
+def test_frames_captured_from_a_closed_coroutine_stay_readable():
+    captured_frames = []
+
+    class Suspend:
+        def __await__(self):
+            return (yield)
+
+    def leaf_function():
+        leaf_local = "leaf value"
+        captured_frames.append(sys._getframe())
+        awaitlet(Suspend())
+        return leaf_local
+
+    def sync_entry_point():
+        return leaf_function()
+
+    coro = async_def(sync_entry_point)
+    coro.send(None)
+    coro.close()
+    del coro
+    gc.collect()
+    frame = captured_frames[0]
+    assert frame.f_code.co_name == "leaf_function"
+    assert frame.f_locals["leaf_local"] == "leaf value"
+    walk_frames(frame)
+
+
+def test_sync_stack_can_be_sampled_from_another_thread():
+    result = run_script("sample_stacks_from_another_thread.py")
+    assert_script_succeeded(result, ["sampled sync frames", "sample_stacks_from_another_thread OK"])
