@@ -405,3 +405,16 @@ def test_close_is_forwarded_to_the_suspended_awaitable():
     assert coro.send(None) == "suspended in awaited coroutine"
     coro.close()
     assert events == ["awaited coroutine finally", "sync finally"]
+
+
+def test_throw_accepts_an_exception_class():
+    def fn():
+        try:
+            awaitlet(Yield())
+        except LookupError as error:
+            return type(error), error.args
+        return None
+
+    coro = async_def(fn)
+    coro.send(None)
+    assert finish_with_throw(coro, LookupError) == (LookupError, ())

@@ -1,9 +1,12 @@
 import asyncio
 import collections.abc
+import copy
 import functools
 import gc
 import inspect
+import pickle
 import warnings
+import weakref
 
 import pytest
 from _support import Yield
@@ -214,3 +217,61 @@ def test_repr_is_a_string_in_every_state():
     with pytest.raises(StopIteration):
         coro.send(None)
     assert isinstance(repr(coro), str)
+
+
+def test_coroutine_type_cannot_be_instantiated_copied_or_pickled():
+    coro = async_def(return_one)
+    try:
+        with pytest.raises(TypeError):
+            type(coro)()
+        with pytest.raises(TypeError):
+            copy.copy(coro)
+        with pytest.raises(TypeError):
+            pickle.dumps(coro)
+    finally:
+        coro.close()
+
+
+def test_coroutine_supports_weak_references():
+    coro = async_def(return_one)
+    reference = weakref.ref(coro)
+    assert reference() is coro
+    coro.close()
+    del coro
+    gc.collect()
+    assert reference() is None
+
+
+def test_referents_can_be_listed_in_every_state():
+    def fn():
+        awaitlet(Yield())
+
+    coro = async_def(fn)
+    assert fn in gc.get_referents(coro)
+    coro.send(None)
+    assert isinstance(gc.get_referents(coro), list)
+    with pytest.raises(StopIteration):
+        coro.send(None)
+    assert isinstance(gc.get_referents(coro), list)
+
+
+def test_inspect_getcoroutinestate_follows_the_lifecycle():
+    states = []
+
+    def fn():
+        states.append(inspect.getcoroutinestate(coro))
+        awaitlet(Yield())
+
+    coro = async_def(fn)
+    states.append(inspect.getcoroutinestate(coro))
+    coro.send(None)
+    states.append(inspect.getcoroutinestate(coro))
+    with pytest.raises(StopIteration):
+        coro.send(None)
+    states.append(inspect.getcoroutinestate(coro))
+    assert states == [
+        inspect.CORO_CREATED,
+        inspect.CORO_RUNNING,
+        inspect.CORO_SUSPENDED,
+        inspect.CORO_CLOSED,
+    ]
