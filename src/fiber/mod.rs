@@ -36,9 +36,11 @@ use pyo3::prelude::*;
 
 use crate::pystate::FiberPyState;
 
-/// Machine stack reserved for each fiber. Only the pages a fiber touches use memory; the
-/// size is what deep recursion may reach before CPython's own limits raise RecursionError.
-pub const STACK_SIZE: usize = 2 * 1024 * 1024;
+/// Machine stack reserved for each fiber: the size of a thread's default stack, which is
+/// what CPython's recursion limits are calibrated for before 3.14 (3.10-3.13 count calls,
+/// not bytes), so recursion in sync code raises RecursionError where it would on a thread.
+/// It is address space: only the pages a fiber touches become memory.
+pub const STACK_SIZE: usize = 8 * 1024 * 1024;
 
 /// What a suspended fiber continues with.
 pub enum Resume {
