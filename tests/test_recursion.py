@@ -33,6 +33,7 @@ def test_unbounded_recursion_in_sync_code_raises_recursion_error_and_stays_usabl
         "awaitlet_at_depth_through_c_calls",
         "depth_counter_stable_after_many_switches",
         "limit_changed_inside_sync_code",
+        "switch_at_every_level",
         pytest.param(
             "raised_limit_pure_python",
             marks=pytest.mark.skipif(

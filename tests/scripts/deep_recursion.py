@@ -216,6 +216,23 @@ def raised_limit_pure_python():
         assert error
 
 
+def switch_at_every_level():
+    def descend_switching(remaining):
+        awaitlet(asyncio.sleep(0))
+        if remaining <= 0:
+            return 0
+        below = descend_switching(remaining - 1)
+        awaitlet(asyncio.sleep(0))
+        return below + 1
+
+    async def main():
+        levels = sys.getrecursionlimit() - 100
+        return await asyncio.gather(*(async_def(descend_switching, levels) for _ in range(8)))
+
+    levels = sys.getrecursionlimit() - 100
+    assert asyncio.run(main()) == [levels] * 8
+
+
 def limit_changed_inside_sync_code():
     original = sys.getrecursionlimit()
     raised = 3 * original
@@ -284,6 +301,7 @@ SCENARIOS = {
     "raised_limit_pure_python": raised_limit_pure_python,
     "depth_counter_stable_after_many_switches": depth_counter_stable_after_many_switches,
     "limit_changed_inside_sync_code": limit_changed_inside_sync_code,
+    "switch_at_every_level": switch_at_every_level,
 }
 
 
