@@ -418,3 +418,34 @@ def test_throw_accepts_an_exception_class():
     coro = async_def(fn)
     coro.send(None)
     assert finish_with_throw(coro, LookupError) == (LookupError, ())
+
+
+def test_coroutine_driven_by_hand_from_sync_code_continues_from_the_task():
+    def inner():
+        first = awaitlet(Yield("inner suspended"))
+        second = awaitlet(asyncio.sleep(0.001, result="inner slept"))
+        return first, second
+
+    def outer():
+        inner_coro = async_def(inner)
+        yielded = inner_coro.send(None)
+        awaitlet(asyncio.sleep(0.001))
+        return yielded, inner_coro
+
+    async def main():
+        yielded, inner_coro = await async_def(outer)
+        try:
+            inner_coro.send("sent by task")
+        except StopIteration:
+            raise AssertionError("inner finished too early") from None
+        return yielded, await _continue(inner_coro)
+
+    assert asyncio.run(main()) == ("inner suspended", ("sent by task", "inner slept"))
+
+
+async def _continue(coro):
+    """Finish awaiting ``coro``, which is suspended in an asyncio awaitable."""
+    await asyncio.sleep(0.01)
+    with pytest.raises(StopIteration) as stop:
+        coro.send(None)
+    return stop.value.value

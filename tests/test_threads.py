@@ -1,6 +1,7 @@
 import asyncio
 import concurrent.futures
 import random
+import sys
 import threading
 
 import pytest
@@ -165,3 +166,36 @@ def test_worker_thread_started_by_sync_code_can_run_its_own_event_loop():
 def test_suspended_coroutines_crossing_threads_do_not_crash(scenario):
     result = run_script("coroutines_crossing_threads.py", scenario)
     assert_script_succeeded(result, [f"{scenario} OK"])
+
+
+def cpu_bound_sync_work(thread_index, task_index):
+    total = 0
+    for step in range(5):
+        for value in range(3000):
+            total += value % (step + 2)
+        awaitlet(asyncio.sleep(0))
+    return thread_index, task_index, total
+
+
+def test_threads_switching_sync_stacks_under_frequent_gil_handoffs():
+    expected_total = sum(value % (step + 2) for step in range(5) for value in range(3000))
+
+    def run_loop(thread_index):
+        async def main():
+            return await asyncio.gather(
+                *(async_def(cpu_bound_sync_work, thread_index, index) for index in range(30))
+            )
+
+        return asyncio.run(main())
+
+    previous_interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=THREAD_COUNT) as executor:
+            futures = [executor.submit(run_loop, index) for index in range(THREAD_COUNT)]
+            outcomes = [future.result(timeout=120) for future in futures]
+    finally:
+        sys.setswitchinterval(previous_interval)
+
+    for thread_index, results in enumerate(outcomes):
+        assert results == [(thread_index, index, expected_total) for index in range(30)]
