@@ -36,6 +36,8 @@ use pyo3::prelude::*;
 
 use crate::pystate::FiberPyState;
 
+mod stack_pool;
+
 /// Machine stack reserved for each fiber: the size of a thread's default stack, which is
 /// what CPython's recursion limits are calibrated for before 3.14 (3.10-3.13 count calls,
 /// not bytes), so recursion in sync code raises RecursionError where it would on a thread.
@@ -109,7 +111,7 @@ impl Fiber {
     /// Prepares `body` to run on a new stack; it starts at the first [`Fiber::resume`].
     /// Must be called on the thread that will run it.
     pub fn new(py: Python<'_>, body: Body) -> PyResult<Self> {
-        let stack = DefaultStack::new(STACK_SIZE).map_err(|err| {
+        let stack = stack_pool::take(STACK_SIZE).map_err(|err| {
             PyMemoryError::new_err(format!("cannot allocate a fiber stack: {err}"))
         })?;
         // limit() includes the guard page, which the interpreter must not count as usable.
@@ -218,9 +220,11 @@ impl Drop for Fiber {
     fn drop(&mut self) {
         match self.status {
             Status::NotStarted | Status::Finished => {
-                // SAFETY: the machine has not started or has returned, so dropping it unwinds
-                // nothing; it is dropped exactly once, here.
-                unsafe { ManuallyDrop::drop(&mut self.machine) };
+                // SAFETY: taken exactly once, here; the handle is being dropped.
+                let machine = unsafe { ManuallyDrop::take(&mut self.machine) };
+                // The machine has not started or has returned: nothing on its stack needs
+                // unwinding, and the stack can serve another fiber.
+                stack_pool::give_back(machine.into_stack());
                 // SAFETY: allocated by Box::leak in `new`; the closure that also pointed to it
                 // was dropped with the machine just above.
                 drop(unsafe { Box::from_raw(self.shared.as_ptr()) });
