@@ -8,7 +8,6 @@
 //! back to the sync code at its `awaitlet()` call. Any loop that drives coroutines drives
 //! these.
 
-use std::cell::RefCell;
 use std::ffi::CString;
 
 use pyo3::exceptions::{
@@ -22,7 +21,8 @@ use pyo3::PyTraverseError;
 use pyo3::PyVisit;
 
 use crate::exceptions::{NoAwaitOccurred, NoAwaitletContext};
-use crate::fiber::{current_thread, CurrentFiber, Fiber, Resume, Step};
+use crate::fiber::{current_thread, ActiveFiber, Fiber, Kind, Resume, Step};
+use crate::gil_cell::GilCell;
 use crate::pystate::interpreter_finalizing;
 
 enum State {
@@ -44,18 +44,6 @@ struct Running {
     awaited: bool,
 }
 
-/// Coroutine state behind a `RefCell`: a borrow is held for the whole of a `send`, so a
-/// re-entrant call from the sync code finds it borrowed and is refused.
-struct StateCell(RefCell<State>);
-
-// SAFETY: the extension only builds for CPython with a GIL (build.rs refuses free-threaded
-// builds), so all access is serialized by the GIL. The only thread-affine content is the
-// `Fiber`, and every path that touches it compares `Fiber::thread()` with the calling thread
-// first (and a fiber dropped on another thread is leaked, never touched).
-unsafe impl Send for StateCell {}
-// SAFETY: as above.
-unsafe impl Sync for StateCell {}
-
 /// What driving the coroutine one step produced.
 enum Outcome {
     /// The awaited object yielded this to the event loop.
@@ -74,7 +62,7 @@ enum Outcome {
 pub struct AsyncDefCoroutine {
     func: Py<PyAny>,
     assert_await_occurs: bool,
-    state: StateCell,
+    state: GilCell<State>,
 }
 
 impl AsyncDefCoroutine {
@@ -87,15 +75,14 @@ impl AsyncDefCoroutine {
         Self {
             func,
             assert_await_occurs,
-            state: StateCell(RefCell::new(State::Created { args, kwargs })),
+            state: GilCell::new(State::Created { args, kwargs }),
         }
     }
 
     fn borrow_mut(&self) -> PyResult<std::cell::RefMut<'_, State>> {
         self.state
-            .0
             .try_borrow_mut()
-            .map_err(|_| PyValueError::new_err("coroutine already executing"))
+            .ok_or_else(|| PyValueError::new_err("coroutine already executing"))
     }
 
     fn qualname(&self, py: Python<'_>) -> String {
@@ -122,6 +109,7 @@ impl AsyncDefCoroutine {
         let func = self.func.clone_ref(py);
         let fiber = Fiber::new(
             py,
+            Kind::AsyncDef,
             Box::new(move |py| {
                 let kwargs = kwargs.as_ref().map(|kwargs| kwargs.bind(py));
                 func.bind(py).call(args.bind(py), kwargs).map(Bound::unbind)
@@ -301,7 +289,7 @@ impl Drop for AsyncDefCoroutine {
     fn drop(&mut self) {
         // SAFETY: pyclass values are dropped from tp_dealloc, with the GIL held.
         let py = unsafe { Python::assume_attached() };
-        let state = self.state.0.get_mut();
+        let state = self.state.get_mut();
         let action = match state {
             State::Created { .. } => DropAction::WarnNeverAwaited,
             State::Running(running)
@@ -327,9 +315,9 @@ impl Drop for AsyncDefCoroutine {
                 PyErr::warn(py, &py.get_type::<PyRuntimeWarning>(), &message, 1)
             }
             _ => {
-                let mut state = std::mem::replace(self.state.0.get_mut(), State::Done);
+                let mut state = std::mem::replace(self.state.get_mut(), State::Done);
                 let result = self.close_state(py, &mut state).map(drop);
-                *self.state.0.get_mut() = state;
+                *self.state.get_mut() = state;
                 result
             }
         };
@@ -414,20 +402,20 @@ impl AsyncDefCoroutine {
     /// Whether the sync code is running right now.
     #[getter]
     fn cr_running(&self) -> bool {
-        self.state.0.try_borrow().is_err()
+        self.state.try_borrow().is_none()
     }
 
     /// Whether the sync code is suspended in `awaitlet()`.
     #[getter]
     fn cr_suspended(&self) -> bool {
-        matches!(self.state.0.try_borrow().as_deref(), Ok(State::Running(running)) if running.fiber.is_suspended())
+        matches!(self.state.try_borrow().as_deref(), Some(State::Running(running)) if running.fiber.is_suspended())
     }
 
     /// What the suspended sync code awaits.
     #[getter]
     fn cr_await(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        match self.state.0.try_borrow().as_deref() {
-            Ok(State::Running(running)) => running
+        match self.state.try_borrow().as_deref() {
+            Some(State::Running(running)) => running
                 .awaiting
                 .as_ref()
                 .map(|awaitable| awaitable.clone_ref(py)),
@@ -438,8 +426,8 @@ impl AsyncDefCoroutine {
     /// The innermost frame of the suspended sync code (its `f_back` chain leads to `fn`).
     #[getter]
     fn cr_frame<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
-        match self.state.0.try_borrow().as_deref() {
-            Ok(State::Running(running)) => running.fiber.top_frame(py),
+        match self.state.try_borrow().as_deref() {
+            Some(State::Running(running)) => running.fiber.top_frame(py),
             _ => Ok(None),
         }
     }
@@ -469,19 +457,19 @@ impl AsyncDefCoroutine {
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         visit.call(&self.func)?;
-        match self.state.0.try_borrow().as_deref() {
-            Ok(State::Created { args, kwargs }) => {
+        match self.state.try_borrow().as_deref() {
+            Some(State::Created { args, kwargs }) => {
                 visit.call(args)?;
                 visit.call(kwargs)?;
             }
-            Ok(State::Running(running)) => visit.call(&running.awaiting)?,
+            Some(State::Running(running)) => visit.call(&running.awaiting)?,
             _ => {}
         }
         Ok(())
     }
 
     fn __clear__(&self) {
-        if let Ok(mut state) = self.state.0.try_borrow_mut() {
+        if let Some(mut state) = self.state.try_borrow_mut() {
             match &mut *state {
                 // A never-started coroutine caught in a garbage cycle has nothing to run.
                 State::Created { .. } => *state = State::Done,
@@ -658,22 +646,58 @@ impl AsyncDefFunction {
     }
 }
 
-/// `awaitlet(awaitable)`: from sync code running under `async_def`, wait for `awaitable`
-/// and return its result (or raise its exception).
+/// `awaitlet(awaitable)`: from sync code running under `async_def` (or under a greenlet
+/// that declares `__sqlalchemy_greenlet_provider__`), wait for `awaitable` and return its
+/// result (or raise its exception).
 #[pyfunction]
 pub fn awaitlet(py: Python<'_>, awaitable: Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
-    let Some(fiber) = CurrentFiber::get() else {
-        close_if_coroutine(py, &awaitable)?;
-        return Err(NoAwaitletContext::new_err(
-            "Can't call awaitlet() unless the call stack was invoked with async_def().",
-        ));
+    let fiber = match ActiveFiber::running() {
+        Some(fiber) if fiber.kind() == Kind::AsyncDef || is_awaitlet_provider(py, &fiber)? => fiber,
+        _ => {
+            close_if_coroutine(py, &awaitable)?;
+            return Err(NoAwaitletContext::new_err(
+                "Can't call awaitlet() unless the call stack was invoked with async_def().",
+            ));
+        }
     };
-    if fiber.is_closing() {
-        close_if_coroutine(py, &awaitable)?;
-        return Err(PyRuntimeError::new_err("coroutine ignored GeneratorExit"));
+    switch_to_resumer(py, fiber, awaitable)
+}
+
+/// Whether a greenlet-driven fiber's greenlet marks itself as one that awaits on behalf of
+/// its code (SQLAlchemy's and awaitlet's own greenlet subclasses do).
+fn is_awaitlet_provider(py: Python<'_>, fiber: &ActiveFiber) -> PyResult<bool> {
+    match fiber.greenlet(py) {
+        Some(greenlet) => match greenlet
+            .getattr(pyo3::intern!(py, "__sqlalchemy_greenlet_provider__"))
+        {
+            Ok(flag) => flag.is_truthy(),
+            Err(err) if err.is_instance_of::<pyo3::exceptions::PyAttributeError>(py) => Ok(false),
+            Err(err) => Err(err),
+        },
+        None => Ok(false),
     }
-    let iterator = awaitable_iterator(&awaitable)?;
-    match fiber.suspend(py, iterator.unbind()) {
+}
+
+/// Suspends the running fiber, handing `value` to whoever resumed it, and returns what it is
+/// resumed with. An `async_def` fiber's driver awaits `value`, so it must be awaitable: a
+/// TypeError is raised here, in the sync code, otherwise, as `await` would.
+pub fn switch_to_resumer(
+    py: Python<'_>,
+    fiber: ActiveFiber,
+    value: Bound<'_, PyAny>,
+) -> PyResult<Py<PyAny>> {
+    if fiber.is_closing() {
+        close_if_coroutine(py, &value)?;
+        return Err(PyRuntimeError::new_err(match fiber.kind() {
+            Kind::AsyncDef => "coroutine ignored GeneratorExit",
+            Kind::Greenlet => "greenlet ignored GreenletExit and switched again while being killed",
+        }));
+    }
+    let handed_over = match fiber.kind() {
+        Kind::AsyncDef => awaitable_iterator(&value)?.unbind(),
+        Kind::Greenlet => value.unbind(),
+    };
+    match fiber.suspend(py, handed_over) {
         Resume::Value(value) => Ok(value),
         Resume::Throw(err) => Err(err),
     }

@@ -15,3 +15,9 @@ create_exception!(
     PyException,
     "async_def(..., assert_await_occurs=True) ran a function that never called awaitlet()."
 );
+create_exception!(
+    greenlet,
+    GreenletError,
+    PyException,
+    "A greenlet operation awaitlet's greenlet facade cannot perform."
+);

@@ -3,6 +3,8 @@
 mod coroutine;
 mod exceptions;
 mod fiber;
+mod gil_cell;
+mod greenlet;
 mod pystate;
 
 use pyo3::prelude::*;
@@ -23,5 +25,14 @@ fn _awaitlet(m: &Bound<'_, PyModule>) -> PyResult<()> {
         "NoAwaitOccurred",
         py.get_type::<exceptions::NoAwaitOccurred>(),
     )?;
+    // The native half of the greenlet facade, awaitlet.greenlet.
+    m.add_class::<greenlet::FiberHandle>()?;
+    m.add("GreenletExit", py.get_type::<greenlet::GreenletExit>())?;
+    m.add("GreenletError", py.get_type::<exceptions::GreenletError>())?;
+    m.add_function(wrap_pyfunction!(greenlet::_fiber_greenlet, m)?)?;
+    m.add_function(wrap_pyfunction!(greenlet::_adopt_greenlet, m)?)?;
+    m.add_function(wrap_pyfunction!(greenlet::_switch_to_parent, m)?)?;
+    m.add_function(wrap_pyfunction!(greenlet::_current_context, m)?)?;
+    m.add_function(wrap_pyfunction!(greenlet::_set_current_context, m)?)?;
     Ok(())
 }

@@ -19,7 +19,22 @@ __all__ = [
     "__version__",
     "async_def",
     "awaitlet",
+    "install_greenlet_shim",
 ]
+
+
+def install_greenlet_shim() -> None:
+    """Make ``import greenlet`` give :mod:`awaitlet.greenlet` when greenlet is not installed.
+
+    An installed awaitlet already does this at interpreter start (unless the environment
+    variable ``AWAITLET_GREENLET_SHIM`` is ``0``); this is for code that turned that off or
+    wants to be explicit.  If the real greenlet is installed, it is still the one imported.
+    Call it before the first ``import greenlet`` (SQLAlchemy imports it when its asyncio
+    extension is imported).
+    """
+    import _awaitlet_greenlet_shim
+
+    _awaitlet_greenlet_shim.install()
 
 
 async def _async_def_signature(fn, /, *args, assert_await_occurs=False, **kwargs):  # type: ignore[no-untyped-def]

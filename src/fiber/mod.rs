@@ -2,14 +2,14 @@
 //!
 //! This module is the only user of corosensei. A [`Fiber`] owns a stack and a coroutine that
 //! calls a Rust closure (which calls the Python function) on that stack. The resumer calls
-//! [`Fiber::resume`]; code running on the fiber calls [`CurrentFiber::suspend`] to hand an
+//! [`Fiber::resume`]; code running on the fiber calls [`ActiveFiber::suspend`] to hand an
 //! awaitable iterator back to the resumer and wait for the value (or exception) to continue
 //! with. Every switch swaps the interpreter's per-thread state (see [`crate::pystate`]).
 //!
 //! ```text
 //!   resumer stack                          fiber stack
 //!   Fiber::resume(input) --enter state-->  body(py) ... awaitlet(x)
-//!                        <--leave state--  CurrentFiber::suspend(iter)
+//!                        <--leave state--  ActiveFiber::suspend(iter)
 //!   Step::Suspended(iter)
 //!   Fiber::resume(value) --enter state-->  ... suspend returns value
 //!                        <--finish state-  body returns
@@ -22,7 +22,7 @@
 //! owner finishes it by throwing a Python exception in, and a fiber that cannot be finished
 //! is leaked on purpose when dropped.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::mem::ManuallyDrop;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr::{self, NonNull};
@@ -31,6 +31,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use corosensei::stack::{DefaultStack, Stack};
 use corosensei::{Coroutine, CoroutineResult, Yielder};
 use pyo3::exceptions::{PyMemoryError, PyRuntimeError};
+use pyo3::ffi;
 use pyo3::panic::PanicException;
 use pyo3::prelude::*;
 
@@ -60,6 +61,25 @@ pub enum Step {
     Finished(PyResult<Py<PyAny>>),
 }
 
+/// Who drives a fiber, which decides what it hands over when it suspends.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// An `async_def` coroutine: the fiber suspends with an awaitable's iterator.
+    AsyncDef,
+    /// Greenlet-style `switch()` calls: the fiber suspends with any value.
+    Greenlet,
+}
+
+/// The greenlet object that stands for a fiber in the greenlet facade.
+enum GreenletRef {
+    None,
+    /// The facade object that owns the fiber (a borrowed pointer, cleared before the owner
+    /// goes away).
+    Owner(NonNull<ffi::PyObject>),
+    /// An object created to stand for a fiber that no greenlet owns (an `async_def`'s).
+    Adopted(Py<PyAny>),
+}
+
 /// The Python work a fiber runs.
 pub type Body = Box<dyn FnOnce(Python<'_>) -> PyResult<Py<PyAny>>>;
 
@@ -79,6 +99,10 @@ struct Shared {
     pystate: FiberPyState,
     yielder: Cell<*const Yielder<Resume, Py<PyAny>>>,
     closing: Cell<bool>,
+    kind: Kind,
+    /// While the fiber runs: the fiber that resumed it (null: the thread's own stack).
+    resumer: Cell<*const Shared>,
+    greenlet: RefCell<GreenletRef>,
 }
 
 thread_local! {
@@ -110,7 +134,7 @@ pub struct Fiber {
 impl Fiber {
     /// Prepares `body` to run on a new stack; it starts at the first [`Fiber::resume`].
     /// Must be called on the thread that will run it.
-    pub fn new(py: Python<'_>, body: Body) -> PyResult<Self> {
+    pub fn new(py: Python<'_>, kind: Kind, body: Body) -> PyResult<Self> {
         let stack = stack_pool::take(STACK_SIZE).map_err(|err| {
             PyMemoryError::new_err(format!("cannot allocate a fiber stack: {err}"))
         })?;
@@ -122,6 +146,9 @@ impl Fiber {
             pystate,
             yielder: Cell::new(ptr::null()),
             closing: Cell::new(false),
+            kind,
+            resumer: Cell::new(ptr::null()),
+            greenlet: RefCell::new(GreenletRef::None),
         })));
         let shared_addr = shared.as_ptr() as usize;
         let machine = Coroutine::with_stack(
@@ -187,6 +214,7 @@ impl Fiber {
             "fiber resumed from the wrong thread or state"
         );
         let previous = CURRENT.with(|current| current.replace(self.shared.as_ptr()));
+        self.shared().resumer.set(previous);
         // SAFETY: GIL held (token), on the fiber's thread, it is not running or finished,
         // and the switch onto its stack follows immediately.
         unsafe { self.shared().pystate.enter() };
@@ -203,6 +231,37 @@ impl Fiber {
                 Step::Finished(result)
             }
         }
+    }
+
+    /// Records `owner` as the greenlet object that owns this fiber (null to forget it).
+    pub fn set_owner_greenlet(&self, owner: *mut ffi::PyObject) {
+        *self.shared().greenlet.borrow_mut() = match NonNull::new(owner) {
+            Some(owner) => GreenletRef::Owner(owner),
+            None => GreenletRef::None,
+        };
+    }
+
+    /// The context of a fiber that is not running (None: not chosen yet).
+    pub fn context<'py>(&self, py: Python<'py>) -> Bound<'py, PyAny> {
+        assert!(self.status != Status::Running, "context of a running fiber");
+        // SAFETY: GIL held (token); the fiber is not running (checked above).
+        unsafe { self.shared().pystate.context(py) }
+    }
+
+    /// Sets the context of a fiber that is not running.
+    ///
+    /// # Safety
+    /// `context` is a `contextvars.Context` or None.
+    pub unsafe fn set_context(&self, context: &Bound<'_, PyAny>) -> PyResult<()> {
+        if self.status == Status::Running {
+            return Err(PyRuntimeError::new_err(
+                "cannot set the context of a running fiber",
+            ));
+        }
+        // SAFETY: GIL held (the Bound proves it); the fiber is not running (checked above);
+        // the caller guarantees the type.
+        unsafe { self.shared().pystate.set_context(context) };
+        Ok(())
     }
 
     /// The frame object of the innermost Python frame of a suspended fiber.
@@ -237,22 +296,55 @@ impl Drop for Fiber {
     }
 }
 
-/// The fiber the calling code runs on.
+/// A fiber on this thread's active chain: the running one, or one that (indirectly)
+/// resumed it and waits for it.
 #[derive(Clone, Copy)]
-pub struct CurrentFiber {
+pub struct ActiveFiber {
     shared: NonNull<Shared>,
 }
 
-impl CurrentFiber {
+impl ActiveFiber {
     /// The fiber running on this thread, if the caller runs on one.
     #[inline]
-    pub fn get() -> Option<Self> {
+    pub fn running() -> Option<Self> {
         NonNull::new(CURRENT.with(Cell::get).cast_mut()).map(|shared| Self { shared })
     }
 
+    /// The fiber that resumed this one, if it was not the thread's own stack.
+    pub fn resumer(&self) -> Option<Self> {
+        NonNull::new(self.shared().resumer.get().cast_mut()).map(|shared| Self { shared })
+    }
+
     fn shared(&self) -> &Shared {
-        // SAFETY: the fiber is running (we are on it), so its shared state is alive.
+        // SAFETY: an active fiber is running or waits in `Fiber::resume` for the fiber it
+        // resumed, so its handle, and with it the shared state, is alive.
         unsafe { self.shared.as_ref() }
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.shared().kind
+    }
+
+    /// The greenlet object standing for this fiber, if it has one.
+    pub fn greenlet<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
+        match &*self.shared().greenlet.borrow() {
+            GreenletRef::None => None,
+            // SAFETY: the owner clears this pointer before it is deallocated, so it is alive.
+            GreenletRef::Owner(owner) => {
+                Some(unsafe { Bound::from_borrowed_ptr(py, owner.as_ptr()) })
+            }
+            GreenletRef::Adopted(greenlet) => Some(greenlet.bind(py).clone()),
+        }
+    }
+
+    /// Makes `greenlet` stand for this fiber, which no greenlet owns.
+    pub fn adopt_greenlet(&self, greenlet: Py<PyAny>) -> PyResult<()> {
+        let mut slot = self.shared().greenlet.borrow_mut();
+        if !matches!(*slot, GreenletRef::None) {
+            return Err(PyRuntimeError::new_err("this fiber already has a greenlet"));
+        }
+        *slot = GreenletRef::Adopted(greenlet);
+        Ok(())
     }
 
     /// Whether the fiber is being closed (or has finished its function).

@@ -26,6 +26,10 @@ extern "C" {
     fn awaitlet_leave_fiber(state: *mut RawFiberState);
     fn awaitlet_finish_fiber(state: *mut RawFiberState);
     fn awaitlet_fiber_top_frame(state: *mut RawFiberState) -> *mut ffi::PyObject;
+    fn awaitlet_fiber_context(state: *mut RawFiberState) -> *mut ffi::PyObject;
+    fn awaitlet_fiber_set_context(state: *mut RawFiberState, context: *mut ffi::PyObject);
+    fn awaitlet_current_context() -> *mut ffi::PyObject;
+    fn awaitlet_set_current_context(context: *mut ffi::PyObject);
     fn awaitlet_check_layout() -> *const c_char;
     fn awaitlet_compiled_python_version() -> std::ffi::c_ulong;
     fn awaitlet_interpreter_finalizing() -> std::ffi::c_int;
@@ -90,6 +94,43 @@ impl FiberPyState {
         // SAFETY: guaranteed by the caller; returns a new reference or NULL with an error.
         unsafe { Bound::from_owned_ptr_or_err(py, awaitlet_fiber_top_frame(self.raw.as_ptr())) }
     }
+}
+
+impl FiberPyState {
+    /// The context the fiber runs in while suspended, or will start in (None: the
+    /// resumer's).
+    ///
+    /// # Safety
+    /// GIL held; the fiber is not running.
+    pub unsafe fn context<'py>(&self, py: Python<'py>) -> Bound<'py, PyAny> {
+        // SAFETY: guaranteed by the caller; returns a new reference.
+        unsafe { Bound::from_owned_ptr(py, awaitlet_fiber_context(self.raw.as_ptr())) }
+    }
+
+    /// Sets the context of a fiber that is not running; `context` is a Context or None.
+    ///
+    /// # Safety
+    /// GIL held; the fiber is not running; `context` is a `contextvars.Context` or None.
+    pub unsafe fn set_context(&self, context: &Bound<'_, PyAny>) {
+        // SAFETY: guaranteed by the caller.
+        unsafe { awaitlet_fiber_set_context(self.raw.as_ptr(), context.as_ptr()) }
+    }
+}
+
+/// The running code's current `contextvars.Context`, or None if none was created yet.
+pub fn current_context(py: Python<'_>) -> Bound<'_, PyAny> {
+    // SAFETY: GIL held; returns a new reference.
+    unsafe { Bound::from_owned_ptr(py, awaitlet_current_context()) }
+}
+
+/// Makes `context` (a `contextvars.Context`, checked by the caller, or None) the running
+/// code's current context, as greenlet's `gr_context` setter does for the running greenlet.
+///
+/// # Safety
+/// `context` is a `contextvars.Context` or None.
+pub unsafe fn set_current_context(context: &Bound<'_, PyAny>) {
+    // SAFETY: GIL held (the Bound proves it); the caller checked the type.
+    unsafe { awaitlet_set_current_context(context.as_ptr()) }
 }
 
 impl Drop for FiberPyState {

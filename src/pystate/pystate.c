@@ -127,6 +127,9 @@ typedef struct awaitlet_fiber_state {
 #if AWAITLET_PY312 && !AWAITLET_PY314
     int c_recursion_budget;
 #endif
+    /* The context a fiber that has not started yet will run in (a strong reference), set
+     * through awaitlet_fiber_set_context; NULL means the resumer's current context. */
+    PyObject *initial_context;
     int started;
 } awaitlet_fiber_state;
 
@@ -267,8 +270,15 @@ init_fiber(awaitlet_fiber_state *s, PyThreadState *ts)
 {
     awaitlet_saved *f = &s->fiber;
     const awaitlet_saved *p = &s->parent;
-    /* The sync code shares the awaiting task's Context object. */
-    f->context = Py_XNewRef(p->context);
+    /* The sync code shares the awaiting task's Context object (unless another one was
+     * chosen before the start, as greenlet's gr_context allows). */
+    if (s->initial_context != NULL) {
+        f->context = s->initial_context;
+        s->initial_context = NULL;
+    }
+    else {
+        f->context = Py_XNewRef(p->context);
+    }
     memset(&s->exc_root, 0, sizeof(s->exc_root));
     f->exc_info = &s->exc_root;
 #if AWAITLET_USE_CFRAME
@@ -388,9 +398,7 @@ awaitlet_fiber_state_free(awaitlet_fiber_state *s)
     if (s == NULL) {
         return;
     }
-    if (!s->started) {
-        Py_CLEAR(s->fiber.context);
-    }
+    Py_CLEAR(s->initial_context);
 #if AWAITLET_PY311
     PyMem_RawFree(s->root_chunk);
 #endif
@@ -500,6 +508,43 @@ awaitlet_fiber_top_frame(awaitlet_fiber_state *s)
         Py_RETURN_NONE;
     }
     return (PyObject *)frame;
+}
+
+/* The context a suspended or not yet started fiber runs in (new reference; None when
+ * there is none yet). */
+PyObject *
+awaitlet_fiber_context(awaitlet_fiber_state *s)
+{
+    PyObject *context = s->started ? s->fiber.context : s->initial_context;
+    return Py_NewRef(context != NULL ? context : Py_None);
+}
+
+/* Sets the context of a suspended or not yet started fiber; `context` is a Context or None
+ * (for a not yet started fiber: run in the resumer's). */
+void
+awaitlet_fiber_set_context(awaitlet_fiber_state *s, PyObject *context)
+{
+    PyObject *new_context = context == Py_None ? NULL : Py_NewRef(context);
+    PyObject **slot = s->started ? &s->fiber.context : &s->initial_context;
+    Py_XSETREF(*slot, new_context);
+}
+
+/* The running code's current context (new reference; None when none was created yet). */
+PyObject *
+awaitlet_current_context(void)
+{
+    PyObject *context = current_tstate()->context;
+    return Py_NewRef(context != NULL ? context : Py_None);
+}
+
+/* Replaces the running code's current context; `context` is a Context or None. */
+void
+awaitlet_set_current_context(PyObject *context)
+{
+    PyThreadState *ts = current_tstate();
+    PyObject *new_context = context == Py_None ? NULL : Py_NewRef(context);
+    ts->context_ver++;
+    Py_XSETREF(ts->context, new_context);
 }
 
 /* Checks, on the running thread, that the thread-state fields this file uses are where the

@@ -1,0 +1,390 @@
+"""A short tour of awaitlet: ``python -m awaitlet``.
+
+Part 1 runs an ordinary synchronous function, written as blocking code, for several
+clients of an asyncio echo server at once.  Only the small transport function under it
+calls ``awaitlet()``; ``await async_def(fn, ...)`` runs each client's copy on its own
+stack, so the clients overlap on one event loop.
+
+Part 2 uses SQLAlchemy's asyncio ORM on an embedded SQLite database (through aiosqlite)
+and shows which ``greenlet`` implementation it runs on.  It is skipped, with a hint on
+how to install what it needs, when SQLAlchemy or aiosqlite is missing.
+
+Everything stays on this machine: the echo server listens on 127.0.0.1 and the
+database is a file in a temporary directory.  The exit status is 0 when every part
+passes and 1 otherwise.
+"""
+
+import asyncio
+import importlib
+import importlib.util
+import platform
+import random
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from awaitlet import __version__, async_def, awaitlet
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+    from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+    from sqlalchemy.orm import Session
+
+HOST = "127.0.0.1"
+CLIENT_COUNT = 5
+SERVER_DELAY_RANGE = (0.02, 0.08)  # seconds the echo server waits before each reply
+PART_TIMEOUT = 30.0  # seconds; a part that takes longer counts as failed
+
+# Part 2's data: author name -> [(book title, year published)].
+CATALOG = {
+    "Ursula K. Le Guin": [("A Wizard of Earthsea", 1968), ("The Left Hand of Darkness", 1969)],
+    "Octavia E. Butler": [("Kindred", 1979)],
+}
+# Books that the sync layer adds later: (author name, book title, year published).
+BOOK_FOR_RUN_SYNC = ("Octavia E. Butler", "Parable of the Sower", 1993)
+BOOK_FOR_ASYNC_DEF = ("Ursula K. Le Guin", "The Dispossessed", 1974)
+
+
+class DemoFailure(Exception):
+    """Something the demo checks turned out wrong."""
+
+
+def say(message: str) -> None:
+    """Print one step of the demo, indented under its section header."""
+    print(f"  {message}", flush=True)
+
+
+def section(title: str) -> None:
+    """Print a section header."""
+    print(f"\n{title}", flush=True)
+
+
+# --- Part 1: an unchanged sync middle layer -------------------------------------------
+
+
+def fetch_greeting(client_name: str, send_and_receive: Callable[[str], str]) -> str:
+    """The sync middle layer: blocking-style code that knows nothing about asyncio."""
+    request = f"hello from {client_name}"
+    say(f"{client_name} sends    {request!r}")
+    reply = send_and_receive(request)
+    say(f"{client_name} receives {reply!r}")
+    if reply != request:
+        raise DemoFailure(f"{client_name} sent {request!r} but got back {reply!r}")
+    return reply
+
+
+def stream_transport(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> Callable[[str], str]:
+    """Make a blocking-style send_and_receive() over an asyncio stream.
+
+    This is the only code in part 1 that calls awaitlet().
+    """
+
+    def send_and_receive(message: str) -> str:
+        writer.write(message.encode() + b"\n")
+        awaitlet(writer.drain())
+        line = awaitlet(reader.readline())
+        return line.decode().removesuffix("\n")
+
+    return send_and_receive
+
+
+class EchoServer:
+    """Echoes each line back after a short random delay; remembers the delays."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    async def handle_connection(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """Echo every line of one connection, each after a short random delay."""
+        try:
+            while line := await reader.readline():
+                delay = random.uniform(*SERVER_DELAY_RANGE)
+                self.delays.append(delay)
+                await asyncio.sleep(delay)
+                writer.write(line)
+                await writer.drain()
+        finally:
+            writer.close()
+
+
+async def run_client(client_name: str, port: int) -> str:
+    """Connect, then run the sync middle layer for this client on its own stack."""
+    reader, writer = await asyncio.open_connection(HOST, port)
+    try:
+        return await async_def(fetch_greeting, client_name, stream_transport(reader, writer))
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+async def run_part_one() -> None:
+    """Serve echoes on loopback, run the clients concurrently, check every reply."""
+    echo = EchoServer()
+    server = await asyncio.start_server(echo.handle_connection, HOST, 0)
+    port = server.sockets[0].getsockname()[1]
+    say(f"echo server listening on {HOST}:{port}")
+    say(f"{CLIENT_COUNT} clients each run fetch_greeting() via async_def(), all at once")
+    started = time.perf_counter()
+    try:
+        names = [f"client-{number}" for number in range(1, CLIENT_COUNT + 1)]
+        replies = await asyncio.gather(*(run_client(name, port) for name in names))
+    finally:
+        server.close()
+        await server.wait_closed()
+    elapsed = time.perf_counter() - started
+    say(f"{len(replies)}/{CLIENT_COUNT} echoes correct in {elapsed:.2f} s")
+    say(f"one client after another would take at least {sum(echo.delays):.2f} s")
+    say("echo server closed")
+
+
+# --- Part 2: SQLAlchemy ORM on SQLite without greenlet --------------------------------
+
+
+class Models(NamedTuple):
+    """The ORM classes of part 2 (declared only when SQLAlchemy is installed)."""
+
+    Base: Any
+    Author: Any
+    Book: Any
+
+
+def declare_models() -> Models:
+    """Declare two ORM models: an Author has many Books."""
+    from sqlalchemy import ForeignKey
+    from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+    class Base(DeclarativeBase):
+        pass
+
+    class Author(Base):
+        __tablename__ = "author"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        name: Mapped[str]
+        books: Mapped[list["Book"]] = relationship(back_populates="author", order_by="Book.year")
+
+    class Book(Base):
+        __tablename__ = "book"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        title: Mapped[str]
+        year: Mapped[int]
+        author_id: Mapped[int] = mapped_column(ForeignKey("author.id"))
+        author: Mapped[Author] = relationship(back_populates="books")
+
+    return Models(Base, Author, Book)
+
+
+def missing_sqlalchemy_requirement() -> str | None:
+    """Say what part 2 lacks (SQLAlchemy 2 or aiosqlite), or None if nothing."""
+    missing = [name for name in ("sqlalchemy", "aiosqlite") if not importlib.util.find_spec(name)]
+    if missing:
+        return " and ".join(missing) + (" is" if len(missing) == 1 else " are") + " not installed"
+    import sqlalchemy
+
+    if int(sqlalchemy.__version__.split(".")[0]) < 2:
+        return f"SQLAlchemy 2.0 or newer is needed, found {sqlalchemy.__version__}"
+    return None
+
+
+def greenlet_is_awaitlet_facade() -> bool:
+    """Import greenlet as SQLAlchemy does; say whether that gave awaitlet's facade."""
+    try:
+        greenlet = importlib.import_module("greenlet")
+    except ImportError as error:
+        raise DemoFailure(
+            f"'import greenlet' failed ({error}); SQLAlchemy's asyncio extension needs it"
+        ) from error
+    on_facade = greenlet.__name__ == "awaitlet.greenlet" or bool(
+        getattr(greenlet, "__awaitlet_facade__", False)
+    )
+    if on_facade:
+        say("greenlet in use: awaitlet's facade (awaitlet.greenlet), no greenlet package")
+    else:
+        version = getattr(greenlet, "__version__", "(version unknown)")
+        say(f"greenlet in use: the greenlet package {version}")
+    return on_facade
+
+
+async def create_tables(engine: "AsyncEngine", models: Models) -> None:
+    """Create the models' tables; create_all() is sync code, run through run_sync()."""
+    async with engine.begin() as connection:
+        await connection.run_sync(models.Base.metadata.create_all)
+    say("created tables: " + ", ".join(models.Base.metadata.tables))
+
+
+async def insert_catalog(sessions: "async_sessionmaker[AsyncSession]", models: Models) -> None:
+    """Insert the authors and books of CATALOG with an AsyncSession."""
+    async with sessions() as session, session.begin():
+        session.add_all(
+            models.Author(name=name, books=[models.Book(title=t, year=y) for t, y in books])
+            for name, books in CATALOG.items()
+        )
+    book_count = sum(len(books) for books in CATALOG.values())
+    say(f"AsyncSession: inserted {len(CATALOG)} authors and {book_count} books")
+
+
+def add_book(session: "Session", models: Models, author_name: str, title: str, year: int) -> int:
+    """Ordinary sync ORM code, as in a sync code base: no await, lazy loading allowed."""
+    from sqlalchemy import select
+
+    query = select(models.Author).where(models.Author.name == author_name)
+    author = session.scalars(query).one()
+    author.books.append(models.Book(title=title, year=year))  # lazy-loads author.books
+    session.flush()
+    return len(author.books)
+
+
+def add_book_in_own_session(
+    sync_engine: "Engine", models: Models, author_name: str, title: str, year: int
+) -> int:
+    """Sync code that opens its own Session on a sync Engine, as a sync code base does."""
+    from sqlalchemy.orm import Session
+
+    with Session(sync_engine) as session, session.begin():
+        return add_book(session, models, author_name, title, year)
+
+
+async def add_book_via_run_sync(
+    sessions: "async_sessionmaker[AsyncSession]", models: Models
+) -> None:
+    """SQLAlchemy's own route: AsyncSession.run_sync() hands add_book() a sync Session."""
+    author_name, title, year = BOOK_FOR_RUN_SYNC
+    async with sessions() as session, session.begin():
+        count = await session.run_sync(add_book, models, author_name, title, year)
+    say(f"sync Session code via run_sync(): added {title!r} ({author_name}: {count} books)")
+
+
+async def add_book_via_async_def(engine: "AsyncEngine", models: Models, on_facade: bool) -> None:
+    """awaitlet's route: async_def() runs sync code using a Session on engine.sync_engine."""
+    author_name, title, year = BOOK_FOR_ASYNC_DEF
+    route = "sync Session code via async_def()"
+    if not on_facade:
+        say(f"{route}: skipped (works only on awaitlet's greenlet facade)")
+        return
+    args = (engine.sync_engine, models, author_name, title, year)
+    count = await async_def(add_book_in_own_session, *args)
+    say(f"{route}: added {title!r} ({author_name}: {count} books)")
+
+
+async def list_authors(sessions: "async_sessionmaker[AsyncSession]", models: Models) -> None:
+    """Query authors with their books loaded eagerly by selectinload()."""
+    from sqlalchemy import select
+    from sqlalchemy.orm import selectinload
+
+    Author = models.Author
+    query = select(Author).options(selectinload(Author.books)).order_by(Author.name)
+    async with sessions() as session:
+        for author in await session.scalars(query):
+            titles = ", ".join(book.title for book in author.books)
+            say(f"selectinload: {author.name}: {titles}")
+
+
+async def stream_books(sessions: "async_sessionmaker[AsyncSession]", models: Models) -> None:
+    """Stream rows one at a time with AsyncSession.stream()."""
+    from sqlalchemy import select
+
+    Book = models.Book
+    async with sessions() as session:
+        result = await session.stream(select(Book.year, Book.title).order_by(Book.year))
+        async for year, title in result:
+            say(f"stream: {year} {title}")
+
+
+def summarize_catalog(session: "AsyncSession", models: Models) -> str:
+    """Plain sync code that waits on AsyncSession calls with awaitlet()."""
+    from sqlalchemy import func, select
+
+    Book = models.Book
+    count = awaitlet(session.scalar(select(func.count()).select_from(Book)))
+    first, last = awaitlet(session.execute(select(func.min(Book.year), func.max(Book.year)))).one()
+    return f"{count} books published {first}-{last}"
+
+
+async def run_awaitlet_layer(sessions: "async_sessionmaker[AsyncSession]", models: Models) -> None:
+    """Run summarize_catalog(), a sync function, on its own stack with async_def()."""
+    async with sessions() as session:
+        summary = await async_def(summarize_catalog, session, models)
+    say(f"sync code via async_def() + awaitlet(): {summary}")
+
+
+async def run_part_two() -> None:
+    """Use the async ORM on a temporary SQLite file, or explain what to install."""
+    missing = missing_sqlalchemy_requirement()
+    if missing:
+        say(f"skipped: {missing}")
+        say("to run it: pip install 'awaitlet-rs[sqlalchemy]'")
+        say("(or, from a source checkout: pip install '.[sqlalchemy]')")
+        return
+    from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
+
+    on_facade = greenlet_is_awaitlet_facade()
+    models = declare_models()
+    with tempfile.TemporaryDirectory() as directory:
+        engine = create_async_engine(f"sqlite+aiosqlite:///{Path(directory) / 'demo.db'}")
+        say("engine: sqlite+aiosqlite, a database file in a temporary directory")
+        try:
+            sessions = async_sessionmaker(engine, expire_on_commit=False)
+            await create_tables(engine, models)
+            await insert_catalog(sessions, models)
+            await add_book_via_run_sync(sessions, models)
+            await add_book_via_async_def(engine, models, on_facade)
+            await list_authors(sessions, models)
+            await stream_books(sessions, models)
+            await run_awaitlet_layer(sessions, models)
+        finally:
+            await engine.dispose()
+
+
+# --- Running the parts ----------------------------------------------------------------
+
+PARTS: list[tuple[str, Callable[[], Awaitable[None]]]] = [
+    ("Part 1: an unchanged sync middle layer", run_part_one),
+    ("Part 2: SQLAlchemy ORM on SQLite without greenlet", run_part_two),
+]
+
+
+def report_failure(title: str, error: BaseException) -> None:
+    """Explain on stderr why a part failed."""
+    if isinstance(error, asyncio.TimeoutError):
+        reason = f"it did not finish within {PART_TIMEOUT:.0f} s"
+    elif isinstance(error, DemoFailure):
+        reason = str(error)
+    else:
+        traceback.print_exception(type(error), error, error.__traceback__)
+        reason = f"{type(error).__name__}: {error}"
+    print(f"\nFAILED: {title}: {reason}", file=sys.stderr, flush=True)
+
+
+async def main() -> int:
+    """Run each part in turn; return the exit status (0 if all passed, 1 if one failed)."""
+    print(f"awaitlet {__version__} demo, Python {platform.python_version()}", flush=True)
+    for title, run_part in PARTS:
+        section(title)
+        try:
+            await asyncio.wait_for(run_part(), PART_TIMEOUT)
+        except Exception as error:
+            report_failure(title, error)
+            return 1
+    print("\nAll parts passed.", flush=True)
+    return 0
+
+
+def keep_package_directory_off_path() -> None:
+    """Run as a file (python .../awaitlet/__main__.py), Python puts this package's own
+    directory first on sys.path, where awaitlet's greenlet.py would shadow the top-level
+    greenlet module; drop that entry.  ``python -m awaitlet`` does not add it."""
+    here = Path(__file__).resolve().parent
+    if not __package__ and sys.path and Path(sys.path[0] or ".").resolve() == here:
+        del sys.path[0]
+
+
+if __name__ == "__main__":
+    keep_package_directory_off_path()
+    sys.exit(asyncio.run(main()))
