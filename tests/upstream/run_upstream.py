@@ -44,7 +44,7 @@ markers =
 # A pytest plugin loaded by name from the run directory: its report header
 # shows which awaitlet was imported, and it refuses to run if that module
 # lives in the run directory (i.e. is not the installed package).  The summary
-# says whether greenlet was loaded, which this package should never need.
+# says whether a module named greenlet was loaded, and from where.
 PLUGIN = """\
 import os
 import sys
@@ -63,7 +63,9 @@ def pytest_report_header(config):
 
 
 def pytest_terminal_summary(terminalreporter):
-    loaded = "yes" if "greenlet" in sys.modules else "no"
+    # Name the file too: a greenlet-compatible module may stand in for the real one.
+    module = sys.modules.get("greenlet")
+    loaded = "no" if module is None else f"yes, from {getattr(module, '__file__', None)}"
     terminalreporter.write_line(f"greenlet loaded during the run: {loaded}")
 """
 
