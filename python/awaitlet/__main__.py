@@ -99,11 +99,15 @@ class EchoServer:
 
     def __init__(self) -> None:
         self.delays: list[float] = []
+        self.handlers: set[asyncio.Task[Any]] = set()
 
     async def handle_connection(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         """Echo every line of one connection, each after a short random delay."""
+        handler = asyncio.current_task()
+        if handler is not None:
+            self.handlers.add(handler)
         try:
             while line := await reader.readline():
                 delay = random.uniform(*SERVER_DELAY_RANGE)
@@ -111,8 +115,14 @@ class EchoServer:
                 await asyncio.sleep(delay)
                 writer.write(line)
                 await writer.drain()
+        except ConnectionError:
+            pass  # the client left early; there is nobody to answer
         finally:
             writer.close()
+
+    async def wait_for_handlers(self) -> None:
+        """Wait until every connection's handler has finished."""
+        await asyncio.gather(*self.handlers, return_exceptions=True)
 
 
 async def run_client(client_name: str, port: int) -> str:
@@ -125,6 +135,17 @@ async def run_client(client_name: str, port: int) -> str:
         await writer.wait_closed()
 
 
+async def run_clients(names: list[str], port: int) -> list[str]:
+    """Run every client at once; if one fails, cancel the others and wait for them."""
+    tasks = [asyncio.ensure_future(run_client(name, port)) for name in names]
+    try:
+        return await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
 async def run_part_one() -> None:
     """Serve echoes on loopback, run the clients concurrently, check every reply."""
     echo = EchoServer()
@@ -135,9 +156,10 @@ async def run_part_one() -> None:
     started = time.perf_counter()
     try:
         names = [f"client-{number}" for number in range(1, CLIENT_COUNT + 1)]
-        replies = await asyncio.gather(*(run_client(name, port) for name in names))
+        replies = await run_clients(names, port)
     finally:
         server.close()
+        await echo.wait_for_handlers()
         await server.wait_closed()
     elapsed = time.perf_counter() - started
     say(f"{len(replies)}/{CLIENT_COUNT} echoes correct in {elapsed:.2f} s")
@@ -199,7 +221,8 @@ def greenlet_is_awaitlet_facade() -> bool:
         greenlet = importlib.import_module("greenlet")
     except ImportError as error:
         raise DemoFailure(
-            f"'import greenlet' failed ({error}); SQLAlchemy's asyncio extension needs it"
+            f"'import greenlet' failed ({error}); SQLAlchemy's asyncio extension needs"
+            " greenlet (pip install greenlet)"
         ) from error
     on_facade = greenlet.__name__ == "awaitlet.greenlet" or bool(
         getattr(greenlet, "__awaitlet_facade__", False)
@@ -322,9 +345,9 @@ async def run_part_two() -> None:
         say("to run it: pip install 'awaitlet-rs[sqlalchemy]'")
         say("(or, from a source checkout: pip install '.[sqlalchemy]')")
         return
+    on_facade = greenlet_is_awaitlet_facade()  # before SQLAlchemy's asyncio extension needs it
     from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
-    on_facade = greenlet_is_awaitlet_facade()
     models = declare_models()
     with tempfile.TemporaryDirectory() as directory:
         engine = create_async_engine(f"sqlite+aiosqlite:///{Path(directory) / 'demo.db'}")
