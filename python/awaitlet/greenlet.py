@@ -141,6 +141,9 @@ class greenlet(_awaitlet.fiber):  # noqa: N801 - greenlet's own name
         if self is current:
             return _pack(args, kwargs)
         if current.parent is self:
+            # The suspended stack must not keep its own greenlet alive, or dropping that
+            # greenlet could never kill it.
+            del current
             return _awaitlet._switch_to_parent(_pack(args, kwargs))
         if self._parent is current:
             if self._dead:
