@@ -1,0 +1,84 @@
+"""Fixtures for the SQLAlchemy tests: database URLs for SQLite and a throwaway PostgreSQL.
+
+* ``sqlite_url``: ``sqlite+aiosqlite`` on a file in the test's ``tmp_path``, so
+  several connections share one database;
+* ``postgres_server`` / ``postgres_url``: one PostgreSQL cluster for the whole
+  session (``tests/_postgres.py``), started on first use; the tests fail if the
+  server binaries are missing (``apt-get install postgresql``);
+* ``async_url``: parametrized over both.
+
+``async def`` tests are run here with :func:`asyncio.run`, one event loop per test.
+Each test module checks ``AWAITLET_EXPECT_GREENLET`` when imported (see ``_sqla_support``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import sys
+from pathlib import Path
+
+import pytest
+
+# _postgres.py lives in tests/, which pytest only puts on sys.path for tests/test_*.py.
+_TESTS_DIR = str(Path(__file__).resolve().parent.parent)
+if _TESTS_DIR not in sys.path:
+    sys.path.append(_TESTS_DIR)
+
+try:
+    import sqlalchemy.ext.asyncio
+except ImportError as error:
+    raise ImportError(
+        "tests/sqlalchemy needs SQLAlchemy and its async drivers: "
+        "pip install -r tests/sqlalchemy/requirements.txt"
+    ) from error
+
+import _postgres  # noqa: E402
+import _sqla_support  # noqa: E402
+
+#: Backend id -> name of the fixture giving its URL.
+BACKENDS = {"sqlite": "sqlite_url", "postgresql": "postgres_url"}
+_backends_used: set[str] = set()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    _backends_used.add("sqlite")
+    return f"sqlite+aiosqlite:///{tmp_path / 'library.db'}"
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    server = _postgres.start_postgres()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server) -> str:
+    _backends_used.add("postgresql")
+    return postgres_server.async_url
+
+
+@pytest.fixture(params=list(BACKENDS))
+def async_url(request: pytest.FixtureRequest) -> str:
+    return request.getfixturevalue(BACKENDS[request.param])
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function):
+    """Run ``async def`` tests to completion on a new event loop."""
+    if not inspect.iscoroutinefunction(pyfuncitem.obj):
+        return None
+    argnames = pyfuncitem._fixtureinfo.argnames
+    asyncio.run(pyfuncitem.obj(**{name: pyfuncitem.funcargs[name] for name in argnames}))
+    return True
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    terminalreporter.write_line(
+        f"SQLAlchemy {sqlalchemy.__version__}; {_sqla_support.greenlet_description()}; "
+        f"backends used: {', '.join(sorted(_backends_used)) or 'none'}"
+    )
