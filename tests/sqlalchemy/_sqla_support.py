@@ -103,7 +103,9 @@ def greenlet_description() -> str:
         return "greenlet: not imported"
     kind = "awaitlet facade" if is_facade(greenlet) else "real package"
     version = getattr(greenlet, "__version__", "?")
-    return f"greenlet: {kind} {greenlet.__name__} {version} from {greenlet.__file__}"
+    spec = getattr(greenlet, "__spec__", None)
+    where = getattr(greenlet, "__file__", None) or getattr(spec, "origin", None)
+    return f"greenlet: {kind} {greenlet.__name__} {version} from {where}"
 
 
 def sqlalchemy_await_functions() -> dict[str, object]:
