@@ -411,6 +411,18 @@ impl AsyncDefCoroutine {
         matches!(self.state.try_borrow().as_deref(), Some(State::Running(running)) if running.fiber.is_suspended())
     }
 
+    /// `inspect`'s name for the state (read by `inspect.getcoroutinestate` since 3.15).
+    #[getter]
+    fn cr_state(&self) -> &'static str {
+        match self.state.try_borrow().as_deref() {
+            None => "CORO_RUNNING",
+            Some(State::Created { .. }) => "CORO_CREATED",
+            Some(State::Running(running)) if running.fiber.is_suspended() => "CORO_SUSPENDED",
+            Some(State::Running(_)) => "CORO_RUNNING",
+            Some(State::Done) => "CORO_CLOSED",
+        }
+    }
+
     /// What the suspended sync code awaits.
     #[getter]
     fn cr_await(&self, py: Python<'_>) -> Option<Py<PyAny>> {
@@ -423,11 +435,14 @@ impl AsyncDefCoroutine {
         }
     }
 
-    /// The innermost frame of the suspended sync code (its `f_back` chain leads to `fn`).
+    /// The innermost frame of the suspended sync code (its `f_back` chain leads to `fn`);
+    /// before the start, a not yet started frame of `fn`, as a new coroutine has; None once
+    /// finished.
     #[getter]
     fn cr_frame<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
         match self.state.try_borrow().as_deref() {
             Some(State::Running(running)) => running.fiber.top_frame(py),
+            Some(State::Created { .. }) => Ok(unstarted_frame(self.func.bind(py))),
             _ => Ok(None),
         }
     }
@@ -479,6 +494,39 @@ impl AsyncDefCoroutine {
             }
         }
     }
+}
+
+/// A frame that has not run a single instruction, named and placed like `func`'s code:
+/// what `cr_frame` of a coroutine that has not started shows (so `inspect` and asyncio's
+/// debug output see a created coroutine). None for callables without Python code.
+fn unstarted_frame<'py>(func: &Bound<'py, PyAny>) -> Option<Bound<'py, PyAny>> {
+    static TEMPLATE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let py = func.py();
+    let build = || -> PyResult<Bound<'py, PyAny>> {
+        let code = func.getattr("__code__")?;
+        let template = TEMPLATE.get_or_try_init(py, || -> PyResult<Py<PyAny>> {
+            let builtins = py.import("builtins")?;
+            let module = builtins.getattr("compile")?.call1((
+                "def _():\n    yield\n",
+                "<awaitlet>",
+                "exec",
+            ))?;
+            Ok(module.getattr("co_consts")?.get_item(0)?.unbind())
+        })?;
+        let replace_kwargs = PyDict::new(py);
+        for field in ["co_name", "co_qualname", "co_filename", "co_firstlineno"] {
+            if let Ok(value) = code.getattr(field) {
+                replace_kwargs.set_item(field, value)?;
+            }
+        }
+        let named = template
+            .bind(py)
+            .call_method("replace", (), Some(&replace_kwargs))?;
+        let function_type = py.import("types")?.getattr("FunctionType")?;
+        let generator_function = function_type.call1((named, PyDict::new(py)))?;
+        generator_function.call0()?.getattr("gi_frame")
+    };
+    build().ok().filter(|frame| !frame.is_none())
 }
 
 fn outcome_to_python(py: Python<'_>, outcome: PyResult<Outcome>) -> PyResult<Py<PyAny>> {
