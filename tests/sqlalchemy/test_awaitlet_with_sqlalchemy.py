@@ -201,6 +201,22 @@ async def test_awaitlet_inside_session_run_sync_with_lazy_loads(async_url):
             assert await session.run_sync(in_session) == library_titles()
 
 
+async def test_exception_state_of_sync_code_is_its_own_in_run_sync(sqlite_url):
+    # greenlet gives every greenlet its own "exception being handled"; SQLAlchemy
+    # resumes sync code from inside an except block when an awaitable failed.
+    def sync_code(sync_connection):
+        try:
+            awaitlet(fail_later("handled in sync code"))
+        except LookupError:
+            pass
+        raise ValueError("raised after the except block")
+
+    async with new_engine(sqlite_url) as engine, engine.connect() as connection:
+        with pytest.raises(ValueError, match="after the except block") as excinfo:
+            await connection.run_sync(sync_code)
+    assert excinfo.value.__context__ is None
+
+
 async def test_awaitlet_outside_any_context_still_refuses(sqlite_url):
     coroutine = echo_later("never")
     with pytest.raises(NoAwaitletContext):

@@ -27,6 +27,7 @@ from sqlalchemy.exc import (
     InvalidRequestError,
     MissingGreenlet,
     StatementError,
+    TimeoutError,
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import joinedload, selectinload
@@ -301,6 +302,21 @@ async def test_integrity_error_then_rollback_leaves_session_usable(async_url):
             await session.commit()
             assert await session.scalar(select(func.count()).select_from(Author)) == 4
         assert "Butler, Octavia E." in await author_names(engine)
+
+
+async def test_pool_timeout_error_has_no_unrelated_exception_context(async_url):
+    # The pool catches the awaited asyncio.TimeoutError and raises its own error
+    # after leaving the except block, inside SQLAlchemy's greenlet: that error
+    # must not pick up an exception the driving task was handling at the time.
+    async with new_engine(async_url, pool_size=1, max_overflow=0, pool_timeout=0) as engine:
+        async with engine.connect():
+            with pytest.raises(TimeoutError) as excinfo:
+                await engine.connect()
+    error = excinfo.value
+    assert "QueuePool limit of size 1 overflow 0 reached" in str(error)
+    assert error.__context__ is None or error.__context__ is error.__cause__, (
+        f"{error!r} has __context__ {error.__context__!r} without it being its cause"
+    )
 
 
 # --- concurrency ---------------------------------------------------------------------------
