@@ -28,7 +28,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use corosensei::stack::{DefaultStack, Stack};
+use corosensei::stack::Stack;
 use corosensei::{Coroutine, CoroutineResult, Yielder};
 use pyo3::exceptions::{PyMemoryError, PyRuntimeError};
 use pyo3::ffi;
@@ -83,7 +83,7 @@ enum GreenletRef {
 /// The Python work a fiber runs.
 pub type Body = Box<dyn FnOnce(Python<'_>) -> PyResult<Py<PyAny>>>;
 
-type Machine = Coroutine<Resume, Py<PyAny>, PyResult<Py<PyAny>>, DefaultStack>;
+type Machine = Coroutine<Resume, Py<PyAny>, PyResult<Py<PyAny>>, stack_pool::SlotStack>;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Status {
@@ -129,6 +129,7 @@ pub struct Fiber {
     machine: ManuallyDrop<Machine>,
     status: Status,
     thread: u64,
+    canary: stack_pool::Canary,
 }
 
 impl Fiber {
@@ -138,8 +139,8 @@ impl Fiber {
         let stack = stack_pool::take(STACK_SIZE).map_err(|err| {
             PyMemoryError::new_err(format!("cannot allocate a fiber stack: {err}"))
         })?;
-        // limit() includes the guard page, which the interpreter must not count as usable.
-        let usable_low = stack.limit().get() + page_size();
+        let usable_low = stack.usable_low();
+        let canary = stack.canary();
         let usable_size = stack.base().get() - usable_low;
         let pystate = FiberPyState::new(py, usable_low as *mut u8, usable_size)?;
         let shared = NonNull::from(Box::leak(Box::new(Shared {
@@ -180,6 +181,7 @@ impl Fiber {
             machine: ManuallyDrop::new(machine),
             status: Status::NotStarted,
             thread: current_thread(),
+            canary,
         })
     }
 
@@ -221,6 +223,9 @@ impl Fiber {
         self.status = Status::Running;
         let result = self.machine.resume(input);
         CURRENT.with(|current| current.set(previous));
+        if !self.canary.intact() {
+            stack_overflow_detected();
+        }
         match result {
             CoroutineResult::Yield(awaitable) => {
                 self.status = Status::Suspended;
@@ -378,8 +383,14 @@ fn panic_to_pyerr(payload: Box<dyn std::any::Any + Send>) -> PyErr {
     PanicException::new_err(message)
 }
 
-fn page_size() -> usize {
-    // SAFETY: sysconf has no preconditions.
-    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    usize::try_from(size).unwrap_or(4096)
+/// A fiber wrote past the bottom of its stack slot: memory beyond it may be corrupted, so
+/// nothing else may run.
+#[cold]
+fn stack_overflow_detected() -> ! {
+    eprintln!(
+        "Fatal error in awaitlet: a fiber overflowed its {} MiB stack (deep recursion in C \
+         code beyond CPython's recursion checks); aborting before corrupted memory is used",
+        STACK_SIZE / (1024 * 1024)
+    );
+    std::process::abort()
 }
