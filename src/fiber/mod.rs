@@ -136,13 +136,24 @@ impl Fiber {
     /// Prepares `body` to run on a new stack; it starts at the first [`Fiber::resume`].
     /// Must be called on the thread that will run it.
     pub fn new(py: Python<'_>, kind: Kind, body: Body) -> PyResult<Self> {
-        let stack = stack_pool::take(STACK_SIZE).map_err(|err| {
-            PyMemoryError::new_err(format!("cannot allocate a fiber stack: {err}"))
-        })?;
+        let stack =
+            stack_pool::take(STACK_SIZE, crate::pystate::root_chunk_size()).map_err(|err| {
+                PyMemoryError::new_err(format!("cannot allocate a fiber stack: {err}"))
+            })?;
         let usable_low = stack.usable_low();
         let canary = stack.canary();
         let usable_size = stack.base().get() - usable_low;
-        let pystate = FiberPyState::new(py, usable_low as *mut u8, usable_size)?;
+        // SAFETY: the frames area is part of the slot, which this fiber owns until it is
+        // given back, after the state is freed; it is page-aligned and root_chunk_size()
+        // bytes long.
+        let pystate = unsafe {
+            FiberPyState::new(
+                py,
+                usable_low as *mut u8,
+                usable_size,
+                stack.frames_area() as *mut u8,
+            )
+        }?;
         let shared = NonNull::from(Box::leak(Box::new(Shared {
             pystate,
             yielder: Cell::new(ptr::null()),
@@ -287,11 +298,14 @@ impl Drop for Fiber {
                 // SAFETY: taken exactly once, here; the handle is being dropped.
                 let machine = unsafe { ManuallyDrop::take(&mut self.machine) };
                 // The machine has not started or has returned: nothing on its stack needs
-                // unwinding, and the stack can serve another fiber.
-                stack_pool::give_back(machine.into_stack());
+                // unwinding. Taking the stack out drops the closure.
+                let stack = machine.into_stack();
                 // SAFETY: allocated by Box::leak in `new`; the closure that also pointed to it
-                // was dropped with the machine just above.
+                // was dropped just above.
                 drop(unsafe { Box::from_raw(self.shared.as_ptr()) });
+                // The interpreter state that used the slot's frames area is gone: the slot can
+                // serve another fiber.
+                stack_pool::give_back(stack);
             }
             // A suspended (or, impossibly, running) fiber still has CPython frames on its
             // stack that only a Python exception can finish; its owner tried that already.

@@ -7,9 +7,12 @@
 //!   +---------------------+---------------------+---------------------+----
 //!
 //!   one slot (STACK_SIZE bytes; only the pages a fiber touches become memory)
-//!   low                                                                 high
-//!   | canary | red zone |        usable stack  <- grows down <-        | top
-//!   ^ bottom            ^ usable_low                                    ^ base
+//!   low                                                                        high
+//!   | canary | red zone |   machine stack  <- grows down <-  | first frames ->   |
+//!   ^ bottom            ^ usable_low                         ^ base             ^ top
+//!
+//! The fiber's first Python frames (CPython's data stack, 3.11+) live at the top of the
+//! slot, so a fiber that is a few calls deep touches one page of each.
 //! ```
 //!
 //! A stack per mapping with a guard page costs two memory mappings per fiber, and Linux
@@ -47,17 +50,19 @@ const MAX_CACHED_PER_THREAD: usize = 256;
 pub struct SlotStack {
     bottom: NonNull<u8>,
     size: usize,
+    /// Bytes at the top of the slot kept for the fiber's first frames.
+    frames_size: usize,
 }
 
 // SAFETY: a slot is an exclusive range of memory owned by this value until it is given back.
 unsafe impl Send for SlotStack {}
 
-// SAFETY: `base` is the slot's top and `limit` its bottom, both aligned to 16 (slots are
-// page-aligned and page-sized multiples); the memory between them is readable and writable
-// and owned by this value.
+// SAFETY: `base` is the slot's top less the frames area and `limit` its bottom, both
+// aligned to 16 (slots are page-aligned, sizes page multiples); the memory between them is
+// readable and writable and owned by this value.
 unsafe impl Stack for SlotStack {
     fn base(&self) -> StackPointer {
-        StackPointer::new(self.bottom.as_ptr() as usize + self.size).expect("non-null slot top")
+        StackPointer::new(self.frames_area()).expect("non-null slot")
     }
 
     fn limit(&self) -> StackPointer {
@@ -66,6 +71,11 @@ unsafe impl Stack for SlotStack {
 }
 
 impl SlotStack {
+    /// Start of the memory kept for the fiber's first frames, up to the slot's top.
+    pub fn frames_area(&self) -> usize {
+        self.bottom.as_ptr() as usize + self.size - self.frames_size
+    }
+
     /// The lowest address the interpreter may consider part of this stack.
     pub fn usable_low(&self) -> usize {
         self.bottom.as_ptr() as usize + CANARY_BYTES + RED_ZONE
@@ -162,8 +172,9 @@ fn reserve_region(slots: usize, slot_size: usize) -> Option<usize> {
     Some(address as usize)
 }
 
-/// A stack of `size` bytes (a multiple of the page size): a released slot if there is one.
-pub fn take(size: usize) -> std::io::Result<SlotStack> {
+/// A stack of `size` bytes (a multiple of the page size) whose top `frames_size` bytes (a
+/// multiple of the page size) are kept for frames: a released slot if there is one.
+pub fn take(size: usize, frames_size: usize) -> std::io::Result<SlotStack> {
     let cached = CACHE
         .try_with(|cache| cache.borrow_mut().0.pop())
         .ok()
@@ -198,7 +209,11 @@ pub fn take(size: usize) -> std::io::Result<SlotStack> {
             }
         }
     };
-    Ok(SlotStack { bottom, size })
+    Ok(SlotStack {
+        bottom,
+        size,
+        frames_size,
+    })
 }
 
 /// Returns a stack that nothing runs on any more.

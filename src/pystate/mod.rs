@@ -20,7 +20,12 @@ struct RawFiberState {
 }
 
 extern "C" {
-    fn awaitlet_fiber_state_new(stack_low: *mut c_void, stack_size: usize) -> *mut RawFiberState;
+    fn awaitlet_fiber_state_new(
+        stack_low: *mut c_void,
+        stack_size: usize,
+        root_chunk: *mut c_void,
+    ) -> *mut RawFiberState;
+    fn awaitlet_root_chunk_size() -> usize;
     fn awaitlet_fiber_state_free(state: *mut RawFiberState);
     fn awaitlet_enter_fiber(state: *mut RawFiberState);
     fn awaitlet_leave_fiber(state: *mut RawFiberState);
@@ -41,14 +46,25 @@ pub struct FiberPyState {
 }
 
 impl FiberPyState {
-    /// Allocates the state of a fiber that will run on the stack `[low, low + size)`.
-    pub fn new(_py: Python<'_>, stack_low: *mut u8, stack_size: usize) -> PyResult<Self> {
-        // SAFETY: the GIL is held (the token proves it) and we are on the thread that
-        // will run the fiber; the function only records the bounds.
-        let raw = unsafe { awaitlet_fiber_state_new(stack_low.cast(), stack_size) };
+    /// Allocates the state of a fiber that will run on the machine stack
+    /// `[stack_low, stack_low + stack_size)`.
+    ///
+    /// # Safety
+    /// `root_chunk` points to [`root_chunk_size`] writable bytes, aligned to 16, that stay
+    /// valid and unused by anything else until this state is dropped.
+    pub unsafe fn new(
+        py: Python<'_>,
+        stack_low: *mut u8,
+        stack_size: usize,
+        root_chunk: *mut u8,
+    ) -> PyResult<Self> {
+        // SAFETY: the GIL is held (the token proves it) and we are on the thread that will
+        // run the fiber; the chunk is valid as the caller guarantees.
+        let raw =
+            unsafe { awaitlet_fiber_state_new(stack_low.cast(), stack_size, root_chunk.cast()) };
         match NonNull::new(raw) {
             Some(raw) => Ok(Self { raw }),
-            None => Err(PyErr::fetch(_py)),
+            None => Err(PyErr::fetch(py)),
         }
     }
 
@@ -139,6 +155,12 @@ impl Drop for FiberPyState {
         // finished (a suspended fiber is leaked together with its state), with the GIL held.
         unsafe { awaitlet_fiber_state_free(self.raw.as_ptr()) }
     }
+}
+
+/// Bytes of memory a fiber's first frames need (0 where frames are heap objects, 3.10).
+pub fn root_chunk_size() -> usize {
+    // SAFETY: returns a constant.
+    unsafe { awaitlet_root_chunk_size() }
 }
 
 /// Fails the import when the running interpreter's thread-state layout is not the one the

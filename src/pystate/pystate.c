@@ -122,7 +122,7 @@ typedef struct awaitlet_fiber_state {
     awaitlet_cframe base_cframe;
 #endif
 #if AWAITLET_PY311
-    _PyStackChunk *root_chunk;
+    _PyStackChunk *root_chunk; /* lent by the caller of awaitlet_fiber_state_new */
 #endif
 #if AWAITLET_PY312 && !AWAITLET_PY314
     int c_recursion_budget;
@@ -326,11 +326,13 @@ awaitlet_root_chunk_size(void)
 #endif
 }
 
-/* Allocates the state of a fiber that will run on [stack_low, stack_low + stack_size).
- * Must be called with the GIL held, on the thread that will run the fiber.  Returns NULL
- * with a Python exception set on failure. */
+/* Allocates the state of a fiber that will run on the machine stack
+ * [stack_low, stack_low + stack_size), with its first frames in `root_chunk`, memory of
+ * awaitlet_root_chunk_size() bytes that the caller keeps valid (and does not reuse) until
+ * awaitlet_fiber_state_free.  Must be called with the GIL held, on the thread that will run
+ * the fiber.  Returns NULL with a Python exception set on failure. */
 awaitlet_fiber_state *
-awaitlet_fiber_state_new(void *stack_low, size_t stack_size)
+awaitlet_fiber_state_new(void *stack_low, size_t stack_size, void *root_chunk)
 {
     awaitlet_fiber_state *s = PyMem_RawCalloc(1, sizeof(awaitlet_fiber_state));
     if (s == NULL) {
@@ -338,12 +340,9 @@ awaitlet_fiber_state_new(void *stack_low, size_t stack_size)
         return NULL;
     }
 #if AWAITLET_PY311
-    s->root_chunk = PyMem_RawMalloc(AWAITLET_ROOT_CHUNK_SIZE);
-    if (s->root_chunk == NULL) {
-        PyMem_RawFree(s);
-        PyErr_NoMemory();
-        return NULL;
-    }
+    s->root_chunk = (_PyStackChunk *)root_chunk;
+#else
+    (void)root_chunk;
 #endif
 #if AWAITLET_PY312 && !AWAITLET_PY314
     /* The C recursion budget is sized for an 8 MiB thread stack; scale it to the fiber's
@@ -379,7 +378,6 @@ awaitlet_fiber_state_new(void *stack_low, size_t stack_size)
         impl->c_stack_init_base = thread_bounds.c_stack_init_base;
         impl->c_stack_init_top = thread_bounds.c_stack_init_top;
         if (rc < 0) {
-            PyMem_RawFree(s->root_chunk);
             PyMem_RawFree(s);
             return NULL;
         }
@@ -399,9 +397,6 @@ awaitlet_fiber_state_free(awaitlet_fiber_state *s)
         return;
     }
     Py_CLEAR(s->initial_context);
-#if AWAITLET_PY311
-    PyMem_RawFree(s->root_chunk);
-#endif
     PyMem_RawFree(s);
 }
 
