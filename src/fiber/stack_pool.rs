@@ -148,9 +148,13 @@ thread_local! {
     static CACHE: RefCell<ThreadCache> = const { RefCell::new(ThreadCache(Vec::new())) };
 }
 
-/// Reserves a region of `slots` slots of `slot_size` bytes; None if the system refuses.
+/// Reserves a region of `slots` slots of `slot_size` bytes, above one inaccessible page
+/// that stops an overflow of its lowest slot; returns the first slot's address, or None if
+/// the system refuses.
 fn reserve_region(slots: usize, slot_size: usize) -> Option<usize> {
-    let length = slots.checked_mul(slot_size)?;
+    // SAFETY: sysconf has no preconditions.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    let length = slots.checked_mul(slot_size)?.checked_add(page)?;
     // SAFETY: an anonymous private mapping at an address of the kernel's choosing.
     let address = unsafe {
         libc::mmap(
@@ -165,11 +169,17 @@ fn reserve_region(slots: usize, slot_size: usize) -> Option<usize> {
     if address == libc::MAP_FAILED {
         return None;
     }
+    // SAFETY: the first page of the mapping just created; nothing uses it.
+    if unsafe { libc::mprotect(address, page, libc::PROT_NONE) } != 0 {
+        // SAFETY: unmapping the mapping just created, which nothing uses.
+        unsafe { libc::munmap(address, length) };
+        return None;
+    }
     // Stacks touch a few pages each: huge pages would make every fiber cost 2 MiB. Best
     // effort, the mapping is correct either way.
     // SAFETY: advice on the mapping just created.
     unsafe { libc::madvise(address, length, libc::MADV_NOHUGEPAGE) };
-    Some(address as usize)
+    Some(address as usize + page)
 }
 
 /// A stack of `size` bytes (a multiple of the page size) whose top `frames_size` bytes (a
