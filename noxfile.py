@@ -5,14 +5,17 @@
     nox -s tests-3.12 -- -k contextvars   # extra arguments go to pytest (our own tests)
 
 Each session builds the Rust extension from source for its interpreter
-(``pip install .``), then runs this repository's tests and the original
-``awaitlet`` 0.0.1 test suite (``tests/upstream/run_upstream.py``) against the
-installed package.
+(``pip install .``), then, with no greenlet package installed (awaitlet's facade
+stands in), runs this repository's tests, the original ``awaitlet`` 0.0.1 test
+suite and SQLAlchemy's own asyncio tests (on SQLite and on a PostgreSQL server the
+tests start); then, with the real greenlet installed, the SQLAlchemy tests again.
+PostgreSQL's server binaries must be installed (``apt-get install postgresql``).
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import nox
@@ -28,9 +31,16 @@ nox.options.sessions = ["tests"]
 nox.options.error_on_missing_interpreters = True
 
 
+# Where SQLAlchemy's own suites also run on the real greenlet, for the pass counts to
+# compare with the facade's: the newest 2.1 (3.11) and 2.0 (3.10).
+GREENLET_BASELINE_PYTHONS = {"3.10", "3.11"}
+COUNTS = re.compile(r"^(\S+): (\d+) passed, (\d+) failed, (\d+) skipped", re.MULTILINE)
+
+
 @nox.session(python=PYTHONS)
 def tests(session: nox.Session) -> None:
-    """Build and install the package, then run our tests and the upstream suite."""
+    """Build and install the package, then run every suite on the greenlet facade (and the
+    SQLAlchemy ones on the real greenlet too)."""
     env = {
         # One target directory for every version, so the builds share the
         # compiled dependencies that do not depend on the interpreter.
@@ -38,22 +48,82 @@ def tests(session: nox.Session) -> None:
     }
     # --force-reinstall: a reused venv must get the freshly built extension.
     session.install("--force-reinstall", "--no-deps", ".", env=env)
-    session.install("-r", "tests/requirements.txt")
+    session.install("-r", "tests/requirements.txt", "typing-extensions")
+    # The facade is under test: no greenlet package (SQLAlchemy 2.0 depends on it).
+    session.run("python", "-m", "pip", "uninstall", "--yes", "--quiet", "greenlet")
     session.run("python", "-c", "import awaitlet; print('awaitlet from', awaitlet.__file__)")
 
-    # Run both suites even if the first fails, so one run reports everything.
+    cache = session.cache_dir
+    sqlalchemy_suite = [
+        "python",
+        "tests/upstream/run_sqlalchemy_suite.py",
+        "--start-postgres",
+        "--cache-dir",
+        str(cache / "sqlalchemy"),
+    ]
+    # Run every suite even if one fails, so one run reports everything.
     # session.run fails on any non-zero exit, so pytest's 5 (no tests) fails too.
-    suites = {
-        "our tests": ["python", "-m", "pytest", "tests", "-p", "no:cacheprovider"],
-        "awaitlet 0.0.1 tests": ["python", "tests/upstream/run_upstream.py"],
-    }
-    suites["our tests"] += session.posargs
-    suites["awaitlet 0.0.1 tests"] += ["--cache-dir", str(session.cache_dir / "upstream")]
     failed = []
-    for name, args in suites.items():
+    outputs = {}
+
+    def run_suite(name: str, args: list[str], **run_env: str) -> None:
         try:
-            session.run(*args)
+            # Captured for the pass counts, then shown.
+            output = session.run(*args, env=run_env or None, silent=True)
         except nox.command.CommandFailed:
             failed.append(name)
+        else:
+            print(output)
+            outputs[name] = output
+
+    run_suite(
+        "our tests (facade)",
+        ["python", "-m", "pytest", "tests", "-p", "no:cacheprovider", *session.posargs],
+        AWAITLET_EXPECT_GREENLET="facade",
+    )
+    run_suite(
+        "awaitlet 0.0.1 tests",
+        [
+            "python",
+            "tests/upstream/run_upstream.py",
+            "--sqlalchemy",
+            "--cache-dir",
+            str(cache / "upstream"),
+        ],
+    )
+    run_suite("SQLAlchemy's suites (facade)", [*sqlalchemy_suite, "--expect-greenlet", "facade"])
+
+    # The same SQLAlchemy tests with the real greenlet installed: nothing is hijacked, and
+    # awaitlet() still works inside SQLAlchemy's greenlets.
+    session.install("greenlet")
+    run_suite(
+        "our SQLAlchemy tests (real greenlet)",
+        ["python", "-m", "pytest", "tests/sqlalchemy", "-p", "no:cacheprovider"],
+        AWAITLET_EXPECT_GREENLET="real",
+    )
+    if session.python in GREENLET_BASELINE_PYTHONS:
+        run_suite(
+            "SQLAlchemy's suites (real greenlet)", [*sqlalchemy_suite, "--expect-greenlet", "real"]
+        )
+        _compare_counts(
+            session,
+            outputs.get("SQLAlchemy's suites (facade)"),
+            outputs.get("SQLAlchemy's suites (real greenlet)"),
+        )
+    session.run("python", "-m", "pip", "uninstall", "--yes", "--quiet", "greenlet")
     if failed:
         session.error("failed: " + ", ".join(failed))
+
+
+def _compare_counts(session: nox.Session, facade: str | None, real: str | None) -> None:
+    """Print SQLAlchemy's pass counts on the facade beside those on the real greenlet."""
+    if not facade or not real:
+        return
+    facade_counts = {m[0]: m[1:] for m in COUNTS.findall(facade)}
+    real_counts = {m[0]: m[1:] for m in COUNTS.findall(real)}
+    session.log("SQLAlchemy's suites, passed/failed/skipped: facade vs real greenlet")
+    for backend in sorted(set(facade_counts) | set(real_counts)):
+        session.log(
+            f"  {backend}: facade {'/'.join(facade_counts.get(backend, ('-',) * 3))}"
+            f"  real greenlet {'/'.join(real_counts.get(backend, ('-',) * 3))}"
+        )
