@@ -561,16 +561,15 @@ fn send_into(py: Python<'_>, awaitable: &Py<PyAny>, value: Option<&Bound<'_, PyA
     // SAFETY: GIL held; both objects are alive for the call; `result` receives a new
     // reference for PYGEN_NEXT and PYGEN_RETURN and stays NULL on error.
     let status = unsafe { ffi::PyIter_Send(awaitable.as_ptr(), value, &mut result) };
-    match status {
-        // SAFETY: a new reference, see above.
-        ffi::PySendResult::PYGEN_NEXT => {
-            Delegated::Yielded(unsafe { Bound::from_owned_ptr(py, result) }.unbind())
-        }
-        // SAFETY: a new reference, see above.
-        ffi::PySendResult::PYGEN_RETURN => {
-            Delegated::Returned(unsafe { Bound::from_owned_ptr(py, result) }.unbind())
-        }
-        ffi::PySendResult::PYGEN_ERROR => Delegated::Raised(PyErr::fetch(py)),
+    if status == ffi::PySendResult::PYGEN_ERROR {
+        return Delegated::Raised(PyErr::fetch(py));
+    }
+    // SAFETY: PYGEN_NEXT and PYGEN_RETURN hand over a new reference in `result`.
+    let value = unsafe { Bound::from_owned_ptr(py, result) }.unbind();
+    if status == ffi::PySendResult::PYGEN_NEXT {
+        Delegated::Yielded(value)
+    } else {
+        Delegated::Returned(value)
     }
 }
 

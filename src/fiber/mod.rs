@@ -348,9 +348,11 @@ impl ActiveFiber {
     pub fn greenlet<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
         match &*self.shared().greenlet.borrow() {
             GreenletRef::None => None,
-            // SAFETY: the owner clears this pointer before it is deallocated, so it is alive.
             GreenletRef::Owner(owner) => {
-                Some(unsafe { Bound::from_borrowed_ptr(py, owner.as_ptr()) })
+                // SAFETY: the owner clears this pointer before it is deallocated, so it is
+                // alive.
+                let owner = unsafe { Bound::from_borrowed_ptr(py, owner.as_ptr()) };
+                Some(owner)
             }
             GreenletRef::Adopted(greenlet) => Some(greenlet.bind(py).clone()),
         }
