@@ -29,8 +29,8 @@ try:
     import sqlalchemy.ext.asyncio
 except ImportError as error:
     raise ImportError(
-        "tests/sqlalchemy needs SQLAlchemy and its async drivers: "
-        "pip install -r tests/sqlalchemy/requirements.txt"
+        "tests/sqlalchemy needs SQLAlchemy, aiosqlite and asyncpg: "
+        "pip install -r tests/requirements.txt"
     ) from error
 
 import _postgres  # noqa: E402
