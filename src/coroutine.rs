@@ -673,7 +673,8 @@ impl AsyncDefFunction {
         args: Bound<'_, PyTuple>,
         assert_await_occurs: bool,
         kwargs: Option<Bound<'_, PyDict>>,
-    ) -> PyResult<AsyncDefCoroutine> {
+    ) -> PyResult<Py<PyAny>> {
+        let py = r#fn.py();
         if !r#fn.is_callable() {
             let name = r#fn
                 .get_type()
@@ -684,12 +685,28 @@ impl AsyncDefFunction {
                 "async_def() argument 'fn' must be callable, not {name}"
             )));
         }
-        Ok(AsyncDefCoroutine::new(
+        if real_greenlet_module(py)?.is_some() {
+            // The process uses the greenlet package, whose greenlets SQLAlchemy's await_only()
+            // requires: run the sync code in one of those.
+            static ON_GREENLET: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+            let on_greenlet =
+                ON_GREENLET.import(py, "awaitlet._real_greenlet", "async_def_on_greenlet")?;
+            let call_args: Vec<Bound<'_, PyAny>> =
+                std::iter::once(r#fn).chain(args.iter()).collect();
+            let call_args = PyTuple::new(py, call_args)?;
+            let call_kwargs = kwargs.unwrap_or_else(|| PyDict::new(py));
+            call_kwargs.set_item("assert_await_occurs", assert_await_occurs)?;
+            return on_greenlet
+                .call(call_args, Some(&call_kwargs))
+                .map(Bound::unbind);
+        }
+        let coroutine = AsyncDefCoroutine::new(
             r#fn.unbind(),
             args.unbind(),
             kwargs.map(Bound::unbind),
             assert_await_occurs,
-        ))
+        );
+        Ok(Py::new(py, coroutine)?.into_any())
     }
 }
 
@@ -698,22 +715,57 @@ impl AsyncDefFunction {
 /// result (or raise its exception).
 #[pyfunction]
 pub fn awaitlet(py: Python<'_>, awaitable: Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
-    let fiber = match ActiveFiber::running() {
-        Some(fiber) if fiber.kind() == Kind::AsyncDef || is_awaitlet_provider(py, &fiber)? => fiber,
-        _ => {
-            close_if_coroutine(py, &awaitable)?;
-            return Err(NoAwaitletContext::new_err(
-                "Can't call awaitlet() unless the call stack was invoked with async_def().",
-            ));
+    match ActiveFiber::running() {
+        Some(fiber)
+            if fiber.kind() == Kind::AsyncDef || is_awaitlet_provider(py, &fiber.greenlet(py))? =>
+        {
+            return switch_to_resumer(py, fiber, awaitable);
         }
-    };
-    switch_to_resumer(py, fiber, awaitable)
+        Some(_) => {}
+        // Not on a fiber: maybe in a greenlet of the real greenlet package that awaits on
+        // behalf of its code (SQLAlchemy's, when greenlet is installed).
+        None => {
+            if let Some(provider) = real_greenlet_provider(py)? {
+                let parent = provider.getattr(pyo3::intern!(py, "parent"))?;
+                return parent
+                    .call_method1(pyo3::intern!(py, "switch"), (awaitable,))
+                    .map(Bound::unbind);
+            }
+        }
+    }
+    close_if_coroutine(py, &awaitable)?;
+    Err(NoAwaitletContext::new_err(
+        "Can't call awaitlet() unless the call stack was invoked with async_def().",
+    ))
 }
 
-/// Whether a greenlet-driven fiber's greenlet marks itself as one that awaits on behalf of
-/// its code (SQLAlchemy's and awaitlet's own greenlet subclasses do).
-fn is_awaitlet_provider(py: Python<'_>, fiber: &ActiveFiber) -> PyResult<bool> {
-    match fiber.greenlet(py) {
+/// The greenlet package, if this process has imported it (rather than awaitlet's facade).
+fn real_greenlet_module(py: Python<'_>) -> PyResult<Option<Bound<'_, PyAny>>> {
+    // SAFETY: GIL held; returns a borrowed reference to the interpreter's module dict.
+    let modules = unsafe { Bound::from_borrowed_ptr(py, ffi::PyImport_GetModuleDict()) };
+    let Ok(greenlet) = modules.get_item(pyo3::intern!(py, "greenlet")) else {
+        return Ok(None);
+    };
+    if greenlet.is_none() || greenlet.hasattr(pyo3::intern!(py, "__awaitlet_facade__"))? {
+        return Ok(None);
+    }
+    Ok(Some(greenlet))
+}
+
+/// The running greenlet of the real greenlet package, if that package is in use and the
+/// greenlet awaits on behalf of its code.
+fn real_greenlet_provider(py: Python<'_>) -> PyResult<Option<Bound<'_, PyAny>>> {
+    let Some(greenlet) = real_greenlet_module(py)? else {
+        return Ok(None);
+    };
+    let current = greenlet.getattr(pyo3::intern!(py, "getcurrent"))?.call0()?;
+    Ok(is_awaitlet_provider(py, &Some(current.clone()))?.then_some(current))
+}
+
+/// Whether a greenlet marks itself as one that awaits on behalf of its code (SQLAlchemy's
+/// greenlet subclass does).
+fn is_awaitlet_provider(py: Python<'_>, greenlet: &Option<Bound<'_, PyAny>>) -> PyResult<bool> {
+    match greenlet {
         Some(greenlet) => match greenlet
             .getattr(pyo3::intern!(py, "__sqlalchemy_greenlet_provider__"))
         {

@@ -112,9 +112,10 @@ typedef struct {
 typedef struct awaitlet_fiber_state {
     awaitlet_saved parent; /* the side that resumed the fiber, while the fiber runs */
     awaitlet_saved fiber;  /* the fiber, while it is suspended (and its initial state) */
-    /* The fiber's own bottom "exception being handled" item; linked to the resumer's
-     * chain on every entry, as a coroutine's is, so sys.exc_info() in sync code that
-     * handles nothing shows what the awaiting task handles, exactly as with `await`. */
+    /* The fiber's own bottom "exception being handled" item, with no link to the
+     * resumer's: like a greenlet, sync code starts handling nothing, so an exception it
+     * raises never gets the driver's (SQLAlchemy resumes it from an except block) as its
+     * __context__. */
     _PyErr_StackItem exc_root;
 #if AWAITLET_USE_CFRAME
     /* The fiber's bottom cframe: the eval loop links its own to tstate->cframe and writes
@@ -411,9 +412,6 @@ awaitlet_enter_fiber(awaitlet_fiber_state *s)
         s->started = 1;
         init_fiber(s, ts);
     }
-    /* Like a coroutine's exception state, the fiber's bottom item leads to the resumer's
-     * chain for as long as the fiber runs. */
-    s->exc_root.previous_item = s->parent.exc_info;
     load(&s->fiber, ts);
     CARRY_TRACING_END(ts);
 }
@@ -425,7 +423,6 @@ awaitlet_leave_fiber(awaitlet_fiber_state *s)
     PyThreadState *ts = current_tstate();
     CARRY_TRACING_BEGIN(ts);
     save(&s->fiber, ts);
-    s->exc_root.previous_item = NULL;
     load(&s->parent, ts);
     CARRY_TRACING_END(ts);
 }
@@ -462,7 +459,6 @@ awaitlet_finish_fiber(awaitlet_fiber_state *s)
 #endif
     CARRY_TRACING_BEGIN(ts);
     /* The thread state's context reference was released above; the resumer's comes back. */
-    s->exc_root.previous_item = NULL;
     load(&s->parent, ts);
     CARRY_TRACING_END(ts);
 }
