@@ -46,25 +46,23 @@ VENVS = BENCHES / ".venvs"
 OURS_PACKAGES = ["sqlalchemy", "aiosqlite", "pyperf", "matplotlib"]
 GREENLET_EXTRAS = ["greenback", "awaitlet==0.0.1"]
 
-#: Per --quality: rounds, and pyperf options per round, for the microbenchmarks and for the
-#: (slower) ORM workloads. Each round runs every environment once, in alternating order, and
-#: appends to the same pyperf files, so drift in the machine's load during a run spreads over
-#: both environments instead of favouring the one measured first.
-QUALITY = {
+#: Per --quality and part: rounds, and pyperf options per round. Each round runs every
+#: environment once, in alternating order, and appends to the same pyperf files, so drift in
+#: the machine's load during a run spreads over both environments instead of favouring the
+#: one measured first. The ORM workloads are slow and noisy: one process per round, and more
+#: rounds.
+QUALITY: dict[str, dict[str, tuple[int, list[str]]]] = {
     "fast": {
-        "rounds": 2,
-        "micro": ["--processes", "4", "--values", "2", "--warmups", "1"],
-        "orm": ["--processes", "1", "--values", "3", "--warmups", "1"],
+        "micro": (2, ["--processes", "4", "--values", "2", "--warmups", "1"]),
+        "orm": (4, ["--processes", "1", "--values", "3", "--warmups", "1"]),
     },
     "normal": {
-        "rounds": 3,
-        "micro": ["--processes", "6", "--values", "3", "--warmups", "1"],
-        "orm": ["--processes", "2", "--values", "3", "--warmups", "1"],
+        "micro": (3, ["--processes", "6", "--values", "3", "--warmups", "1"]),
+        "orm": (6, ["--processes", "1", "--values", "4", "--warmups", "1"]),
     },
     "rigorous": {
-        "rounds": 5,
-        "micro": ["--processes", "8", "--values", "3", "--warmups", "2"],
-        "orm": ["--processes", "2", "--values", "5", "--warmups", "2"],
+        "micro": (5, ["--processes", "8", "--values", "3", "--warmups", "2"]),
+        "orm": (10, ["--processes", "1", "--values", "5", "--warmups", "2"]),
     },
 }
 
@@ -348,17 +346,18 @@ def main() -> int:
         if part not in parts:
             continue
         failing: set[str] = set()
-        for number in range(quality["rounds"]):
+        rounds, options = quality[part]
+        for number in range(rounds):
             names = list(envs) if number % 2 == 0 else list(envs)[::-1]
             for name in names:
                 if name in failing:
                     continue
-                log(f"{part} cases, round {number + 1}/{quality['rounds']}, {name} environment")
+                log(f"{part} cases, round {number + 1}/{rounds}, {name} environment")
                 try:
                     pyperf_case(
                         envs[name],
                         script,
-                        quality[part],
+                        options,
                         raw / f"{part}-{name}.json",
                         extra if part == "micro" else [],
                     )
