@@ -133,6 +133,10 @@ impl AsyncDefCoroutine {
             match running.fiber.resume(py, input) {
                 Step::Suspended(awaitable) => {
                     running.awaited = true;
+                    if let Some(yielded) = running.fiber.take_first_yield() {
+                        running.awaiting = Some(awaitable);
+                        return Ok(Outcome::Yielded(yielded));
+                    }
                     input = match send_into(py, &awaitable, None) {
                         Delegated::Yielded(value) => {
                             running.awaiting = Some(awaitable);
@@ -792,11 +796,23 @@ pub fn switch_to_resumer(
             Kind::Greenlet => "greenlet ignored GreenletExit and switched again while being killed",
         }));
     }
-    let handed_over = match fiber.kind() {
-        Kind::AsyncDef => awaitable_iterator(&value)?.unbind(),
-        Kind::Greenlet => value.unbind(),
+    let resumed = match fiber.kind() {
+        Kind::AsyncDef if fiber.resumer().is_none() => {
+            // Resumed by a task on the thread's own stack: run the awaitable's first step
+            // here, as that task would, and switch only if it does not complete at once.
+            let iterator = awaitable_iterator(&value)?.unbind();
+            match fiber.run_as_resumer(|| send_into(py, &iterator, None)) {
+                Delegated::Returned(result) => return Ok(result),
+                Delegated::Raised(err) => return Err(err),
+                Delegated::Yielded(yielded) => {
+                    fiber.suspend_after_first_step(py, iterator, yielded)
+                }
+            }
+        }
+        Kind::AsyncDef => fiber.suspend(py, awaitable_iterator(&value)?.unbind()),
+        Kind::Greenlet => fiber.suspend(py, value.unbind()),
     };
-    match fiber.suspend(py, handed_over) {
+    match resumed {
         Resume::Value(value) => Ok(value),
         Resume::Throw(err) => Err(err),
     }

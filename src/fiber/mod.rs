@@ -102,6 +102,9 @@ struct Shared {
     kind: Kind,
     /// While the fiber runs: the fiber that resumed it (null: the thread's own stack).
     resumer: Cell<*const Shared>,
+    /// What the awaitable the fiber suspends with already yielded, when its first step ran
+    /// on the fiber (see [`ActiveFiber::run_as_resumer`]).
+    first_yield: Cell<Option<Py<PyAny>>>,
     greenlet: RefCell<GreenletRef>,
 }
 
@@ -160,6 +163,7 @@ impl Fiber {
             closing: Cell::new(false),
             kind,
             resumer: Cell::new(ptr::null()),
+            first_yield: Cell::new(None),
             greenlet: RefCell::new(GreenletRef::None),
         })));
         let shared_addr = shared.as_ptr() as usize;
@@ -247,6 +251,12 @@ impl Fiber {
                 Step::Finished(result)
             }
         }
+    }
+
+    /// What the awaitable the fiber just suspended with has already yielded, if its first
+    /// step ran on the fiber.
+    pub fn take_first_yield(&self) -> Option<Py<PyAny>> {
+        self.shared().first_yield.take()
     }
 
     /// Records `owner` as the greenlet object that owns this fiber (null to forget it).
@@ -371,6 +381,43 @@ impl ActiveFiber {
     /// Whether the fiber is being closed (or has finished its function).
     pub fn is_closing(&self) -> bool {
         self.shared().closing.get()
+    }
+
+    /// Runs `step` on this (running) fiber's stack as if its resumer ran it: with the
+    /// resumer's context and handled-exception state, and with no fiber current, so that
+    /// `awaitlet()` inside refuses as it would there. Only for fibers resumed by the thread's
+    /// own stack.
+    pub fn run_as_resumer<R>(&self, step: impl FnOnce() -> R) -> R {
+        struct Restore<'a>(&'a Shared, *const Shared);
+        impl Drop for Restore<'_> {
+            fn drop(&mut self) {
+                // SAFETY: pairs the swap below, on the same stack, with no switch between.
+                unsafe { self.0.pystate.swap_resumer_context() };
+                CURRENT.with(|current| current.set(self.1));
+            }
+        }
+        let shared = self.shared();
+        debug_assert!(
+            shared.resumer.get().is_null(),
+            "run_as_resumer with a fiber resumer"
+        );
+        let previous = CURRENT.with(|current| current.replace(ptr::null()));
+        // SAFETY: on the fiber's stack while it runs, GIL held; Restore swaps back.
+        unsafe { shared.pystate.swap_resumer_context() };
+        let _restore = Restore(shared, previous);
+        step()
+    }
+
+    /// Suspends the fiber after the first step of `awaitable` ran on it and yielded
+    /// `yielded`: the resumer hands `yielded` on and delegates to `awaitable` from there.
+    pub fn suspend_after_first_step(
+        &self,
+        py: Python<'_>,
+        awaitable: Py<PyAny>,
+        yielded: Py<PyAny>,
+    ) -> Resume {
+        self.shared().first_yield.set(Some(yielded));
+        self.suspend(py, awaitable)
     }
 
     /// Suspends the fiber, handing `awaitable` to its resumer, until it is resumed.

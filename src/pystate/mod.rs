@@ -29,6 +29,7 @@ extern "C" {
     fn awaitlet_fiber_state_free(state: *mut RawFiberState);
     fn awaitlet_enter_fiber(state: *mut RawFiberState);
     fn awaitlet_leave_fiber(state: *mut RawFiberState);
+    fn awaitlet_swap_resumer_context(state: *mut RawFiberState);
     fn awaitlet_finish_fiber(state: *mut RawFiberState);
     fn awaitlet_fiber_top_frame(state: *mut RawFiberState) -> *mut ffi::PyObject;
     fn awaitlet_fiber_context(state: *mut RawFiberState) -> *mut ffi::PyObject;
@@ -87,6 +88,18 @@ impl FiberPyState {
     pub unsafe fn leave(&self) {
         // SAFETY: guaranteed by the caller.
         unsafe { awaitlet_leave_fiber(self.raw.as_ptr()) }
+    }
+
+    /// Swaps the running fiber's context and handled-exception state with its resumer's;
+    /// calling it again swaps them back.
+    ///
+    /// # Safety
+    /// GIL held, on the fiber's stack while it runs; the two calls are paired with no switch
+    /// between them.
+    #[inline]
+    pub unsafe fn swap_resumer_context(&self) {
+        // SAFETY: guaranteed by the caller.
+        unsafe { awaitlet_swap_resumer_context(self.raw.as_ptr()) }
     }
 
     /// Releases what the finished fiber's interpreter state owns and reinstalls the

@@ -463,6 +463,23 @@ awaitlet_finish_fiber(awaitlet_fiber_state *s)
     CARRY_TRACING_END(ts);
 }
 
+/* Swaps the running fiber's current context and handled-exception state with those of its
+ * resumer (saved in s->parent): code run on the fiber's stack between two calls behaves,
+ * for contextvars and sys.exc_info(), as if the resumer ran it.  Used to run an awaitable's
+ * first step without switching stacks. */
+void
+awaitlet_swap_resumer_context(awaitlet_fiber_state *s)
+{
+    PyThreadState *ts = current_tstate();
+    PyObject *context = ts->context;
+    ts->context = s->parent.context;
+    s->parent.context = context;
+    _PyErr_StackItem *exc_info = ts->exc_info;
+    ts->exc_info = s->parent.exc_info;
+    s->parent.exc_info = exc_info;
+    ts->context_ver++;
+}
+
 /* Returns a new reference to the frame object of a suspended fiber's innermost frame, or
  * None.  CPython only materializes frame objects for the running thread state, so the
  * fiber's frame pointers are lent to the thread state for the call, with the collector off
