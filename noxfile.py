@@ -53,7 +53,8 @@ def tests(session: nox.Session) -> None:
     session.run("python", "-m", "pip", "uninstall", "--yes", "--quiet", "greenlet")
     session.run("python", "-c", "import awaitlet; print('awaitlet from', awaitlet.__file__)")
 
-    cache = session.cache_dir
+    # One download cache per version: CI runs sessions in parallel.
+    cache = session.cache_dir / f"python{session.python}"
     sqlalchemy_suite = [
         "python",
         "tests/upstream/run_sqlalchemy_suite.py",
