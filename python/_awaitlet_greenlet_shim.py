@@ -34,7 +34,7 @@ class GreenletFacadeFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         for name, value in vars(facade).items():
             if not name.startswith("__") or name in ("__all__", "__doc__", "__version__"):
                 setattr(module, name, value)
-        module.__awaitlet_facade__ = True
+        setattr(module, "__awaitlet_facade__", True)  # noqa: B010 - a module's attribute
 
 
 def install() -> bool:

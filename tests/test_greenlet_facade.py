@@ -8,7 +8,6 @@ import threading
 import weakref
 
 import pytest
-
 from awaitlet import async_def, awaitlet
 from awaitlet import greenlet as facade
 from awaitlet.greenlet import GreenletExit, error, getcurrent, greenlet

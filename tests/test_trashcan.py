@@ -9,7 +9,6 @@ late, or never.
 import gc
 
 from _support import Yield
-
 from awaitlet import async_def, awaitlet
 
 

@@ -10,7 +10,8 @@ that sync code run by :func:`awaitlet.async_def` can use SQLAlchemy's sync API t
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from greenlet import getcurrent, greenlet
 

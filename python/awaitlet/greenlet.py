@@ -18,8 +18,9 @@ returns a greenlet that declares ``__sqlalchemy_greenlet_provider__``, so SQLAlc
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from types import FrameType, TracebackType
-from typing import Any, Callable
+from typing import Any
 
 from . import _awaitlet
 
@@ -62,9 +63,7 @@ def _exception(typ: Any, val: Any, tb: TracebackType | None) -> BaseException:
         else:
             exc = typ(val)
     else:
-        raise TypeError(
-            "exceptions must be classes, or instances, not %s" % type(typ).__name__
-        )
+        raise TypeError(f"exceptions must be classes, or instances, not {type(typ).__name__}")
     if tb is not None:
         exc = exc.with_traceback(tb)
     return exc
@@ -72,6 +71,8 @@ def _exception(typ: Any, val: Any, tb: TracebackType | None) -> BaseException:
 
 class greenlet(_awaitlet.fiber):  # noqa: N801 - greenlet's own name
     """A function running on its own stack that switches with its parent."""
+
+    _parent: greenlet | None
 
     def __init__(
         self, run: Callable[..., Any] | None = None, parent: greenlet | None = None
@@ -117,7 +118,9 @@ class greenlet(_awaitlet.fiber):  # noqa: N801 - greenlet's own name
         if self is getcurrent():
             return _awaitlet._current_context()
         if self._is_main:
-            raise error("awaitlet's greenlet cannot read gr_context of a main greenlet that is not running")
+            raise error(
+                "awaitlet's greenlet cannot read gr_context of a main greenlet that is not running"
+            )
         if not self._started:
             return self._initial_context
         return self._context
@@ -127,7 +130,9 @@ class greenlet(_awaitlet.fiber):  # noqa: N801 - greenlet's own name
         if self is getcurrent():
             _awaitlet._set_current_context(context)
         elif self._is_main:
-            raise error("awaitlet's greenlet cannot set gr_context of a main greenlet that is not running")
+            raise error(
+                "awaitlet's greenlet cannot set gr_context of a main greenlet that is not running"
+            )
         elif not self._started:
             self._initial_context = context
         else:
@@ -136,7 +141,7 @@ class greenlet(_awaitlet.fiber):  # noqa: N801 - greenlet's own name
     # -- switching ---------------------------------------------------------------------
 
     def switch(self, *args: Any, **kwargs: Any) -> Any:
-        """Switch to this greenlet, handing it ``args``/``kwargs``; returns what is switched back."""
+        """Switch to this greenlet, handing it ``args``/``kwargs``; return what comes back."""
         current = getcurrent()
         if self is current:
             return _pack(args, kwargs)
@@ -150,7 +155,9 @@ class greenlet(_awaitlet.fiber):  # noqa: N801 - greenlet's own name
                 return _pack(args, kwargs)
             try:
                 if not self._started:
-                    return self._start(self._take_run(), args, kwargs or None, self._initial_context)
+                    return self._start(
+                        self._take_run(), args, kwargs or None, self._initial_context
+                    )
                 return self._send(_pack(args, kwargs))
             except GreenletExit as exit_:
                 if self._dead:
@@ -161,7 +168,9 @@ class greenlet(_awaitlet.fiber):  # noqa: N801 - greenlet's own name
             f"cannot switch from {current!r} to {self!r}"
         )
 
-    def throw(self, typ: Any = GreenletExit, val: Any = None, tb: TracebackType | None = None) -> Any:
+    def throw(
+        self, typ: Any = GreenletExit, val: Any = None, tb: TracebackType | None = None
+    ) -> Any:
         """Raise an exception in this greenlet at the point where it switched away."""
         exc = _exception(typ, val, tb)
         current = getcurrent()
@@ -185,7 +194,7 @@ class greenlet(_awaitlet.fiber):  # noqa: N801 - greenlet's own name
             raise
 
     def _take_run(self) -> Callable[..., Any]:
-        run = self.__dict__.pop("run", _MISSING)
+        run: Callable[..., Any] = self.__dict__.pop("run", _MISSING)
         if run is _MISSING:
             run = getattr(self, "run", _MISSING)
         if run is _MISSING:
@@ -201,7 +210,9 @@ class greenlet(_awaitlet.fiber):  # noqa: N801 - greenlet's own name
             state = "suspended" if self._suspended else "current active"
         else:
             state = "pending"
-        return f"<{type(self).__module__}.{type(self).__qualname__} object at {id(self):#x} ({state})>"
+        return (
+            f"<{type(self).__module__}.{type(self).__qualname__} object at {id(self):#x} ({state})>"
+        )
 
     getcurrent: Callable[[], greenlet]  # set below as a static method
 
@@ -226,6 +237,10 @@ class _AsyncDefGreenlet(greenlet):
             self._parent = _greenlet_at(1)
         return self._parent
 
+    @parent.setter
+    def parent(self, parent: greenlet) -> None:
+        raise error("awaitlet's greenlet cannot change the parent of async_def() code")
+
     @property
     def dead(self) -> bool:
         """False while the ``async_def`` code this stands for can run."""
@@ -240,7 +255,9 @@ class _AsyncDefGreenlet(greenlet):
             return _pack(args, kwargs)
         raise error("awaitlet's greenlet cannot switch into async_def() code; await it instead")
 
-    def throw(self, typ: Any = GreenletExit, val: Any = None, tb: TracebackType | None = None) -> Any:
+    def throw(
+        self, typ: Any = GreenletExit, val: Any = None, tb: TracebackType | None = None
+    ) -> Any:
         """Throwing into ``async_def`` code is done with its coroutine's ``throw()``."""
         if self is getcurrent():
             raise _exception(typ, val, tb)
@@ -281,7 +298,7 @@ def getcurrent() -> greenlet:
     return found if found is not None else _greenlet_at(0)
 
 
-greenlet.getcurrent = staticmethod(getcurrent)  # type: ignore[assignment]
+greenlet.getcurrent = staticmethod(getcurrent)
 
 
 def gettrace() -> None:
