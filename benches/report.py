@@ -227,7 +227,8 @@ def markdown(data: dict[str, Any]) -> str:
             "",
             "Each row is a fresh process: peak RSS (`ru_maxrss`) after the tasks completed,"
             " minus the peak before they started, per task. Mappings: memory mappings per task"
-            " while all were suspended (`vm.max_map_count` limits a process's total).",
+            " while all were suspended (`vm.max_map_count` limits a process's total). Start all:"
+            " seconds until every task was suspended; total: until every task had completed.",
             "",
         ]
         out += scale_table(data["scale"])
