@@ -118,6 +118,9 @@ def keyboard_interrupt_raised_in_sync_code():
 
 
 def sigint_while_sync_code_runs():
+    # A process started in the background by a shell inherits SIGINT ignored, and Python
+    # then keeps it ignored: install Python's own handler, as an interactive run has.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     events = []
 
     def interrupted():
