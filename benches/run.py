@@ -31,6 +31,7 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -87,25 +88,42 @@ def run(
     *,
     env: dict[str, str] | None = None,
     timeout: float | None = None,
-    capture: bool = True,
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``cmd``; raise :class:`StepFailed` with its output's tail if it fails."""
-    try:
-        result = subprocess.run(
-            cmd,
-            cwd=CASES,
-            env=env,
-            timeout=timeout,
-            text=True,
-            stdout=subprocess.PIPE if capture else None,
-            stderr=subprocess.PIPE if capture else None,
-        )
-    except subprocess.TimeoutExpired as error:
-        raise StepFailed(f"{' '.join(cmd)}: timed out after {timeout} s") from error
+    """Run ``cmd`` in its own process group, capturing its output; raise
+    :class:`StepFailed` with the output's tail if it fails or outlives ``timeout``, after
+    killing the group (pyperf's workers too)."""
+    with subprocess.Popen(
+        cmd,
+        cwd=CASES,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    ) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            stdout, stderr = process.communicate()
+            output = tail(stdout + "\n" + stderr)
+            raise StepFailed(
+                f"{' '.join(cmd)}: timed out after {timeout:.0f} s\n{output}"
+            ) from None
+    result = subprocess.CompletedProcess(cmd, process.returncode, stdout, stderr)
     if result.returncode != 0:
-        output = tail((result.stdout or "") + "\n" + (result.stderr or ""))
+        output = tail(stdout + "\n" + stderr)
         raise StepFailed(f"{' '.join(cmd)}: exit status {result.returncode}\n{output}")
     return result
+
+
+def first_traceback(text: str, lines: int = 12) -> str | None:
+    """The first traceback in a command's error output, if it has one."""
+    start = text.find("Traceback (most recent call last)")
+    if start < 0:
+        return None
+    context_start = text.rfind("\n", 0, max(start - 1, 0)) + 1
+    return "\n".join(text[context_start:].splitlines()[:lines])
 
 
 def interpreter_info(python: str) -> dict[str, str]:
@@ -210,21 +228,36 @@ def setup_greenlet(venv: Venv, interpreter: str, pins: dict[str, str]) -> list[s
 
 
 def pyperf_case(
-    venv: Venv, script: str, options: list[str], output: Path, extra: list[str]
-) -> None:
-    """Run a pyperf case script, adding its results to those in ``output``."""
-    run([venv.python, script, *options, *extra, "--quiet", "--append", str(output)], capture=False)
+    venv: Venv, script: str, options: list[str], output: Path, extra: list[str], timeout: float
+) -> str | None:
+    """Run a pyperf case script, adding its results to those in ``output``; returns the first
+    traceback it logged, if any (an exception in an event loop callback is logged, not
+    raised, and the benchmark goes on)."""
+    cmd = [venv.python, script, *options, *extra, "--quiet", "--append", str(output)]
+    result = run(cmd, timeout=timeout)
+    for line in result.stdout.splitlines():
+        if line.strip():
+            log(f"  {line.strip()}")
+    with output.with_suffix(".log").open("a", encoding="utf-8") as log_file:
+        log_file.write(result.stdout + result.stderr)
+    return first_traceback(result.stderr)
 
 
 def scale_case(venv: Venv, impl: str, tasks: int, depth: int, timeout: float) -> dict[str, Any]:
     """One scale run in a fresh process; a failure is returned as a result, not raised."""
     cmd = [venv.python, "scale.py", impl, str(tasks), "--depth", str(depth)]
     record: dict[str, Any] = {"impl": impl, "tasks": tasks, "depth": depth, "ok": False}
-    try:
-        result = subprocess.run(cmd, cwd=CASES, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        record["error"] = f"timed out after {timeout:.0f} s"
-        return record
+    with subprocess.Popen(
+        cmd, cwd=CASES, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    ) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+            record["error"] = f"timed out after {timeout:.0f} s"
+            return record
+    result = subprocess.CompletedProcess(cmd, process.returncode, stdout, stderr)
     lines = result.stdout.strip().splitlines()
     if result.returncode == 0 and lines:
         record.update(json.loads(lines[-1]))
@@ -289,6 +322,12 @@ def parse_args() -> argparse.Namespace:
         "--scale-timeout", type=float, default=600, help="seconds per scale run (default: 600)"
     )
     parser.add_argument(
+        "--step-timeout",
+        type=float,
+        default=900,
+        help="seconds per pyperf invocation before it is killed (default: 900)",
+    )
+    parser.add_argument(
         "--results", type=Path, default=BENCHES / "results", help="output directory"
     )
     return parser.parse_args()
@@ -346,6 +385,7 @@ def main() -> int:
         if part not in parts:
             continue
         failing: set[str] = set()
+        tracebacks: set[str] = set()
         rounds, options = quality[part]
         for number in range(rounds):
             names = list(envs) if number % 2 == 0 else list(envs)[::-1]
@@ -354,16 +394,21 @@ def main() -> int:
                     continue
                 log(f"{part} cases, round {number + 1}/{rounds}, {name} environment")
                 try:
-                    pyperf_case(
+                    logged = pyperf_case(
                         envs[name],
                         script,
                         options,
                         raw / f"{part}-{name}.json",
                         extra if part == "micro" else [],
+                        args.step_timeout,
                     )
                 except StepFailed as error:
                     failing.add(name)
                     failed(f"{part} cases ({name})", error)
+                    continue
+                if logged and name not in tracebacks:
+                    tracebacks.add(name)
+                    failed(f"{part} cases ({name}) logged errors (numbers kept)", Exception(logged))
     if "scale" in parts:
         for name, venv in envs.items():
             impls = (["native"] if name == "awaitlet-rs" else []) + venv.impls()
