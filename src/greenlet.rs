@@ -7,7 +7,7 @@
 
 use pyo3::exceptions::PyBaseException;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyTuple};
+use pyo3::types::{PyBool, PyDict, PyTuple};
 use pyo3::{create_exception, ffi};
 
 use crate::coroutine::switch_to_resumer;
@@ -259,13 +259,16 @@ fn active_fiber_at(level: usize) -> Option<ActiveFiber> {
 }
 
 /// The greenlet standing for the fiber `level` steps down the active chain (0: the running
-/// one; 1: its resumer; ...), or None if it has none yet. LookupError when that level is the
-/// thread's own stack.
+/// one; 1: its resumer; ...), None if it has none yet, or False when that level is the
+/// thread's own stack (no exception: this is on every switch's path).
 #[pyfunction]
-pub fn _fiber_greenlet(py: Python<'_>, level: usize) -> PyResult<Option<Bound<'_, PyAny>>> {
-    let fiber =
-        active_fiber_at(level).ok_or_else(|| pyo3::exceptions::PyLookupError::new_err(level))?;
-    Ok(fiber.greenlet(py))
+pub fn _fiber_greenlet(py: Python<'_>, level: usize) -> Bound<'_, PyAny> {
+    match active_fiber_at(level) {
+        None => PyBool::new(py, false).to_owned().into_any(),
+        Some(fiber) => fiber
+            .greenlet(py)
+            .unwrap_or_else(|| py.None().into_bound(py)),
+    }
 }
 
 /// Makes `greenlet` stand for the fiber `level` steps down the active chain.

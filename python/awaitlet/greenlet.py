@@ -279,9 +279,8 @@ def _main_greenlet() -> greenlet:
 
 
 def _greenlet_at(level: int) -> greenlet:
-    try:
-        found = _awaitlet._fiber_greenlet(level)
-    except LookupError:
+    found = _awaitlet._fiber_greenlet(level)
+    if found is False:
         return _main_greenlet()
     if found is None:
         found = _AsyncDefGreenlet()
@@ -291,9 +290,8 @@ def _greenlet_at(level: int) -> greenlet:
 
 def getcurrent() -> greenlet:
     """The greenlet that is running (the thread's main greenlet outside any fiber)."""
-    try:
-        found = _awaitlet._fiber_greenlet(0)
-    except LookupError:
+    found = _awaitlet._fiber_greenlet(0)
+    if found is False:
         return _main_greenlet()
     return found if found is not None else _greenlet_at(0)
 
