@@ -156,7 +156,14 @@ impl Fiber {
                 usable_size,
                 stack.frames_area() as *mut u8,
             )
-        }?;
+        };
+        let pystate = match pystate {
+            Ok(pystate) => pystate,
+            Err(err) => {
+                stack_pool::give_back(stack);
+                return Err(err);
+            }
+        };
         let shared = NonNull::from(Box::leak(Box::new(Shared {
             pystate,
             yielder: Cell::new(ptr::null()),
