@@ -9,6 +9,12 @@ mod pystate;
 
 use pyo3::prelude::*;
 
+/// The fiber engine, for `benches/switch.rs`; not a stable API.
+#[doc(hidden)]
+pub mod __bench {
+    pub use crate::fiber::{ActiveFiber, Fiber, Kind, Resume, Step};
+}
+
 #[pymodule]
 fn _awaitlet(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
