@@ -21,7 +21,7 @@ use pyo3::PyTraverseError;
 use pyo3::PyVisit;
 
 use crate::exceptions::{NoAwaitOccurred, NoAwaitletContext};
-use crate::fiber::{current_thread, ActiveFiber, Fiber, Kind, Resume, Step};
+use crate::fiber::{call_body, current_thread, ActiveFiber, Fiber, Kind, Resume, Step};
 use crate::gil_cell::GilCell;
 use crate::pystate::interpreter_finalizing;
 
@@ -107,14 +107,7 @@ impl AsyncDefCoroutine {
             unreachable!("start() on a started coroutine")
         };
         let func = self.func.clone_ref(py);
-        let fiber = Fiber::new(
-            py,
-            Kind::AsyncDef,
-            Box::new(move |py| {
-                let kwargs = kwargs.as_ref().map(|kwargs| kwargs.bind(py));
-                func.bind(py).call(args.bind(py), kwargs).map(Bound::unbind)
-            }),
-        )?;
+        let fiber = Fiber::new(py, Kind::AsyncDef, call_body(func, args, kwargs))?;
         *state = State::Running(Running {
             fiber,
             awaiting: None,

@@ -12,7 +12,7 @@ use pyo3::{create_exception, ffi};
 
 use crate::coroutine::switch_to_resumer;
 use crate::exceptions::GreenletError;
-use crate::fiber::{current_thread, ActiveFiber, Fiber, Kind, Resume, Step};
+use crate::fiber::{call_body, current_thread, ActiveFiber, Fiber, Kind, Resume, Step};
 use crate::gil_cell::GilCell;
 use crate::pystate::{current_context, interpreter_finalizing, set_current_context};
 
@@ -44,24 +44,17 @@ enum FiberSlot {
 }
 
 impl FiberHandle {
-    fn resume(slf: &Bound<'_, Self>, input: Resume) -> PyResult<Py<PyAny>> {
-        let py = slf.py();
-        let mut slot = slf
-            .get()
-            .fiber
+    fn slot(&self) -> PyResult<std::cell::RefMut<'_, FiberSlot>> {
+        self.fiber
             .try_borrow_mut()
-            .ok_or_else(|| GreenletError::new_err("greenlet is already running"))?;
-        let FiberSlot::Started(fiber) = &mut *slot else {
+            .ok_or_else(|| GreenletError::new_err("greenlet is already running"))
+    }
+
+    /// Resumes the started fiber in `slot`; marks it dead when it finishes.
+    fn step(py: Python<'_>, slot: &mut FiberSlot, input: Resume) -> PyResult<Py<PyAny>> {
+        let FiberSlot::Started(fiber) = slot else {
             return Err(GreenletError::new_err("greenlet is not suspended"));
         };
-        if fiber.thread() != current_thread() {
-            return Err(GreenletError::new_err(
-                "cannot switch to a different thread",
-            ));
-        }
-        if !fiber.is_suspended() {
-            return Err(GreenletError::new_err("greenlet is not suspended"));
-        }
         match fiber.resume(py, input) {
             Step::Suspended(value) => Ok(value),
             Step::Finished(result) => {
@@ -69,6 +62,21 @@ impl FiberHandle {
                 result
             }
         }
+    }
+
+    fn resume(slf: &Bound<'_, Self>, input: Resume) -> PyResult<Py<PyAny>> {
+        let mut slot = slf.get().slot()?;
+        if let FiberSlot::Started(fiber) = &*slot {
+            if fiber.thread() != current_thread() {
+                return Err(GreenletError::new_err(
+                    "cannot switch to a different thread",
+                ));
+            }
+            if !fiber.is_suspended() {
+                return Err(GreenletError::new_err("greenlet is not suspended"));
+            }
+        }
+        Self::step(slf.py(), &mut slot, input)
     }
 }
 
@@ -94,44 +102,16 @@ impl FiberHandle {
     ) -> PyResult<Py<PyAny>> {
         let py = slf.py();
         check_context(&context)?;
-        {
-            let mut slot = slf
-                .get()
-                .fiber
-                .try_borrow_mut()
-                .ok_or_else(|| GreenletError::new_err("greenlet is already running"))?;
-            if !matches!(*slot, FiberSlot::NotStarted) {
-                return Err(GreenletError::new_err("greenlet has already started"));
-            }
-            let fiber = Fiber::new(
-                py,
-                Kind::Greenlet,
-                Box::new(move |py| {
-                    run.bind(py)
-                        .call(args.bind(py), kwargs.as_ref().map(|kwargs| kwargs.bind(py)))
-                        .map(Bound::unbind)
-                }),
-            )?;
-            fiber.set_owner_greenlet(slf.as_ptr());
-            // SAFETY: checked to be a Context or None above.
-            unsafe { fiber.set_context(&context) }?;
-            *slot = FiberSlot::Started(fiber);
+        let mut slot = slf.get().slot()?;
+        if !matches!(*slot, FiberSlot::NotStarted) {
+            return Err(GreenletError::new_err("greenlet has already started"));
         }
-        let mut slot = slf
-            .get()
-            .fiber
-            .try_borrow_mut()
-            .ok_or_else(|| GreenletError::new_err("greenlet is already running"))?;
-        let FiberSlot::Started(fiber) = &mut *slot else {
-            unreachable!("started just above")
-        };
-        match fiber.resume(py, Resume::Value(py.None())) {
-            Step::Suspended(value) => Ok(value),
-            Step::Finished(result) => {
-                *slot = FiberSlot::Dead;
-                result
-            }
-        }
+        let fiber = Fiber::new(py, Kind::Greenlet, call_body(run, args, kwargs))?;
+        fiber.set_owner_greenlet(slf.as_ptr());
+        // SAFETY: checked to be a Context or None above.
+        unsafe { fiber.set_context(&context) }?;
+        *slot = FiberSlot::Started(fiber);
+        Self::step(py, &mut slot, Resume::Value(py.None()))
     }
 
     /// Resumes the suspended fiber: its switch to the parent returns `value`.
@@ -146,10 +126,7 @@ impl FiberHandle {
 
     /// Marks a greenlet that never started as dead.
     fn _kill_unstarted(&self) -> PyResult<()> {
-        let mut slot = self
-            .fiber
-            .try_borrow_mut()
-            .ok_or_else(|| GreenletError::new_err("greenlet is already running"))?;
+        let mut slot = self.slot()?;
         if matches!(*slot, FiberSlot::NotStarted) {
             *slot = FiberSlot::Dead;
         }

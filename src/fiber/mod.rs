@@ -34,6 +34,7 @@ use pyo3::exceptions::{PyMemoryError, PyRuntimeError};
 use pyo3::ffi;
 use pyo3::panic::PanicException;
 use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyTuple};
 
 use crate::pystate::FiberPyState;
 
@@ -82,6 +83,14 @@ enum GreenletRef {
 
 /// The Python work a fiber runs.
 pub type Body = Box<dyn FnOnce(Python<'_>) -> PyResult<Py<PyAny>>>;
+
+/// The body that calls `func(*args, **kwargs)`.
+pub fn call_body(func: Py<PyAny>, args: Py<PyTuple>, kwargs: Option<Py<PyDict>>) -> Body {
+    Box::new(move |py| {
+        let kwargs = kwargs.as_ref().map(|kwargs| kwargs.bind(py));
+        func.bind(py).call(args.bind(py), kwargs).map(Bound::unbind)
+    })
+}
 
 type Machine = Coroutine<Resume, Py<PyAny>, PyResult<Py<PyAny>>, stack_pool::SlotStack>;
 
