@@ -44,7 +44,9 @@ def busy_sync_function(index):
     total = 0
     deadline = time.monotonic() + DURATION_SECONDS
     while time.monotonic() < deadline:
-        for value in range(2000):
+        # Longer than the switch interval, so that the sampler gets the GIL while sync code
+        # runs and not only while the loop waits for I/O.
+        for value in range(20_000):
             total += value % (index + 1)
         awaitlet(asyncio.sleep(0))
     return index
