@@ -600,7 +600,7 @@ fn close_iter(py: Python<'_>, awaitable: &Py<PyAny>) -> PyResult<()> {
 }
 
 /// Builds the exception `throw(typ, val, tb)` raises, with the rules of `generator.throw`.
-fn exception_from_throw_args(
+pub fn exception_from_throw_args(
     py: Python<'_>,
     typ: Bound<'_, PyAny>,
     val: Option<Bound<'_, PyAny>>,

@@ -31,14 +31,10 @@ fn _awaitlet(m: &Bound<'_, PyModule>) -> PyResult<()> {
         "NoAwaitOccurred",
         py.get_type::<exceptions::NoAwaitOccurred>(),
     )?;
-    // The native half of the greenlet facade, awaitlet.greenlet.
-    m.add_class::<greenlet::FiberHandle>()?;
+    // The greenlet facade, awaitlet.greenlet.
+    m.add_class::<greenlet::Greenlet>()?;
+    m.add_function(wrap_pyfunction!(greenlet::getcurrent, m)?)?;
     m.add("GreenletExit", py.get_type::<greenlet::GreenletExit>())?;
     m.add("GreenletError", py.get_type::<exceptions::GreenletError>())?;
-    m.add_function(wrap_pyfunction!(greenlet::_fiber_greenlet, m)?)?;
-    m.add_function(wrap_pyfunction!(greenlet::_adopt_greenlet, m)?)?;
-    m.add_function(wrap_pyfunction!(greenlet::_switch_to_parent, m)?)?;
-    m.add_function(wrap_pyfunction!(greenlet::_current_context, m)?)?;
-    m.add_function(wrap_pyfunction!(greenlet::_set_current_context, m)?)?;
     Ok(())
 }

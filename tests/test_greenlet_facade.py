@@ -167,7 +167,7 @@ def test_switch_from_another_thread_raises_error():
     errors = []
 
     def resume_elsewhere():
-        for attempt in (lambda: child.switch(), lambda: child._send(None)):
+        for attempt in (lambda: child.switch(), lambda: child.throw()):
             try:
                 attempt()
             except error as exc:
@@ -177,7 +177,7 @@ def test_switch_from_another_thread_raises_error():
     thread.start()
     thread.join()
     assert len(errors) == 2
-    assert "different thread" in errors[1]
+    assert all("different thread" in message for message in errors)
     assert not child.dead
     child.throw()
     assert child.dead
@@ -253,3 +253,35 @@ def test_facade_module_is_marked():
     assert facade.__awaitlet_facade__ is True
     assert issubclass(GreenletExit, BaseException)
     assert issubclass(error, Exception)
+
+
+def test_parent_must_be_a_greenlet_and_not_make_a_cycle():
+    first = greenlet(lambda: None)
+    second = greenlet(lambda: None, parent=first)
+    with pytest.raises(TypeError, match="parent must be a greenlet"):
+        first.parent = object()
+    with pytest.raises(ValueError, match="cyclic parent chain"):
+        first.parent = second
+    assert first.parent is getcurrent() and second.parent is first
+    with pytest.raises(error):
+        getcurrent().parent = first
+
+
+def test_unstarted_greenlet_in_a_reference_cycle_is_collected():
+    child = greenlet()
+    child.run = lambda: child
+    ref = weakref.ref(child)
+    del child
+    gc.collect()
+    assert ref() is None
+
+
+def test_repr_names_the_class_and_state():
+    main = getcurrent()
+    child = greenlet(lambda: main.switch(repr(getcurrent())))
+    assert repr(child).startswith("<awaitlet.greenlet.greenlet object at ")
+    assert repr(child).endswith("(pending)>")
+    assert child.switch().endswith("(current active)>")
+    assert repr(child).endswith("(suspended)>")
+    child.switch()
+    assert repr(child).endswith("(dead)>") and repr(main).endswith("(main)>")

@@ -384,6 +384,16 @@ impl ActiveFiber {
         }
     }
 
+    /// The address of the greenlet object standing for this fiber (null if none), to
+    /// compare identities without taking a reference.
+    pub fn greenlet_ptr(&self) -> *mut ffi::PyObject {
+        match &*self.shared().greenlet.borrow() {
+            GreenletRef::None => ptr::null_mut(),
+            GreenletRef::Owner(owner) => owner.as_ptr(),
+            GreenletRef::Adopted(greenlet) => greenlet.as_ptr(),
+        }
+    }
+
     /// Makes `greenlet` stand for this fiber, which no greenlet owns.
     pub fn adopt_greenlet(&self, greenlet: Py<PyAny>) -> PyResult<()> {
         let mut slot = self.shared().greenlet.borrow_mut();
