@@ -552,8 +552,9 @@ enum Delegated {
 /// `yield from`'s send step: `PyIter_Send` uses `am_send`, `__next__` or `send` as CPython's
 /// own delegation does.
 fn send_into(py: Python<'_>, awaitable: &Py<PyAny>, value: Option<&Bound<'_, PyAny>>) -> Delegated {
-    let none = py.None();
-    let value = value.map_or(none.as_ptr(), Bound::as_ptr);
+    // SAFETY: None is immortal (or kept alive by the interpreter): a borrowed pointer is
+    // enough, and avoids a `Py` whose drop would look up thread-local GIL state.
+    let value = value.map_or(unsafe { ffi::Py_None() }, Bound::as_ptr);
     let mut result: *mut ffi::PyObject = std::ptr::null_mut();
     // SAFETY: GIL held; both objects are alive for the call; `result` receives a new
     // reference for PYGEN_NEXT and PYGEN_RETURN and stays NULL on error.

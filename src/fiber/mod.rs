@@ -117,23 +117,38 @@ struct Shared {
     greenlet: RefCell<GreenletRef>,
 }
 
-thread_local! {
+/// This module's per-thread state, in one thread-local so that a switch looks it up once
+/// (from a shared library, every lookup is a call into the dynamic linker).
+struct ThreadFibers {
     /// The fiber running on this thread, if any.
-    static CURRENT: Cell<*const Shared> = const { Cell::new(ptr::null()) };
+    current: Cell<*const Shared>,
     /// This thread's token; 0 until first asked for.
-    static THREAD_TOKEN: Cell<u64> = const { Cell::new(0) };
+    token: Cell<u64>,
+}
+
+impl ThreadFibers {
+    fn token(&self) -> u64 {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        if self.token.get() == 0 {
+            self.token.set(NEXT.fetch_add(1, Ordering::Relaxed));
+        }
+        self.token.get()
+    }
+}
+
+thread_local! {
+    static THREAD: ThreadFibers = const {
+        ThreadFibers {
+            current: Cell::new(ptr::null()),
+            token: Cell::new(0),
+        }
+    };
 }
 
 /// A number that identifies the calling thread for the life of the process (thread ids are
 /// reused after a thread exits; these tokens are not).
 pub fn current_thread() -> u64 {
-    static NEXT: AtomicU64 = AtomicU64::new(1);
-    THREAD_TOKEN.with(|token| {
-        if token.get() == 0 {
-            token.set(NEXT.fetch_add(1, Ordering::Relaxed));
-        }
-        token.get()
-    })
+    THREAD.with(ThreadFibers::token)
 }
 
 pub struct Fiber {
@@ -241,19 +256,22 @@ impl Fiber {
     /// The caller has checked that this is the fiber's thread and that it is neither running
     /// nor finished.
     pub fn resume(&mut self, _py: Python<'_>, input: Resume) -> Step {
-        assert!(
-            self.thread == current_thread()
-                && matches!(self.status, Status::NotStarted | Status::Suspended),
-            "fiber resumed from the wrong thread or state"
-        );
-        let previous = CURRENT.with(|current| current.replace(self.shared.as_ptr()));
-        self.shared().resumer.set(previous);
-        // SAFETY: GIL held (token), on the fiber's thread, it is not running or finished,
-        // and the switch onto its stack follows immediately.
-        unsafe { self.shared().pystate.enter() };
-        self.status = Status::Running;
-        let result = self.machine.resume(input);
-        CURRENT.with(|current| current.set(previous));
+        let result = THREAD.with(|thread| {
+            assert!(
+                self.thread == thread.token()
+                    && matches!(self.status, Status::NotStarted | Status::Suspended),
+                "fiber resumed from the wrong thread or state"
+            );
+            let previous = thread.current.replace(self.shared.as_ptr());
+            self.shared().resumer.set(previous);
+            // SAFETY: GIL held (token), on the fiber's thread, it is not running or
+            // finished, and the switch onto its stack follows immediately.
+            unsafe { self.shared().pystate.enter() };
+            self.status = Status::Running;
+            let result = self.machine.resume(input);
+            thread.current.set(previous);
+            result
+        });
         if !self.canary.intact() {
             stack_overflow_detected();
         }
@@ -352,7 +370,8 @@ impl ActiveFiber {
     /// The fiber running on this thread, if the caller runs on one.
     #[inline]
     pub fn running() -> Option<Self> {
-        NonNull::new(CURRENT.with(Cell::get).cast_mut()).map(|shared| Self { shared })
+        NonNull::new(THREAD.with(|thread| thread.current.get()).cast_mut())
+            .map(|shared| Self { shared })
     }
 
     /// The fiber that resumed this one, if it was not the thread's own stack.
@@ -414,12 +433,16 @@ impl ActiveFiber {
     /// `awaitlet()` inside refuses as it would there. Only for fibers resumed by the thread's
     /// own stack.
     pub fn run_as_resumer<R>(&self, step: impl FnOnce() -> R) -> R {
-        struct Restore<'a>(&'a Shared, *const Shared);
+        struct Restore<'a> {
+            shared: &'a Shared,
+            thread: &'a ThreadFibers,
+            previous: *const Shared,
+        }
         impl Drop for Restore<'_> {
             fn drop(&mut self) {
                 // SAFETY: pairs the swap below, on the same stack, with no switch between.
-                unsafe { self.0.pystate.swap_resumer_context() };
-                CURRENT.with(|current| current.set(self.1));
+                unsafe { self.shared.pystate.swap_resumer_context() };
+                self.thread.current.set(self.previous);
             }
         }
         let shared = self.shared();
@@ -427,11 +450,17 @@ impl ActiveFiber {
             shared.resumer.get().is_null(),
             "run_as_resumer with a fiber resumer"
         );
-        let previous = CURRENT.with(|current| current.replace(ptr::null()));
-        // SAFETY: on the fiber's stack while it runs, GIL held; Restore swaps back.
-        unsafe { shared.pystate.swap_resumer_context() };
-        let _restore = Restore(shared, previous);
-        step()
+        THREAD.with(|thread| {
+            let previous = thread.current.replace(ptr::null());
+            // SAFETY: on the fiber's stack while it runs, GIL held; Restore swaps back.
+            unsafe { shared.pystate.swap_resumer_context() };
+            let _restore = Restore {
+                shared,
+                thread,
+                previous,
+            };
+            step()
+        })
     }
 
     /// Suspends the fiber after the first step of `awaitable` ran on it and yielded
