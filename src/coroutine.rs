@@ -23,7 +23,7 @@ use pyo3::PyVisit;
 use crate::exceptions::{NoAwaitOccurred, NoAwaitletContext};
 use crate::fiber::{call_body, current_thread, ActiveFiber, Fiber, Kind, Resume, Step};
 use crate::gil_cell::GilCell;
-use crate::pystate::interpreter_finalizing;
+use crate::pystate::{interpreter_finalizing, is_iterable_coroutine};
 
 enum State {
     /// Not started: `fn` has not run.
@@ -872,18 +872,7 @@ fn awaitable_iterator<'py>(awaitable: &Bound<'py, PyAny>) -> PyResult<Bound<'py,
 
 /// A native coroutine, or a generator decorated with `types.coroutine`.
 fn is_coroutine_object(object: &Bound<'_, PyAny>) -> bool {
-    const CO_ITERABLE_COROUTINE: i64 = 0x0100;
     // SAFETY: GIL held, valid object pointer.
-    if unsafe { ffi::PyCoro_CheckExact(object.as_ptr()) } != 0 {
-        return true;
-    }
-    // SAFETY: as above.
-    if unsafe { ffi::PyGen_CheckExact(object.as_ptr()) } != 0 {
-        let flags = object
-            .getattr("gi_code")
-            .and_then(|code| code.getattr("co_flags"))
-            .and_then(|flags| flags.extract::<i64>());
-        return matches!(flags, Ok(flags) if flags & CO_ITERABLE_COROUTINE != 0);
-    }
-    false
+    let native = unsafe { ffi::PyCoro_CheckExact(object.as_ptr()) } != 0;
+    native || is_iterable_coroutine(object)
 }

@@ -1,6 +1,7 @@
 import asyncio
 import contextvars
 import gc
+import types
 import warnings
 
 import pytest
@@ -210,6 +211,24 @@ def test_awaitlet_of_a_non_awaitable_raises_type_error_in_the_sync_code():
         return await async_def(fn)
 
     assert run(main) == ("caught", TypeError)
+
+
+def test_awaitlet_takes_a_types_coroutine_generator_but_not_a_plain_generator():
+    @types.coroutine
+    def legacy_coroutine():
+        yield
+        return "legacy"
+
+    def plain_generator():
+        yield
+
+    def fn():
+        result = awaitlet(legacy_coroutine())
+        with pytest.raises(TypeError, match="can't be used in 'await' expression"):
+            awaitlet(plain_generator())
+        return result
+
+    assert asyncio.run(async_def(fn)) == "legacy"
 
 
 def test_sync_code_keeps_working_after_a_non_awaitable_was_passed():

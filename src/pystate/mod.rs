@@ -34,6 +34,7 @@ extern "C" {
     fn awaitlet_fiber_top_frame(state: *mut RawFiberState) -> *mut ffi::PyObject;
     fn awaitlet_fiber_context(state: *mut RawFiberState) -> *mut ffi::PyObject;
     fn awaitlet_fiber_set_context(state: *mut RawFiberState, context: *mut ffi::PyObject);
+    fn awaitlet_is_iterable_coroutine(object: *mut ffi::PyObject) -> std::ffi::c_int;
     fn awaitlet_current_context() -> *mut ffi::PyObject;
     fn awaitlet_set_current_context(context: *mut ffi::PyObject);
     fn awaitlet_check_layout() -> *const c_char;
@@ -144,6 +145,12 @@ impl FiberPyState {
         // SAFETY: guaranteed by the caller.
         unsafe { awaitlet_fiber_set_context(self.raw.as_ptr(), context.as_ptr()) }
     }
+}
+
+/// Whether `object` is a generator decorated with `types.coroutine`, which `await` accepts.
+pub fn is_iterable_coroutine(object: &Bound<'_, PyAny>) -> bool {
+    // SAFETY: GIL held (the Bound proves it), valid object; reads its code's flags only.
+    unsafe { awaitlet_is_iterable_coroutine(object.as_ptr()) != 0 }
 }
 
 /// The running code's current `contextvars.Context`, or None if none was created yet.

@@ -537,6 +537,24 @@ awaitlet_fiber_set_context(awaitlet_fiber_state *s, PyObject *context)
     Py_XSETREF(*slot, new_context);
 }
 
+/* Whether `object` is a generator marked by types.coroutine (CO_ITERABLE_COROUTINE), which
+ * `await` takes as it is: the check of CPython's GET_AWAITABLE, without attribute lookups. */
+int
+awaitlet_is_iterable_coroutine(PyObject *object)
+{
+    if (!PyGen_CheckExact(object)) {
+        return 0;
+    }
+#if AWAITLET_PY312
+    PyCodeObject *code = PyGen_GetCode((PyGenObject *)object);
+    int flags = code->co_flags;
+    Py_DECREF(code);
+#else
+    int flags = ((PyCodeObject *)((PyGenObject *)object)->gi_code)->co_flags;
+#endif
+    return (flags & CO_ITERABLE_COROUTINE) != 0;
+}
+
 /* The running code's current context (new reference; None when none was created yet). */
 PyObject *
 awaitlet_current_context(void)
