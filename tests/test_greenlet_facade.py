@@ -268,8 +268,8 @@ def test_parent_must_be_a_greenlet_and_not_make_a_cycle():
 
 
 def test_unstarted_greenlet_in_a_reference_cycle_is_collected():
-    child = greenlet()
-    child.run = lambda: child
+    child = greenlet(lambda: None)
+    child.itself = child
     ref = weakref.ref(child)
     del child
     gc.collect()
@@ -285,3 +285,34 @@ def test_repr_names_the_class_and_state():
     assert repr(child).endswith("(suspended)>")
     child.switch()
     assert repr(child).endswith("(dead)>") and repr(main).endswith("(main)>")
+
+
+def test_nested_greenlets_switch_with_their_own_parents_only():
+    main = getcurrent()
+    trail = []
+
+    def inner():
+        trail.append(("inner parent is middle", getcurrent().parent is middle))
+        got = middle.switch("from inner")
+        with pytest.raises(error):
+            main.switch("skipping a level")
+        return got
+
+    def outer():
+        child = greenlet(inner)
+        trail.append(child.switch())
+        trail.append(child.switch(value="kw"))
+        return "outer done"
+
+    middle = greenlet(outer)
+    assert middle.switch() == "outer done"
+    assert trail == [("inner parent is middle", True), "from inner", ((), {"value": "kw"})]
+
+
+def test_subclass_run_method_and_switch_arguments():
+    class Adder(greenlet):
+        def run(self, a, b=0):
+            return a + b
+
+    assert Adder().switch(1, b=2) == 3
+    assert greenlet(lambda *args: args).switch() == ()
