@@ -267,13 +267,15 @@ def test_parent_must_be_a_greenlet_and_not_make_a_cycle():
         getcurrent().parent = first
 
 
-def test_unstarted_greenlet_in_a_reference_cycle_is_collected():
-    child = greenlet(lambda: None)
-    child.itself = child
-    ref = weakref.ref(child)
-    del child
+def test_unstarted_greenlets_in_a_reference_cycle_through_parent_are_collected():
+    parent = greenlet(lambda: None)
+    child = greenlet(lambda: None, parent=parent)
+    # The cycle runs through the native `parent` reference, not only instance dicts.
+    parent.child = child
+    refs = [weakref.ref(parent), weakref.ref(child)]
+    del parent, child
     gc.collect()
-    assert ref() is None
+    assert [ref() for ref in refs] == [None, None]
 
 
 def test_repr_names_the_class_and_state():
