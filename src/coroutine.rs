@@ -23,7 +23,7 @@ use pyo3::PyVisit;
 use crate::exceptions::{NoAwaitOccurred, NoAwaitletContext};
 use crate::fiber::{call_body, current_thread, ActiveFiber, Fiber, Kind, Resume, Step};
 use crate::gil_cell::GilCell;
-use crate::pystate::{interpreter_finalizing, is_iterable_coroutine};
+use crate::pystate::is_iterable_coroutine;
 
 enum State {
     /// Not started: `fn` has not run.
@@ -289,13 +289,7 @@ impl Drop for AsyncDefCoroutine {
         let state = self.state.get_mut();
         let action = match state {
             State::Created { .. } => DropAction::WarnNeverAwaited,
-            State::Running(running)
-                if running.fiber.is_suspended()
-                    && running.fiber.thread() == current_thread()
-                    && !interpreter_finalizing(py) =>
-            {
-                DropAction::Close
-            }
+            State::Running(running) if running.fiber.can_be_finished_here(py) => DropAction::Close,
             _ => DropAction::Nothing,
         };
         if matches!(action, DropAction::Nothing) {
@@ -715,7 +709,10 @@ impl AsyncDefFunction {
 pub fn awaitlet(py: Python<'_>, awaitable: Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
     match ActiveFiber::running() {
         Some(fiber)
-            if fiber.kind() == Kind::AsyncDef || is_awaitlet_provider(py, &fiber.greenlet(py))? =>
+            if fiber.kind() == Kind::AsyncDef
+                || fiber
+                    .greenlet(py)
+                    .map_or(Ok(false), |greenlet| is_awaitlet_provider(py, &greenlet))? =>
         {
             return switch_to_resumer(py, fiber, awaitable);
         }
@@ -757,21 +754,16 @@ fn real_greenlet_provider(py: Python<'_>) -> PyResult<Option<Bound<'_, PyAny>>> 
         return Ok(None);
     };
     let current = greenlet.getattr(pyo3::intern!(py, "getcurrent"))?.call0()?;
-    Ok(is_awaitlet_provider(py, &Some(current.clone()))?.then_some(current))
+    Ok(is_awaitlet_provider(py, &current)?.then_some(current))
 }
 
 /// Whether a greenlet marks itself as one that awaits on behalf of its code (SQLAlchemy's
 /// greenlet subclass does).
-fn is_awaitlet_provider(py: Python<'_>, greenlet: &Option<Bound<'_, PyAny>>) -> PyResult<bool> {
-    match greenlet {
-        Some(greenlet) => match greenlet
-            .getattr(pyo3::intern!(py, "__sqlalchemy_greenlet_provider__"))
-        {
-            Ok(flag) => flag.is_truthy(),
-            Err(err) if err.is_instance_of::<pyo3::exceptions::PyAttributeError>(py) => Ok(false),
-            Err(err) => Err(err),
-        },
-        None => Ok(false),
+fn is_awaitlet_provider(py: Python<'_>, greenlet: &Bound<'_, PyAny>) -> PyResult<bool> {
+    match greenlet.getattr(pyo3::intern!(py, "__sqlalchemy_greenlet_provider__")) {
+        Ok(flag) => flag.is_truthy(),
+        Err(err) if err.is_instance_of::<pyo3::exceptions::PyAttributeError>(py) => Ok(false),
+        Err(err) => Err(err),
     }
 }
 

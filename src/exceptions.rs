@@ -1,7 +1,7 @@
 //! The exceptions of awaitlet's public API.
 
 use pyo3::create_exception;
-use pyo3::exceptions::PyException;
+use pyo3::exceptions::{PyBaseException, PyException};
 
 create_exception!(
     awaitlet,
@@ -20,4 +20,10 @@ create_exception!(
     GreenletError,
     PyException,
     "A greenlet operation awaitlet's greenlet facade cannot perform."
+);
+create_exception!(
+    greenlet,
+    GreenletExit,
+    PyBaseException,
+    "Raised in a greenlet to kill it; a greenlet that does not catch it dies quietly."
 );

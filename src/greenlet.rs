@@ -18,23 +18,16 @@
 
 use std::cell::RefMut;
 
-use pyo3::exceptions::{PyBaseException, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
-use pyo3::{create_exception, ffi, intern, PyClassInitializer, PyTraverseError, PyVisit};
+use pyo3::{ffi, intern, PyClassInitializer, PyTraverseError, PyVisit};
 
 use crate::coroutine::{exception_from_throw_args, switch_to_resumer};
-use crate::exceptions::GreenletError;
+use crate::exceptions::{GreenletError, GreenletExit};
 use crate::fiber::{call_body, current_thread, ActiveFiber, Fiber, Kind, Resume, Step};
 use crate::gil_cell::GilCell;
-use crate::pystate::{current_context, interpreter_finalizing, set_current_context};
-
-create_exception!(
-    greenlet,
-    GreenletExit,
-    PyBaseException,
-    "Raised in a greenlet to kill it; a greenlet that does not catch it dies quietly."
-);
+use crate::pystate::{current_context, set_current_context};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Role {
@@ -140,7 +133,7 @@ impl Greenlet {
     /// Whether this greenlet's parent is the running greenlet.
     fn parent_is_running(&self, running: Option<ActiveFiber>) -> bool {
         match self.parent.try_borrow().as_deref() {
-            Some(Some(parent)) => stands_for_running(parent.get(), parent.as_ptr(), running),
+            Some(Some(parent)) => stands_for_active(parent.get(), parent.as_ptr(), running),
             _ => false,
         }
     }
@@ -244,30 +237,22 @@ fn different_thread() -> PyErr {
     GreenletError::new_err("cannot switch to a different thread")
 }
 
-/// Whether `greenlet` (at `address`) stands for the code running now (`running`: the
-/// running fiber).
-fn stands_for_running(
+/// Whether `greenlet` (at `address`) stands for `active`: a fiber of this thread's active
+/// chain, or None for the thread's own stack.
+fn stands_for_active(
     greenlet: &Greenlet,
     address: *mut ffi::PyObject,
-    running: Option<ActiveFiber>,
+    active: Option<ActiveFiber>,
 ) -> bool {
-    match running {
+    match active {
         None => greenlet.is_main_of_this_thread(),
         Some(fiber) => fiber.greenlet_ptr() == address,
     }
 }
 
-/// Whether the greenlet object `slf` stands for the code running now.
-fn is_running(slf: &Bound<'_, Greenlet>, running: Option<ActiveFiber>) -> bool {
-    stands_for_running(slf.get(), slf.as_ptr(), running)
-}
-
-/// Whether `greenlet` stands for whatever resumed the running `fiber`.
-fn stands_for_resumer(greenlet: &Bound<'_, Greenlet>, fiber: ActiveFiber) -> bool {
-    match fiber.resumer() {
-        None => greenlet.get().is_main_of_this_thread(),
-        Some(resumer) => resumer.greenlet_ptr() == greenlet.as_ptr(),
-    }
+/// Whether the greenlet object `slf` stands for `active` (see [`stands_for_active`]).
+fn stands_for(slf: &Bound<'_, Greenlet>, active: Option<ActiveFiber>) -> bool {
+    stands_for_active(slf.get(), slf.as_ptr(), active)
 }
 
 /// greenlet's convention for what a switch delivers.
@@ -295,7 +280,15 @@ fn check_context(context: &Bound<'_, PyAny>) -> PyResult<()> {
 
 /// The running greenlet: the thread's main greenlet outside any fiber.
 pub fn current_greenlet(py: Python<'_>) -> PyResult<Bound<'_, Greenlet>> {
-    match ActiveFiber::running() {
+    greenlet_standing_for(py, ActiveFiber::running())
+}
+
+/// The greenlet standing for `active` (None: the thread's own stack, its main greenlet).
+fn greenlet_standing_for(
+    py: Python<'_>,
+    active: Option<ActiveFiber>,
+) -> PyResult<Bound<'_, Greenlet>> {
+    match active {
         None => main_greenlet(py),
         Some(fiber) => fiber_greenlet(py, fiber),
     }
@@ -380,10 +373,7 @@ impl Greenlet {
             // Whatever resumed the async_def code while it runs.
             let running = ActiveFiber::running().filter(|f| f.greenlet_ptr() == slf.as_ptr());
             if let Some(fiber) = running {
-                let resumer = match fiber.resumer() {
-                    None => main_greenlet(py)?,
-                    Some(resumer) => fiber_greenlet(py, resumer)?,
-                };
+                let resumer = greenlet_standing_for(py, fiber.resumer())?;
                 if let Some(mut parent) = this.parent.try_borrow_mut() {
                     *parent = Some(resumer.unbind());
                 }
@@ -466,7 +456,7 @@ impl Greenlet {
     fn gr_context<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
         let this = slf.get();
-        if is_running(slf, ActiveFiber::running()) {
+        if stands_for(slf, ActiveFiber::running()) {
             return Ok(current_context(py));
         }
         match this.role {
@@ -493,7 +483,7 @@ impl Greenlet {
     fn set_gr_context(slf: &Bound<'_, Self>, context: Bound<'_, PyAny>) -> PyResult<()> {
         check_context(&context)?;
         let this = slf.get();
-        if is_running(slf, ActiveFiber::running()) {
+        if stands_for(slf, ActiveFiber::running()) {
             // SAFETY: checked to be a Context or None above.
             unsafe { set_current_context(&context) };
             return Ok(());
@@ -539,11 +529,12 @@ impl Greenlet {
     ) -> PyResult<Py<PyAny>> {
         let py = slf.py();
         let running = ActiveFiber::running();
-        if is_running(slf, running) {
+        if stands_for(slf, running) {
             return pack(args, kwargs);
         }
         if let Some(fiber) = running {
-            if stands_for_resumer(slf, fiber) {
+            // To the parent of the running greenlet: whatever resumed its fiber.
+            if stands_for(slf, fiber.resumer()) {
                 return switch_to_resumer(py, fiber, pack(args, kwargs)?.into_bound(py));
             }
         }
@@ -575,7 +566,7 @@ impl Greenlet {
         let typ = typ.unwrap_or_else(|| py.get_type::<GreenletExit>().into_any());
         let exc = exception_from_throw_args(py, typ, val, tb)?;
         let running = ActiveFiber::running();
-        if is_running(slf, running) {
+        if stands_for(slf, running) {
             return Err(exc);
         }
         Self::check_switch_into(slf, running, "throw")?;
@@ -606,7 +597,7 @@ impl Greenlet {
                 Phase::Pending => "pending",
                 Phase::Dead => "dead",
                 Phase::Suspended => "suspended",
-                Phase::Active if is_running(slf, ActiveFiber::running()) => "current active",
+                Phase::Active if stands_for(slf, ActiveFiber::running()) => "current active",
                 Phase::Active => "active",
             },
         };
@@ -664,8 +655,7 @@ impl Drop for Greenlet {
         };
         // The pointer to this object must not outlive it, whatever happens to the fiber.
         fiber.set_owner_greenlet(std::ptr::null_mut());
-        if !fiber.is_suspended() || fiber.thread() != current_thread() || interpreter_finalizing(py)
-        {
+        if !fiber.can_be_finished_here(py) {
             // Fiber's Drop leaks a fiber that cannot be finished here.
             return;
         }

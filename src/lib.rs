@@ -34,7 +34,7 @@ fn _awaitlet(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // The greenlet facade, awaitlet.greenlet.
     m.add_class::<greenlet::Greenlet>()?;
     m.add_function(wrap_pyfunction!(greenlet::getcurrent, m)?)?;
-    m.add("GreenletExit", py.get_type::<greenlet::GreenletExit>())?;
+    m.add("GreenletExit", py.get_type::<exceptions::GreenletExit>())?;
     m.add("GreenletError", py.get_type::<exceptions::GreenletError>())?;
     Ok(())
 }

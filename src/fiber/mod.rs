@@ -36,7 +36,7 @@ use pyo3::panic::PanicException;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
-use crate::pystate::FiberPyState;
+use crate::pystate::{interpreter_finalizing, FiberPyState};
 
 mod stack_pool;
 
@@ -240,6 +240,13 @@ impl Fiber {
         self.status == Status::Suspended
     }
 
+    /// Whether the owner of this suspended fiber can finish it from here, by throwing an
+    /// exception in: it is this thread's, and the interpreter is not shutting down. A fiber
+    /// that cannot be finished is leaked when dropped.
+    pub fn can_be_finished_here(&self, py: Python<'_>) -> bool {
+        self.is_suspended() && self.thread == current_thread() && !interpreter_finalizing(py)
+    }
+
     /// From now on `awaitlet()` in this fiber raises instead of suspending: it is being
     /// closed and must finish.
     pub fn set_closing(&self) {
@@ -391,16 +398,10 @@ impl ActiveFiber {
 
     /// The greenlet object standing for this fiber, if it has one.
     pub fn greenlet<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
-        match &*self.shared().greenlet.borrow() {
-            GreenletRef::None => None,
-            GreenletRef::Owner(owner) => {
-                // SAFETY: the owner clears this pointer before it is deallocated, so it is
-                // alive.
-                let owner = unsafe { Bound::from_borrowed_ptr(py, owner.as_ptr()) };
-                Some(owner)
-            }
-            GreenletRef::Adopted(greenlet) => Some(greenlet.bind(py).clone()),
-        }
+        let greenlet = NonNull::new(self.greenlet_ptr())?;
+        // SAFETY: an owner clears its pointer before it is deallocated, and an adopted
+        // greenlet is kept alive by the fiber: the object is alive.
+        Some(unsafe { Bound::from_borrowed_ptr(py, greenlet.as_ptr()) })
     }
 
     /// The address of the greenlet object standing for this fiber (null if none), to

@@ -124,9 +124,7 @@ impl FiberPyState {
         // SAFETY: guaranteed by the caller; returns a new reference or NULL with an error.
         unsafe { Bound::from_owned_ptr_or_err(py, awaitlet_fiber_top_frame(self.raw.as_ptr())) }
     }
-}
 
-impl FiberPyState {
     /// The context the fiber runs in while suspended, or will start in (None: the
     /// resumer's).
     ///
