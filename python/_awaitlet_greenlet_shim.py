@@ -37,11 +37,10 @@ class GreenletFacadeFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         setattr(module, "__awaitlet_facade__", True)  # noqa: B010 - a module's attribute
 
 
-def install() -> bool:
-    """Puts the finder last on ``sys.meta_path`` (once); returns whether it is installed."""
+def install() -> None:
+    """Puts the finder last on ``sys.meta_path`` (once)."""
     if not any(isinstance(finder, GreenletFacadeFinder) for finder in sys.meta_path):
         sys.meta_path.append(GreenletFacadeFinder())
-    return True
 
 
 def install_from_pth() -> None:
