@@ -39,6 +39,7 @@ fn main() {
 
     cc::Build::new()
         .file("src/pystate/pystate.c")
+        .file("src/fiber/stack_root.c")
         .include(&include)
         // Debian-style layouts keep the real pyconfig.h in <multiarch>/pythonX.Y/ beside it.
         .include(include.parent().unwrap_or(&include))
@@ -49,5 +50,6 @@ fn main() {
         .opt_level(2)
         .compile("awaitlet_pystate");
     println!("cargo:rerun-if-changed=src/pystate/pystate.c");
+    println!("cargo:rerun-if-changed=src/fiber/stack_root.c");
     println!("cargo:rerun-if-changed=build.rs");
 }

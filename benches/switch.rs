@@ -205,24 +205,42 @@ fn python_api(c: &mut Criterion) {
 /// /// The fiber engine, for `benches/switch.rs`; not a stable API.
 /// #[doc(hidden)]
 /// pub mod __bench {
-///     pub use crate::fiber::{ActiveFiber, Fiber, Kind, Resume, Step};
+///     pub use crate::fiber::{ActiveFiber, Call, Fiber, Kind, Resume, Step};
 /// }
 /// ```
 #[cfg(awaitlet_bench_private)]
 fn raw_fiber(c: &mut Criterion) {
-    use _awaitlet::__bench::{ActiveFiber, Fiber, Kind, Resume, Step};
+    use _awaitlet::__bench::{ActiveFiber, Call, Fiber, Kind, Resume, Step};
     use pyo3::exceptions::PyGeneratorExit;
+    use pyo3::types::{PyCFunction, PyTuple};
 
     Python::attach(|py| {
+        // A fiber whose Python function suspends it in a loop, through a native function.
+        let suspend = PyCFunction::new_closure(py, None, None, |args, _kwargs| {
+            let py = args.py();
+            let fiber = ActiveFiber::running().expect("running on a fiber");
+            match fiber.suspend(py, py.None()) {
+                Resume::Value(value) => Ok::<_, PyErr>(value),
+                Resume::Throw(err) => Err(err),
+            }
+        })
+        .expect("suspend function");
+        let suspend_forever = py
+            .eval(
+                c"lambda suspend: [suspend() for _ in iter(int, 1)]",
+                None,
+                None,
+            )
+            .expect("loop function");
+        let call = |func: &Bound<'_, PyAny>, args: Bound<'_, PyTuple>| Call {
+            func: func.clone().unbind(),
+            args: args.unbind(),
+            kwargs: None,
+        };
         let mut fiber = Fiber::new(
             py,
             Kind::AsyncDef,
-            Box::new(|py| loop {
-                let fiber = ActiveFiber::running().expect("running on a fiber");
-                if let Resume::Throw(err) = fiber.suspend(py, py.None()) {
-                    return Err(err);
-                }
-            }),
+            call(&suspend_forever, PyTuple::new(py, [suspend]).expect("args")),
         )
         .expect("Fiber::new");
         let started = fiber.resume(py, Resume::Value(py.None()));
@@ -241,8 +259,13 @@ fn raw_fiber(c: &mut Criterion) {
 
         c.bench_function("raw/new_finish", |b| {
             b.iter(|| {
-                let mut fiber = Fiber::new(py, Kind::AsyncDef, Box::new(|py| Ok(py.None())))
-                    .expect("Fiber::new");
+                let returns_at_once = py.None().into_bound(py).get_type().into_any();
+                let mut fiber = Fiber::new(
+                    py,
+                    Kind::AsyncDef,
+                    call(&returns_at_once, PyTuple::empty(py)),
+                )
+                .expect("Fiber::new");
                 let step = fiber.resume(py, Resume::Value(py.None()));
                 assert!(
                     matches!(step, Step::Finished(Ok(_))),

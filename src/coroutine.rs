@@ -21,7 +21,7 @@ use pyo3::PyTraverseError;
 use pyo3::PyVisit;
 
 use crate::exceptions::{NoAwaitOccurred, NoAwaitletContext};
-use crate::fiber::{call_body, current_thread, ActiveFiber, Fiber, Kind, Resume, Step};
+use crate::fiber::{current_thread, ActiveFiber, Call, Fiber, Kind, Resume, Step};
 use crate::gil_cell::GilCell;
 use crate::pystate::is_iterable_coroutine;
 
@@ -107,7 +107,7 @@ impl AsyncDefCoroutine {
             unreachable!("start() on a started coroutine")
         };
         let func = self.func.clone_ref(py);
-        let fiber = Fiber::new(py, Kind::AsyncDef, call_body(func, args, kwargs))?;
+        let fiber = Fiber::new(py, Kind::AsyncDef, Call { func, args, kwargs })?;
         *state = State::Running(Running {
             fiber,
             awaiting: None,
@@ -167,7 +167,7 @@ impl AsyncDefCoroutine {
     fn check_thread(running: &Running) -> PyResult<()> {
         if running.fiber.thread() != current_thread() {
             return Err(PyRuntimeError::new_err(
-                "cannot resume an async_def() coroutine from a thread other than the one it runs on",
+                "cannot resume an async_def() coroutine from a thread state other than the one it started under",
             ));
         }
         Ok(())
@@ -293,8 +293,12 @@ impl Drop for AsyncDefCoroutine {
             _ => DropAction::Nothing,
         };
         if matches!(action, DropAction::Nothing) {
-            // A fiber suspended on another (maybe dead) thread, or at interpreter exit,
-            // cannot be finished safely: Fiber's Drop leaks it.
+            // A fiber suspended under another (maybe dead) thread state, or at interpreter
+            // exit, cannot be finished here: its owner finishes it (closing what it awaits
+            // first), or frees it once its thread state is gone.
+            if let State::Running(running) = std::mem::replace(state, State::Done) {
+                running.fiber.abandon(running.awaiting);
+            }
             return;
         }
         // Whatever exception is being raised while this object dies must survive it.
@@ -586,7 +590,7 @@ fn throw_into(py: Python<'_>, awaitable: &Py<PyAny>, exc: &PyErr) -> Option<Dele
 }
 
 /// `yield from`'s close step.
-fn close_iter(py: Python<'_>, awaitable: &Py<PyAny>) -> PyResult<()> {
+pub(crate) fn close_iter(py: Python<'_>, awaitable: &Py<PyAny>) -> PyResult<()> {
     match awaitable.bind(py).getattr(pyo3::intern!(py, "close")) {
         Ok(close) => close.call0().map(drop),
         Err(err) if err.is_instance_of::<pyo3::exceptions::PyAttributeError>(py) => Ok(()),

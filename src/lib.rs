@@ -12,7 +12,7 @@ use pyo3::prelude::*;
 /// The fiber engine, for `benches/switch.rs`; not a stable API.
 #[doc(hidden)]
 pub mod __bench {
-    pub use crate::fiber::{ActiveFiber, Fiber, Kind, Resume, Step};
+    pub use crate::fiber::{ActiveFiber, Call, Fiber, Kind, Resume, Step};
 }
 
 #[pymodule]

@@ -8,37 +8,41 @@
 //!
 //! ```text
 //!   resumer stack                          fiber stack
-//!   Fiber::resume(input) --enter state-->  body(py) ... awaitlet(x)
+//!   Fiber::resume(input) --enter state-->  call.run(py) ... awaitlet(x)
 //!                        <--leave state--  ActiveFiber::suspend(iter)
 //!   Step::Suspended(iter)
 //!   Fiber::resume(value) --enter state-->  ... suspend returns value
-//!                        <--finish state-  body returns
+//!                        <--finish state-  call returns
 //!   Step::Finished(result)
 //! ```
 //!
-//! A fiber is `!Send`: it belongs to the thread that first resumed it, and the caller checks
-//! [`Fiber::thread`] against [`current_thread`] before touching it. A suspended fiber is
-//! never unwound with a Rust panic (that would unwind through CPython's C frames): the
-//! owner finishes it by throwing a Python exception in, and a fiber that cannot be finished
-//! is leaked on purpose when dropped.
+//! A fiber is `!Send`: it belongs to the thread state that created it (see [`owner`]), and
+//! the caller checks [`Fiber::thread`] against [`current_thread`] before touching it. A
+//! suspended fiber is never unwound with a Rust panic (that would unwind through CPython's C
+//! frames): the owner finishes it by throwing a Python exception in; one dropped where it
+//! cannot be finished goes to its owner as an orphan.
 
+use std::alloc::{alloc, Layout};
 use std::cell::{Cell, RefCell};
 use std::mem::ManuallyDrop;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr::{self, NonNull};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use corosensei::stack::Stack;
 use corosensei::{Coroutine, CoroutineResult, Yielder};
-use pyo3::exceptions::{PyMemoryError, PyRuntimeError};
+use pyo3::exceptions::{PyGeneratorExit, PyRuntimeError};
 use pyo3::ffi;
 use pyo3::panic::PanicException;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
+use crate::exceptions::GreenletExit;
 use crate::pystate::{interpreter_finalizing, FiberPyState};
 
+pub mod owner;
 mod stack_pool;
+
+use owner::FiberOwner;
 
 /// Machine stack reserved for each fiber: the size of a thread's default stack, which is
 /// what CPython's recursion limits are calibrated for before 3.14 (3.10-3.13 count calls,
@@ -81,15 +85,40 @@ enum GreenletRef {
     Adopted(Py<PyAny>),
 }
 
-/// The Python work a fiber runs.
-pub type Body = Box<dyn FnOnce(Python<'_>) -> PyResult<Py<PyAny>>>;
+/// The Python work a fiber runs: `func(*args, **kwargs)`.
+pub struct Call {
+    pub func: Py<PyAny>,
+    pub args: Py<PyTuple>,
+    pub kwargs: Option<Py<PyDict>>,
+}
 
-/// The body that calls `func(*args, **kwargs)`.
-pub fn call_body(func: Py<PyAny>, args: Py<PyTuple>, kwargs: Option<Py<PyDict>>) -> Body {
-    Box::new(move |py| {
-        let kwargs = kwargs.as_ref().map(|kwargs| kwargs.bind(py));
-        func.bind(py).call(args.bind(py), kwargs).map(Bound::unbind)
-    })
+extern "C" {
+    /// `PyObject_Call`, through a frame that unwinders take for the bottom of the stack (see
+    /// `stack_root.c`).
+    fn awaitlet_call_at_stack_root(
+        callable: *mut ffi::PyObject,
+        args: *mut ffi::PyObject,
+        kwargs: *mut ffi::PyObject,
+    ) -> *mut ffi::PyObject;
+}
+
+impl Call {
+    /// Runs the call; on a fiber's stack, its bottom frame for unwinders.
+    fn run(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let kwargs = self
+            .kwargs
+            .as_ref()
+            .map_or(ptr::null_mut(), |kwargs| kwargs.as_ptr());
+        // SAFETY: GIL held; valid callable, tuple and dict (or NULL); returns a new reference
+        // or NULL with an exception set, like PyObject_Call.
+        unsafe {
+            Bound::from_owned_ptr_or_err(
+                py,
+                awaitlet_call_at_stack_root(self.func.as_ptr(), self.args.as_ptr(), kwargs),
+            )
+        }
+        .map(Bound::unbind)
+    }
 }
 
 type Machine = Coroutine<Resume, Py<PyAny>, PyResult<Py<PyAny>>, stack_pool::SlotStack>;
@@ -100,6 +129,8 @@ enum Status {
     Running,
     Suspended,
     Finished,
+    /// Suspended, and handed to its owner as an [`Orphan`]: the handle no longer has it.
+    Orphaned,
 }
 
 /// What code running on a fiber needs to reach it: shared between the [`Fiber`] handle and
@@ -122,51 +153,58 @@ struct Shared {
 struct ThreadFibers {
     /// The fiber running on this thread, if any.
     current: Cell<*const Shared>,
-    /// This thread's token; 0 until first asked for.
-    token: Cell<u64>,
-}
-
-impl ThreadFibers {
-    fn token(&self) -> u64 {
-        static NEXT: AtomicU64 = AtomicU64::new(1);
-        if self.token.get() == 0 {
-            self.token.set(NEXT.fetch_add(1, Ordering::Relaxed));
-        }
-        self.token.get()
-    }
+    /// The thread state whose fiber owner is cached below (0: none).
+    owner_id: Cell<u64>,
+    /// That thread state's [`FiberOwner`] (borrowed: its thread state's dict keeps it).
+    owner: Cell<*mut ffi::PyObject>,
 }
 
 thread_local! {
     static THREAD: ThreadFibers = const {
         ThreadFibers {
             current: Cell::new(ptr::null()),
-            token: Cell::new(0),
+            owner_id: Cell::new(0),
+            owner: Cell::new(ptr::null_mut()),
         }
     };
 }
 
-/// A number that identifies the calling thread for the life of the process (thread ids are
-/// reused after a thread exits; these tokens are not).
+/// Identifies the calling thread state for the life of the process: what a fiber belongs to.
 pub fn current_thread() -> u64 {
-    THREAD.with(ThreadFibers::token)
+    owner::current_thread_state_id()
 }
 
 pub struct Fiber {
     shared: NonNull<Shared>,
     machine: ManuallyDrop<Machine>,
     status: Status,
-    thread: u64,
+    owner: Py<FiberOwner>,
     canary: stack_pool::Canary,
 }
 
+/// A suspended fiber dropped where it could not be finished, on its way to its owner, which
+/// finishes it (or retires it, once the owner's thread state is gone).
+pub struct Orphan {
+    shared: NonNull<Shared>,
+    /// Never dropped: dropping a suspended machine would unwind its stack with a panic.
+    machine: ManuallyDrop<Machine>,
+    canary: stack_pool::Canary,
+    /// The iterator its coroutine was delegating to, to close first.
+    awaiting: Option<Py<PyAny>>,
+}
+
 impl Fiber {
-    /// Prepares `body` to run on a new stack; it starts at the first [`Fiber::resume`].
+    /// Prepares `call` to run on a new stack; it starts at the first [`Fiber::resume`].
     /// Must be called on the thread that will run it.
-    pub fn new(py: Python<'_>, kind: Kind, body: Body) -> PyResult<Self> {
-        let stack =
-            stack_pool::take(STACK_SIZE, crate::pystate::root_chunk_size()).map_err(|err| {
-                PyMemoryError::new_err(format!("cannot allocate a fiber stack: {err}"))
-            })?;
+    pub fn new(py: Python<'_>, kind: Kind, call: Call) -> PyResult<Self> {
+        let owner = owner::current_owner(py)?;
+        if owner.get().has_orphans() {
+            FiberOwner::finish_orphans(&owner, py);
+        }
+        // Out of memory is a MemoryError, raised without allocating anything more.
+        let Ok(stack) = stack_pool::take(STACK_SIZE, crate::pystate::root_chunk_size()) else {
+            return Err(no_memory(py));
+        };
         let usable_low = stack.usable_low();
         let canary = stack.canary();
         let usable_size = stack.base().get() - usable_low;
@@ -188,15 +226,26 @@ impl Fiber {
                 return Err(err);
             }
         };
-        let shared = NonNull::from(Box::leak(Box::new(Shared {
-            pystate,
-            yielder: Cell::new(ptr::null()),
-            closing: Cell::new(false),
-            kind,
-            resumer: Cell::new(ptr::null()),
-            first_yield: Cell::new(None),
-            greenlet: RefCell::new(GreenletRef::None),
-        })));
+        // Allocated as a Box would be (it is freed as one), but failing with MemoryError.
+        // SAFETY: `Shared` is not zero-sized.
+        let Some(shared) = NonNull::new(unsafe { alloc(Layout::new::<Shared>()) }.cast::<Shared>())
+        else {
+            drop(pystate);
+            stack_pool::give_back(stack);
+            return Err(no_memory(py));
+        };
+        // SAFETY: freshly allocated, properly sized and aligned for a `Shared`.
+        unsafe {
+            shared.as_ptr().write(Shared {
+                pystate,
+                yielder: Cell::new(ptr::null()),
+                closing: Cell::new(false),
+                kind,
+                resumer: Cell::new(ptr::null()),
+                first_yield: Cell::new(None),
+                greenlet: RefCell::new(GreenletRef::None),
+            })
+        };
         let shared_addr = shared.as_ptr() as usize;
         let machine = Coroutine::with_stack(
             stack,
@@ -210,10 +259,11 @@ impl Fiber {
                 let py = unsafe { Python::assume_attached() };
                 // A panic must not unwind out of this stack: corosensei would carry it through
                 // the resumer's CPython frames.
-                let result = match catch_unwind(AssertUnwindSafe(|| body(py))) {
+                let result = match catch_unwind(AssertUnwindSafe(|| call.run(py))) {
                     Ok(result) => result,
                     Err(payload) => Err(panic_to_pyerr(payload)),
                 };
+                drop(call);
                 // Finalizers run while the fiber's state is released must not suspend it.
                 shared.closing.set(true);
                 // SAFETY: on the fiber's stack, GIL held, the function has returned, and the
@@ -226,14 +276,14 @@ impl Fiber {
             shared,
             machine: ManuallyDrop::new(machine),
             status: Status::NotStarted,
-            thread: current_thread(),
+            owner,
             canary,
         })
     }
 
-    /// The token of the thread this fiber belongs to.
+    /// The id of the thread state this fiber belongs to.
     pub fn thread(&self) -> u64 {
-        self.thread
+        self.owner.get().thread_state()
     }
 
     pub fn is_suspended(&self) -> bool {
@@ -244,7 +294,7 @@ impl Fiber {
     /// exception in: it is this thread's, and the interpreter is not shutting down. A fiber
     /// that cannot be finished is leaked when dropped.
     pub fn can_be_finished_here(&self, py: Python<'_>) -> bool {
-        self.is_suspended() && self.thread == current_thread() && !interpreter_finalizing(py)
+        self.is_suspended() && self.thread() == current_thread() && !interpreter_finalizing(py)
     }
 
     /// From now on `awaitlet()` in this fiber raises instead of suspending: it is being
@@ -262,13 +312,16 @@ impl Fiber {
     ///
     /// The caller has checked that this is the fiber's thread and that it is neither running
     /// nor finished.
-    pub fn resume(&mut self, _py: Python<'_>, input: Resume) -> Step {
+    pub fn resume(&mut self, py: Python<'_>, input: Resume) -> Step {
+        assert!(
+            self.thread() == current_thread()
+                && matches!(self.status, Status::NotStarted | Status::Suspended),
+            "fiber resumed from the wrong thread state or in the wrong state"
+        );
+        if self.owner.get().has_orphans() {
+            FiberOwner::finish_orphans(&self.owner, py);
+        }
         let result = THREAD.with(|thread| {
-            assert!(
-                self.thread == thread.token()
-                    && matches!(self.status, Status::NotStarted | Status::Suspended),
-                "fiber resumed from the wrong thread or state"
-            );
             let previous = thread.current.replace(self.shared.as_ptr());
             self.shared().resumer.set(previous);
             // SAFETY: GIL held (token), on the fiber's thread, it is not running or
@@ -333,7 +386,7 @@ impl Fiber {
 
     /// The frame object of the innermost Python frame of a suspended fiber.
     pub fn top_frame<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
-        if self.status != Status::Suspended || self.thread != current_thread() {
+        if self.status != Status::Suspended || self.thread() != current_thread() {
             return Ok(None);
         }
         // SAFETY: GIL held, on the fiber's thread, the fiber is suspended.
@@ -358,12 +411,114 @@ impl Drop for Fiber {
                 // serve another fiber.
                 stack_pool::give_back(stack);
             }
-            // A suspended (or, impossibly, running) fiber still has CPython frames on its
-            // stack that only a Python exception can finish; its owner tried that already.
-            // Leak the stack, the machine and the shared state rather than unwind them.
-            Status::Running | Status::Suspended => {}
+            // A suspended fiber still has CPython frames on its stack that only a Python
+            // exception can finish, under its own thread state: its owner does that.
+            Status::Suspended => self.orphan(None),
+            // Nothing left here (orphaned), or, impossibly, still running: leak it rather
+            // than unwind it.
+            Status::Running | Status::Orphaned => {}
         }
     }
+}
+
+impl Fiber {
+    /// Gives up a fiber that may be suspended: if it is, its owner finishes it (after closing
+    /// `awaiting`, the iterator it waits on) when its thread state next runs awaitlet code.
+    pub fn abandon(mut self, awaiting: Option<Py<PyAny>>) {
+        if self.status == Status::Suspended {
+            self.orphan(awaiting);
+        }
+    }
+
+    fn orphan(&mut self, awaiting: Option<Py<PyAny>>) {
+        // SAFETY: GIL held (handles are dropped and abandoned only by code holding it).
+        let py = unsafe { Python::assume_attached() };
+        self.status = Status::Orphaned;
+        let orphan = Orphan {
+            shared: self.shared,
+            // SAFETY: taken once: the status no longer says Suspended, so neither Drop nor
+            // anything else touches the machine again.
+            machine: ManuallyDrop::new(unsafe { ManuallyDrop::take(&mut self.machine) }),
+            canary: self.canary,
+            awaiting,
+        };
+        self.owner.get().adopt(py, orphan);
+    }
+}
+
+impl Orphan {
+    /// Finishes the fiber under its owner's thread state: closes what it waited on and
+    /// throws GeneratorExit (GreenletExit for a greenlet) in, so its `finally` blocks run.
+    fn finish(self, py: Python<'_>, owner: &Py<FiberOwner>) {
+        let Orphan {
+            shared,
+            machine,
+            canary,
+            awaiting,
+        } = self;
+        let mut fiber = Fiber {
+            shared,
+            machine,
+            status: Status::Suspended,
+            owner: owner.clone_ref(py),
+            canary,
+        };
+        fiber.set_closing();
+        let kind = fiber.shared().kind;
+        let closed = awaiting.map_or(Ok(()), |awaiting| {
+            crate::coroutine::close_iter(py, &awaiting)
+        });
+        let exit = match (closed, kind) {
+            (Err(err), _) => err,
+            (Ok(()), Kind::AsyncDef) => PyGeneratorExit::new_err(()),
+            (Ok(()), Kind::Greenlet) => GreenletExit::new_err(()),
+        };
+        match fiber.resume(py, Resume::Throw(exit)) {
+            Step::Finished(Err(err))
+                if !err.is_instance_of::<PyGeneratorExit>(py)
+                    && !err.is_instance_of::<GreenletExit>(py) =>
+            {
+                err.write_unraisable(py, None);
+            }
+            Step::Finished(_) => {}
+            // A closing fiber cannot suspend (awaitlet() and switch() raise instead); if it
+            // ever did, leak it rather than hand it over again.
+            Step::Suspended(_) => std::mem::forget(fiber),
+        }
+    }
+
+    /// Frees what can be freed of a fiber whose thread state is gone, so that nothing can run
+    /// on it again: the references its saved thread state holds, its shared record, and the
+    /// memory of its machine stack. Its frames are never finished: what they reference stays
+    /// referenced, and the slot is not reused, because Python frame objects may still point
+    /// into its frames area.
+    fn retire(self, _py: Python<'_>) {
+        let Orphan {
+            shared,
+            machine,
+            awaiting: _awaiting,
+            ..
+        } = self;
+        // SAFETY: `shared` is the live record of this suspended fiber, which nothing runs or
+        // resumes any more (its thread state is gone, and the handle gave it up); GIL held.
+        unsafe { shared.as_ref().pystate.release_abandoned() };
+        let mut machine = ManuallyDrop::into_inner(machine);
+        // SAFETY: nothing will ever run on this stack again. What its frames hold (Python
+        // references, the closure's call) is leaked, not dropped: leaking is safe, and the
+        // memory those frames point to (heap objects, the frames area) stays valid.
+        unsafe { machine.force_reset() };
+        stack_pool::retire(machine.into_stack());
+        // SAFETY: allocated as a Box in `Fiber::new`; the only other user, the closure on the
+        // retired stack, never runs again.
+        drop(unsafe { Box::from_raw(shared.as_ptr()) });
+    }
+}
+
+/// A MemoryError, made without allocating.
+fn no_memory(py: Python<'_>) -> PyErr {
+    // SAFETY: GIL held; sets the preallocated MemoryError.
+    unsafe { ffi::PyErr_NoMemory() };
+    PyErr::fetch(py)
 }
 
 /// A fiber on this thread's active chain: the running one, or one that (indirectly)

@@ -226,6 +226,16 @@ pub fn take(size: usize, frames_size: usize) -> std::io::Result<SlotStack> {
     })
 }
 
+/// Gives the memory of a stack that will never run again back to the system, except its
+/// frames area, which Python frame objects may still point into; the slot is never reused.
+pub fn retire(stack: SlotStack) {
+    let low = stack.usable_low();
+    let length = stack.frames_area() - low;
+    // SAFETY: the machine-stack part of this slot, which nothing runs on any more;
+    // MADV_DONTNEED turns it back into zero-fill-on-demand memory.
+    unsafe { libc::madvise(low as *mut libc::c_void, length, libc::MADV_DONTNEED) };
+}
+
 /// Returns a stack that nothing runs on any more.
 pub fn give_back(stack: SlotStack) {
     stack.trim();

@@ -27,6 +27,7 @@ extern "C" {
     ) -> *mut RawFiberState;
     fn awaitlet_root_chunk_size() -> usize;
     fn awaitlet_fiber_state_free(state: *mut RawFiberState);
+    fn awaitlet_fiber_state_release_abandoned(state: *mut RawFiberState);
     fn awaitlet_enter_fiber(state: *mut RawFiberState);
     fn awaitlet_leave_fiber(state: *mut RawFiberState);
     fn awaitlet_swap_resumer_context(state: *mut RawFiberState);
@@ -114,6 +115,16 @@ impl FiberPyState {
     pub unsafe fn finish(&self) {
         // SAFETY: guaranteed by the caller.
         unsafe { awaitlet_finish_fiber(self.raw.as_ptr()) }
+    }
+
+    /// Drops the references the saved state of a suspended fiber holds (its context, the
+    /// exception it was handling), for a fiber that will never run again.
+    ///
+    /// # Safety
+    /// GIL held; the fiber is suspended and will never be resumed.
+    pub unsafe fn release_abandoned(&self) {
+        // SAFETY: guaranteed by the caller.
+        unsafe { awaitlet_fiber_state_release_abandoned(self.raw.as_ptr()) }
     }
 
     /// The frame object of the suspended fiber's innermost Python frame, if any.

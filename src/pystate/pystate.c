@@ -401,6 +401,22 @@ awaitlet_fiber_state_free(awaitlet_fiber_state *s)
     PyMem_RawFree(s);
 }
 
+/* Drops the references held by the saved state of a suspended fiber that will never run
+ * again (its thread state is gone): its context and the exception its root was handling.
+ * Its frames are not touched. */
+void
+awaitlet_fiber_state_release_abandoned(awaitlet_fiber_state *s)
+{
+    if (s->started) {
+        Py_CLEAR(s->fiber.context);
+        Py_CLEAR(s->exc_root.exc_value);
+#if !AWAITLET_PY311
+        Py_CLEAR(s->exc_root.exc_type);
+        Py_CLEAR(s->exc_root.exc_traceback);
+#endif
+    }
+}
+
 /* Called on the resumer's stack right before switching into the fiber. */
 void
 awaitlet_enter_fiber(awaitlet_fiber_state *s)

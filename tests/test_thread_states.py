@@ -1,0 +1,252 @@
+"""Fibers belong to a thread state: other thread states never run them, and what is left of
+them when they become garbage elsewhere, or when their thread goes away, is finished or
+freed, never used after its thread state is gone."""
+
+import asyncio
+import gc
+import pathlib
+import shutil
+import subprocess
+import sysconfig
+import threading
+import weakref
+
+import pytest
+from _support import CRASH_MARKERS, Yield, assert_script_succeeded, run_script
+from awaitlet import async_def, awaitlet
+from awaitlet.greenlet import greenlet
+
+NATIVE_DIR = pathlib.Path(__file__).resolve().parent / "native"
+
+
+@pytest.mark.parametrize("mode", ["plain", "fiber", "greenlet"])
+def test_daemon_thread_blocked_on_a_fiber_at_exit_ends_like_a_plain_one(mode):
+    result = run_script("daemon_thread_at_exit.py", mode, "3")
+    for marker in (*CRASH_MARKERS, "FATAL"):
+        assert marker not in result.stderr, result.describe()
+    assert result.returncode == 3, result.describe()
+    assert result.stdout.splitlines() == ["exiting"], result.describe()
+
+
+@pytest.fixture(scope="module")
+def gilstate_helper(tmp_path_factory):
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        pytest.skip("no C compiler to build the native-thread helper")
+    library = tmp_path_factory.mktemp("native") / "gilstate_callbacks.so"
+    include = sysconfig.get_paths()["include"]
+    subprocess.run(
+        [
+            compiler,
+            "-shared",
+            "-fPIC",
+            "-pthread",
+            "-O1",
+            f"-I{include}",
+            # Debian-style layouts keep the real pyconfig.h in <multiarch>/pythonX.Y/ beside it.
+            f"-I{pathlib.Path(include).parent}",
+            str(NATIVE_DIR / "gilstate_callbacks.c"),
+            "-o",
+            str(library),
+        ],
+        check=True,
+    )
+    return library
+
+
+def test_fibers_are_refused_under_a_later_thread_state_of_the_same_native_thread(
+    gilstate_helper,
+):
+    result = run_script("gilstate_callbacks.py", str(gilstate_helper))
+    refused = (
+        "cannot resume an async_def() coroutine from a thread state other than the one it "
+        "started under"
+    )
+    assert_script_succeeded(
+        result,
+        [
+            "started: suspended",
+            "started: suspended",
+            f"send: RuntimeError: {refused}",
+            f"throw: RuntimeError: {refused}",
+            f"close: RuntimeError: {refused}",
+            "switch: GreenletError: cannot switch to a different thread",
+            "dropped: [True, True]",
+            "failed callbacks: 0",
+            # Their thread state is gone: nothing ran them again.
+            "finally ran: []",
+        ],
+    )
+
+
+class Worker:
+    """A thread that runs functions it is handed, one at a time, until stopped."""
+
+    def __init__(self):
+        self._requests = []
+        self._condition = threading.Condition()
+        self._thread = threading.Thread(target=self._serve)
+        self._thread.start()
+
+    def _serve(self):
+        while True:
+            with self._condition:
+                while not self._requests:
+                    self._condition.wait()
+                function, done, outcome = self._requests.pop(0)
+            if function is None:
+                done.set()
+                return
+            try:
+                outcome.append(("returned", function()))
+            except BaseException as error:
+                outcome.append(("raised", error))
+            # Keep no reference to what the call returned.
+            del function, outcome
+            done.set()
+
+    def call(self, function):
+        done, outcome = threading.Event(), []
+        with self._condition:
+            self._requests.append((function, done, outcome))
+            self._condition.notify()
+        assert done.wait(30)
+        kind, value = outcome[0]
+        if kind == "raised":
+            raise value
+        return value
+
+    def stop(self):
+        done = threading.Event()
+        with self._condition:
+            self._requests.append((None, done, []))
+            self._condition.notify()
+        self._thread.join(30)
+        assert not self._thread.is_alive()
+
+    @property
+    def ident(self):
+        return self._thread.ident
+
+
+def finishing_sync_code(record):
+    try:
+        awaitlet(Yield("suspended"))
+    except GeneratorExit:
+        record.append(("GeneratorExit", threading.get_ident()))
+        raise
+    finally:
+        record.append(("finally", threading.get_ident()))
+
+
+def finishing_greenlet(record):
+    try:
+        greenlet.getcurrent().parent.switch("suspended")
+    except BaseException as error:
+        record.append((type(error).__name__, threading.get_ident()))
+        raise
+    finally:
+        record.append(("finally", threading.get_ident()))
+
+
+def suspended_coroutine(record):
+    coroutine = async_def(finishing_sync_code, record)
+    assert coroutine.send(None) == "suspended"
+    return coroutine
+
+
+def suspended_greenlet(record):
+    spawned = greenlet(finishing_greenlet)
+    assert spawned.switch(record) == "suspended"
+    return spawned
+
+
+@pytest.mark.parametrize(
+    ("make_suspended", "exit_exception"),
+    [(suspended_coroutine, "GeneratorExit"), (suspended_greenlet, "GreenletExit")],
+)
+def test_suspended_fiber_dropped_on_another_thread_is_finished_by_its_own(
+    make_suspended, exit_exception
+):
+    worker = Worker()
+    try:
+        record = []
+        suspended = worker.call(lambda: make_suspended(record))
+        gone = weakref.ref(suspended)
+        del suspended  # the last reference goes away on this thread
+        gc.collect()
+        assert gone() is None
+        # The owner has not run awaitlet code since: nothing ran yet.
+        assert record == []
+        # The next awaitlet code the owner runs finishes it there first.
+        assert worker.call(lambda: asyncio.run(async_def(lambda: "later"))) == "later"
+        assert record == [(exit_exception, worker.ident), ("finally", worker.ident)]
+        worker.call(lambda: asyncio.run(async_def(lambda: None)))
+        assert len(record) == 2, "finished exactly once"
+    finally:
+        worker.stop()
+
+
+def test_awaitable_of_an_orphaned_coroutine_is_closed_by_the_owner():
+    closed_on = []
+
+    class Closable:
+        def __await__(self):
+            return self
+
+        def __iter__(self):
+            return self
+
+        def __next__(self):
+            return "suspended"
+
+        def close(self):
+            closed_on.append(threading.get_ident())
+
+    def sync_code():
+        awaitlet(Closable())
+
+    worker = Worker()
+    try:
+
+        def start():
+            coroutine = async_def(sync_code)
+            assert coroutine.send(None) == "suspended"
+            return coroutine
+
+        coroutine = worker.call(start)
+        del coroutine
+        assert closed_on == []
+        worker.call(lambda: asyncio.run(async_def(lambda: None)))
+        assert closed_on == [worker.ident]
+    finally:
+        worker.stop()
+
+
+def test_suspended_fiber_whose_thread_is_gone_is_freed_without_running():
+    worker = Worker()
+    record = []
+    coroutine = worker.call(lambda: suspended_coroutine(record))
+    spawned = worker.call(lambda: suspended_greenlet(record))
+    worker.stop()
+    gone = [weakref.ref(coroutine), weakref.ref(spawned)]
+    with pytest.raises(RuntimeError, match="thread state other than the one it started under"):
+        coroutine.send(None)
+    del coroutine, spawned
+    gc.collect()
+    assert [ref() is None for ref in gone] == [True, True]
+    assert record == []
+    # This thread's own fibers are unaffected.
+    assert asyncio.run(async_def(lambda: awaitlet(asyncio.sleep(0, "ok")))) == "ok"
+
+
+def test_many_fibers_orphaned_across_threads_are_all_finished():
+    worker = Worker()
+    try:
+        record = []
+        coroutines = worker.call(lambda: [suspended_coroutine(record) for _ in range(200)])
+        del coroutines
+        worker.call(lambda: asyncio.run(async_def(lambda: None)))
+        assert record.count(("finally", worker.ident)) == 200
+    finally:
+        worker.stop()
