@@ -12,7 +12,13 @@ import threading
 import weakref
 
 import pytest
-from _support import CRASH_MARKERS, Yield, assert_script_succeeded, run_script
+from _support import (
+    CRASH_MARKERS,
+    Yield,
+    assert_script_succeeded,
+    resident_memory_bytes,
+    run_script,
+)
 from awaitlet import async_def, awaitlet
 from awaitlet.greenlet import greenlet
 
@@ -250,3 +256,36 @@ def test_many_fibers_orphaned_across_threads_are_all_finished():
         assert record.count(("finally", worker.ident)) == 200
     finally:
         worker.stop()
+
+
+def deep_suspended_sync_code(depth):
+    # Every level goes through C (map), so the suspended stack holds depth C frames: a good
+    # part of the fiber's machine stack is in use, as under deep C code.
+    if depth:
+        return next(map(deep_suspended_sync_code, [depth - 1]))
+    return awaitlet(Yield("suspended"))
+
+
+def test_memory_of_fibers_whose_thread_is_gone_is_returned():
+    resident = resident_memory_bytes()
+    if resident is None:
+        pytest.skip("resident memory size is not readable here")
+    worker = Worker()
+
+    def start_deep_coroutines():
+        coroutines = [async_def(deep_suspended_sync_code, 150) for _ in range(500)]
+        for coroutine in coroutines:
+            assert coroutine.send(None) == "suspended"
+        return coroutines
+
+    coroutines = worker.call(start_deep_coroutines)
+    worker.stop()
+    gc.collect()
+    with_stacks = resident_memory_bytes()
+    del coroutines
+    gc.collect()
+    after = resident_memory_bytes()
+    # 500 stacks 150 C calls deep hold tens of MiB of machine stack; most of what they grew
+    # by must be returned (their Python frames stay, as they may be referenced).
+    grown = with_stacks - resident
+    assert after < with_stacks - grown // 2, (resident, with_stacks, after)

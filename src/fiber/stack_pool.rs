@@ -229,7 +229,10 @@ pub fn take(size: usize, frames_size: usize) -> std::io::Result<SlotStack> {
 /// Gives the memory of a stack that will never run again back to the system, except its
 /// frames area, which Python frame objects may still point into; the slot is never reused.
 pub fn retire(stack: SlotStack) {
-    let low = stack.usable_low();
+    // SAFETY: sysconf has no preconditions.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    // madvise takes whole pages: from the first page boundary at or above the usable part.
+    let low = stack.usable_low().next_multiple_of(page);
     let length = stack.frames_area() - low;
     // SAFETY: the machine-stack part of this slot, which nothing runs on any more;
     // MADV_DONTNEED turns it back into zero-fill-on-demand memory.
