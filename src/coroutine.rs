@@ -363,8 +363,17 @@ impl AsyncDefCoroutine {
         self.close_state(py, &mut state)
     }
 
-    fn __await__(slf: Py<Self>) -> Py<Self> {
-        slf
+    /// The coroutine itself. As CPython's `await` does for a coroutine, refuses one that is
+    /// suspended in an await, that is, driven by another awaiter already.
+    fn __await__(slf: Bound<'_, Self>) -> PyResult<Bound<'_, Self>> {
+        if let Some(State::Running(running)) = slf.get().state.try_borrow().as_deref() {
+            if running.fiber.is_suspended() {
+                return Err(PyRuntimeError::new_err(
+                    "coroutine is being awaited already",
+                ));
+            }
+        }
+        Ok(slf)
     }
 
     /// `__await__()` returns the coroutine itself, which must then be iterable for

@@ -1,0 +1,245 @@
+"""The coroutine protocol of ``async_def()``'s coroutine, held to native coroutines.
+
+Most tests here are differential: the same steps run on a native ``async def`` coroutine whose
+body awaits what the sync code passes to ``awaitlet()``, and on the ``async_def`` coroutine,
+and what each step returns, raises (type, message, ``__cause__``, ``__context__``) and warns
+must be the same. So each Python version is held to its own native behaviour.
+"""
+
+import asyncio
+import inspect
+import warnings
+
+import pytest
+from _support import Yield
+from awaitlet import async_def, awaitlet
+
+
+def our_type_name():
+    coro = async_def(print)
+    coro.close()
+    return type(coro).__name__
+
+
+OUR_TYPE_NAME = our_type_name()
+
+
+def describe(error, depth=0):
+    """What can be compared of an exception, its cause and its context."""
+    if error is None or depth > 3:
+        return None
+    return (
+        type(error).__name__,
+        str(error),
+        describe(error.__cause__, depth + 1),
+        describe(error.__context__, depth + 1),
+        error.__suppress_context__,
+    )
+
+
+def outcome(action):
+    """Runs ``action()``: what it returned (or the StopIteration value) or raised, and what
+    it warned."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            result = ("returned", action())
+        except StopIteration as stop:
+            result = ("stopped", stop.value)
+        except BaseException as error:  # noqa: B036 - every exception is a result here
+            result = ("raised", describe(error))
+    return result, [
+        (warning.category.__name__, str(warning.message), warning.filename, warning.lineno)
+        for warning in caught
+    ]
+
+
+def run_steps(coro, steps):
+    return [outcome(lambda step=step: step(coro)) for step in steps]
+
+
+def assert_same_steps(native_function, sync_function, steps):
+    """Runs ``steps`` (callables taking the coroutine) on a native coroutine and on an
+    ``async_def`` one and compares every step's outcome."""
+    native = native_function()
+    ours = async_def(sync_function)
+    try:
+        native_results = run_steps(native, steps)
+        our_results = run_steps(ours, steps)
+    finally:
+        native.close()
+        ours.close()
+    assert our_results == native_results
+    return our_results
+
+
+def send(value):
+    return lambda coro: coro.send(value)
+
+
+def throw(*args):
+    return lambda coro: coro.throw(*args)
+
+
+def close(coro):
+    return coro.close()
+
+
+def state(coro):
+    return inspect.getcoroutinestate(coro)
+
+
+# Bodies used by several tests: a sync function and the native coroutine function that
+# awaits what it passes to awaitlet().
+
+
+def wait_once():
+    return awaitlet(Yield("yielded"))
+
+
+async def native_wait_once():
+    return await Yield("yielded")
+
+
+def raise_stop_iteration():
+    raise StopIteration("from the body")
+
+
+async def native_raise_stop_iteration():
+    raise StopIteration("from the body")
+
+
+# --- awaiting a coroutine that is awaited already --------------------------------------
+
+
+async def record_await(coro, results):
+    try:
+        results.append(("returned", await coro))
+    except RuntimeError as error:
+        results.append(("raised", str(error)))
+
+
+def await_twice_from_two_tasks(make_coroutine):
+    async def main():
+        future = asyncio.get_running_loop().create_future()
+        coro = make_coroutine(future)
+        results = []
+        first = asyncio.ensure_future(record_await(coro, results))
+        await asyncio.sleep(0)
+        second = asyncio.ensure_future(record_await(coro, results))
+        await asyncio.sleep(0)
+        future.set_result("result")
+        await asyncio.gather(first, second)
+        return results
+
+    return asyncio.run(main())
+
+
+def test_second_awaiter_of_a_suspended_coroutine_is_refused():
+    async def native(future):
+        return await future
+
+    native_results = await_twice_from_two_tasks(native)
+    our_results = await_twice_from_two_tasks(lambda future: async_def(awaitlet, future))
+    assert our_results == native_results
+    assert our_results == [
+        ("raised", "coroutine is being awaited already"),
+        ("returned", "result"),
+    ]
+
+
+def test_sync_code_awaiting_a_suspended_coroutine_is_refused():
+    def run(make_coroutine, await_it):
+        async def main():
+            future = asyncio.get_running_loop().create_future()
+            coro = make_coroutine(future)
+            task = asyncio.ensure_future(coro)
+            await asyncio.sleep(0)
+            result = await await_it(coro)
+            future.set_result("result")
+            return result, await task
+
+        return asyncio.run(main())
+
+    async def native(future):
+        return await future
+
+    def await_in_sync_code(coro):
+        def fn():
+            try:
+                return awaitlet(coro)
+            except RuntimeError as error:
+                return str(error)
+
+        return async_def(fn)
+
+    async def await_natively(coro):
+        try:
+            return await coro
+        except RuntimeError as error:
+            return str(error)
+
+    native_result = run(native, await_natively)
+    our_result = run(lambda future: async_def(awaitlet, future), await_in_sync_code)
+    assert our_result == native_result
+    assert our_result == ("coroutine is being awaited already", "result")
+
+
+@pytest.mark.parametrize("second_while", ["created", "suspended"])
+def test_wrapping_the_coroutine_in_two_tasks_matches_native(second_while):
+    def run(make_coroutine):
+        async def main():
+            future = asyncio.get_running_loop().create_future()
+            coro = make_coroutine(future)
+            first = asyncio.ensure_future(coro)
+            if second_while == "suspended":
+                await asyncio.sleep(0)
+            second = asyncio.ensure_future(coro)
+            await asyncio.sleep(0)
+            future.set_result("result")
+            results = await asyncio.gather(first, second, return_exceptions=True)
+            return [describe(r) if isinstance(r, BaseException) else r for r in results]
+
+        return asyncio.run(main())
+
+    async def native(future):
+        return await future
+
+    assert run(lambda future: async_def(awaitlet, future)) == run(native)
+
+
+def test_awaiting_a_finished_coroutine_matches_native():
+    def run(coro):
+        async def main():
+            first = await coro
+            try:
+                await coro
+            except RuntimeError as error:
+                return first, str(error)
+            return first, None
+
+        return asyncio.run(main())
+
+    async def native():
+        return await asyncio.sleep(0, result="first")
+
+    our_result = run(async_def(awaitlet, asyncio.sleep(0, result="first")))
+    assert our_result == run(native())
+    assert our_result == ("first", "cannot reuse already awaited coroutine")
+
+
+def test_coroutine_awaiting_itself_matches_native():
+    async def native():
+        return await coro
+
+    def sync():
+        return awaitlet(coro)
+
+    coro = native()
+    native_results = run_steps(coro, [send(None), close])
+    coro = async_def(sync)
+    assert run_steps(coro, [send(None), close]) == native_results
+    assert native_results[0][0] == (
+        "raised",
+        ("ValueError", "coroutine already executing", None, None, False),
+    )
