@@ -152,14 +152,7 @@ impl AsyncDefCoroutine {
                 ))
             }
             Ok(value) => Ok(Outcome::Returned(value)),
-            Err(err) if err.is_instance_of::<PyStopIteration>(py) => {
-                // PEP 479, as for any coroutine: StopIteration must not end the caller's
-                // delegation silently.
-                let replacement = PyRuntimeError::new_err("coroutine raised StopIteration");
-                replacement.set_cause(py, Some(err));
-                Err(replacement)
-            }
-            Err(err) => Err(err),
+            Err(err) => Err(stop_iteration_to_runtime_error(py, err)),
         }
     }
 
@@ -211,7 +204,12 @@ impl AsyncDefCoroutine {
             State::Created { .. } => {
                 // Like a coroutine that never started: it is closed and `fn` never runs.
                 *state = State::Done;
-                Err(exc)
+                // 3.10 and 3.11 raise it in the new frame, under PEP 479's guard.
+                Err(if py.version_info() < (3, 12) {
+                    stop_iteration_to_runtime_error(py, exc)
+                } else {
+                    exc
+                })
             }
             State::Done => Err(exc),
             State::Running(running) => {
@@ -534,6 +532,22 @@ fn outcome_to_python(py: Python<'_>, outcome: PyResult<Outcome>) -> PyResult<Py<
         Outcome::Yielded(value) => Ok(value),
         Outcome::Returned(value) => Err(stop_iteration(py, value)),
     }
+}
+
+/// PEP 479, as for any coroutine: a StopIteration raised out of the coroutine must not end
+/// its awaiter's delegation silently. The RuntimeError has it as `__cause__` and
+/// `__context__`, as CPython's own replacement does.
+fn stop_iteration_to_runtime_error(py: Python<'_>, err: PyErr) -> PyErr {
+    if !err.is_instance_of::<PyStopIteration>(py) {
+        return err;
+    }
+    let original = err.value(py).clone();
+    let replacement = PyRuntimeError::new_err("coroutine raised StopIteration");
+    replacement.set_cause(py, Some(err));
+    // SAFETY: GIL held; both are exception instances; PyException_SetContext steals the
+    // reference passed to it.
+    unsafe { ffi::PyException_SetContext(replacement.value(py).as_ptr(), original.into_ptr()) };
+    replacement
 }
 
 fn stop_iteration(py: Python<'_>, value: Py<PyAny>) -> PyErr {

@@ -243,3 +243,167 @@ def test_coroutine_awaiting_itself_matches_native():
         "raised",
         ("ValueError", "coroutine already executing", None, None, False),
     )
+
+
+# --- PEP 479: StopIteration ---------------------------------------------------------
+
+
+def test_stop_iteration_raised_by_the_sync_code():
+    results = assert_same_steps(
+        native_raise_stop_iteration, raise_stop_iteration, [send(None), send(None)]
+    )
+    error = results[0][0][1]
+    assert error[:2] == ("RuntimeError", "coroutine raised StopIteration")
+
+
+def test_stop_iteration_raised_after_a_suspension():
+    def sync():
+        awaitlet(Yield("yielded"))
+        raise StopIteration("late")
+
+    async def native():
+        await Yield("yielded")
+        raise StopIteration("late")
+
+    assert_same_steps(native, sync, [send(None), send(None), send(None), close])
+
+
+def test_stop_iteration_subclass_raised_by_the_sync_code():
+    class Stop(StopIteration):
+        pass
+
+    def sync():
+        raise Stop("subclass")
+
+    async def native():
+        raise Stop("subclass")
+
+    assert_same_steps(native, sync, [send(None)])
+
+
+def test_stop_async_iteration_raised_by_the_sync_code_passes_through():
+    def sync():
+        raise StopAsyncIteration("async")
+
+    async def native():
+        raise StopAsyncIteration("async")
+
+    results = assert_same_steps(native, sync, [send(None), send(None)])
+    assert results[0][0][1][0] == "StopAsyncIteration"
+
+
+@pytest.mark.parametrize(
+    "thrown",
+    [StopIteration, StopIteration("thrown"), StopAsyncIteration("thrown")],
+    ids=["class", "instance", "stop-async-iteration"],
+)
+def test_stop_iteration_thrown_into_an_unstarted_coroutine(thrown):
+    # 3.10 and 3.11 turn it into RuntimeError, later versions raise it as it is.
+    assert_same_steps(native_wait_once, wait_once, [throw(thrown), send(None), close])
+
+
+def test_stop_iteration_thrown_into_a_suspended_coroutine_awaiting_a_generator():
+    assert_same_steps(
+        native_wait_once,
+        wait_once,
+        [send(None), throw(StopIteration("thrown")), send(None)],
+    )
+
+
+class IteratorWithoutThrow:
+    """An awaitable whose iterator has no ``throw``: exceptions go past it."""
+
+    def __await__(self):
+        return self
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return "yielded by iterator"
+
+
+class RecordingIterator:
+    """An awaitable whose iterator records what ``throw`` and ``close`` receive, and raises
+    ``on_throw`` from ``throw``."""
+
+    def __init__(self, log, on_throw):
+        self.log = log
+        self.on_throw = on_throw
+
+    def __await__(self):
+        return self
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return "yielded by iterator"
+
+    def send(self, value):
+        return "yielded by iterator"
+
+    def throw(self, *args):
+        self.log.append(("throw", [describe_argument(argument) for argument in args]))
+        raise self.on_throw
+
+    def close(self):
+        self.log.append("close")
+
+
+def describe_argument(argument):
+    if isinstance(argument, BaseException):
+        return ("instance of", type(argument).__name__, argument.args)
+    return argument
+
+
+def test_stop_iteration_thrown_past_an_iterator_without_throw():
+    def sync():
+        return awaitlet(IteratorWithoutThrow())
+
+    async def native():
+        return await IteratorWithoutThrow()
+
+    assert_same_steps(native, sync, [send(None), throw(StopIteration("thrown")), send(None)])
+
+
+def test_stop_iteration_from_an_awaited_iterators_throw_is_its_return_value():
+    log = []
+
+    def sync():
+        return ("sync code got", awaitlet(RecordingIterator(log, StopIteration("value"))))
+
+    async def native():
+        return ("sync code got", await RecordingIterator(log, StopIteration("value")))
+
+    results = assert_same_steps(native, sync, [send(None), throw(ValueError("x"))])
+    assert results[1][0] == ("stopped", ("sync code got", "value"))
+
+
+def test_stop_iteration_raised_by_an_awaited_coroutine():
+    async def raises_stop_iteration():
+        raise StopIteration("inner")
+
+    def sync():
+        return awaitlet(raises_stop_iteration())
+
+    async def native():
+        return await raises_stop_iteration()
+
+    assert_same_steps(native, sync, [send(None)])
+
+
+def test_stop_iteration_raised_in_answer_to_generator_exit():
+    def sync():
+        try:
+            awaitlet(Yield("yielded"))
+        except GeneratorExit:
+            raise StopIteration("instead of exiting") from None
+
+    async def native():
+        try:
+            await Yield("yielded")
+        except GeneratorExit:
+            raise StopIteration("instead of exiting") from None
+
+    assert_same_steps(native, sync, [send(None), close, close, send(None)])
