@@ -198,11 +198,19 @@ impl AsyncDefCoroutine {
         }
     }
 
-    fn throw_impl(&self, py: Python<'_>, exc: PyErr) -> PyResult<Outcome> {
-        let mut state = self.borrow_mut()?;
+    /// `throw()` with CPython's order of checks: a suspended coroutine hands the arguments
+    /// as given to what it awaits (which checks them itself); they are checked here only
+    /// when the exception is raised in the sync code, or the coroutine has finished.
+    fn throw_impl(&self, py: Python<'_>, args: &ThrowArgs<'_>) -> PyResult<Outcome> {
+        let Some(mut state) = self.state.try_borrow_mut() else {
+            // A running coroutine raises the exception in itself, which checks it first.
+            args.exception()?;
+            return Err(PyValueError::new_err("coroutine already executing"));
+        };
         match &mut *state {
             State::Created { .. } => {
                 // Like a coroutine that never started: it is closed and `fn` never runs.
+                let exc = args.exception()?;
                 *state = State::Done;
                 // 3.10 and 3.11 raise it in the new frame, under PEP 479's guard.
                 Err(if py.version_info() < (3, 12) {
@@ -211,18 +219,33 @@ impl AsyncDefCoroutine {
                     exc
                 })
             }
-            State::Done => Err(exc),
+            State::Done => {
+                // Up to 3.14 the arguments are checked before the coroutine's state.
+                if py.version_info() < (3, 15) {
+                    args.exception()?;
+                }
+                Err(PyRuntimeError::new_err(
+                    "cannot reuse already awaited coroutine",
+                ))
+            }
             State::Running(running) => {
                 Self::check_thread(running)?;
                 let input = match running.awaiting.take() {
-                    Some(awaitable) if exc.is_instance_of::<PyGeneratorExit>(py) => {
+                    Some(awaitable) if args.is_generator_exit() => {
                         match close_iter(py, &awaitable) {
-                            Ok(()) => Resume::Throw(exc),
+                            Ok(()) => Resume::Throw(args.exception()?),
                             Err(err) => Resume::Throw(err),
                         }
                     }
-                    Some(awaitable) => match throw_into(py, &awaitable, &exc) {
-                        None => Resume::Throw(exc),
+                    Some(awaitable) => match throw_into(py, &awaitable, args) {
+                        None => match args.exception() {
+                            Ok(exc) => Resume::Throw(exc),
+                            Err(err) => {
+                                // Nothing was raised anywhere: still suspended as before.
+                                running.awaiting = Some(awaitable);
+                                return Err(err);
+                            }
+                        },
                         Some(Delegated::Yielded(value)) => {
                             running.awaiting = Some(awaitable);
                             return Ok(Outcome::Yielded(value));
@@ -230,7 +253,7 @@ impl AsyncDefCoroutine {
                         Some(Delegated::Returned(value)) => Resume::Value(value),
                         Some(Delegated::Raised(err)) => Resume::Throw(err),
                     },
-                    None => Resume::Throw(exc),
+                    None => Resume::Throw(args.exception()?),
                 };
                 self.drive(py, &mut state, input)
             }
@@ -334,25 +357,17 @@ impl AsyncDefCoroutine {
         outcome_to_python(py, self.send_impl(py, value))
     }
 
-    /// Raises an exception at the point where the coroutine is suspended.
-    #[pyo3(signature = (typ, val = None, tb = None))]
+    /// Raises an exception at the point where the coroutine is suspended: `throw(exc)`, or
+    /// the deprecated `throw(type[, value[, traceback]])`.
+    #[pyo3(signature = (*args, **kwargs))]
     fn throw(
         &self,
         py: Python<'_>,
-        typ: Bound<'_, PyAny>,
-        val: Option<Bound<'_, PyAny>>,
-        tb: Option<Bound<'_, PyAny>>,
+        args: &Bound<'_, PyTuple>,
+        kwargs: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Py<PyAny>> {
-        if py.version_info() >= (3, 12) && (val.is_some() || tb.is_some()) {
-            PyErr::warn(
-                py,
-                &py.get_type::<pyo3::exceptions::PyDeprecationWarning>(),
-                c"the (type, exc, tb) signature of throw() is deprecated, use the single-arg signature instead.",
-                1,
-            )?;
-        }
-        let exc = exception_from_throw_args(py, typ, val, tb)?;
-        outcome_to_python(py, self.throw_impl(py, exc))
+        let args = ThrowArgs::parse(args, kwargs)?;
+        outcome_to_python(py, self.throw_impl(py, &args))
     }
 
     /// Raises GeneratorExit at the point where the coroutine is suspended.
@@ -588,15 +603,88 @@ fn send_into(py: Python<'_>, awaitable: &Py<PyAny>, value: Option<&Bound<'_, PyA
     }
 }
 
+/// The arguments of `throw()`, kept as given: a delegate's own `throw` receives them so.
+struct ThrowArgs<'py> {
+    args: Bound<'py, PyTuple>,
+}
+
+impl<'py> ThrowArgs<'py> {
+    /// Checks the argument count (and warns about the 3-argument form, since 3.12) with
+    /// the messages of `coroutine.throw`.
+    fn parse(args: &Bound<'py, PyTuple>, kwargs: Option<&Bound<'py, PyDict>>) -> PyResult<Self> {
+        let py = args.py();
+        if kwargs.is_some_and(|kwargs| !kwargs.is_empty()) {
+            return Err(PyTypeError::new_err(if py.version_info() >= (3, 11) {
+                "async_def_coroutine.throw() takes no keyword arguments"
+            } else {
+                "throw() takes no keyword arguments"
+            }));
+        }
+        match args.len() {
+            0 => Err(PyTypeError::new_err(
+                "throw expected at least 1 argument, got 0",
+            )),
+            count @ 4.. => Err(PyTypeError::new_err(format!(
+                "throw expected at most 3 arguments, got {count}"
+            ))),
+            count => {
+                if count > 1 && py.version_info() >= (3, 12) {
+                    PyErr::warn(
+                        py,
+                        &py.get_type::<pyo3::exceptions::PyDeprecationWarning>(),
+                        c"the (type, exc, tb) signature of throw() is deprecated, use the single-arg signature instead.",
+                        1,
+                    )?;
+                }
+                Ok(Self { args: args.clone() })
+            }
+        }
+    }
+
+    fn get(&self, index: usize) -> Option<Bound<'py, PyAny>> {
+        self.args.get_item(index).ok()
+    }
+
+    /// The exception to raise, checked and built as `generator.throw` does.
+    fn exception(&self) -> PyResult<PyErr> {
+        let typ = self.get(0).expect("throw() arguments counted in parse()");
+        exception_from_throw_args(self.args.py(), typ, self.get(1), self.get(2))
+    }
+
+    /// Whether GeneratorExit is thrown, which closes what the coroutine awaits instead of
+    /// being thrown into it.
+    fn is_generator_exit(&self) -> bool {
+        let Some(typ) = self.get(0) else {
+            return false;
+        };
+        match typ.cast::<PyType>() {
+            Ok(typ) => typ.is_subclass_of::<PyGeneratorExit>().unwrap_or(false),
+            Err(_) => typ.is_instance_of::<PyGeneratorExit>(),
+        }
+    }
+}
+
 /// `yield from`'s throw step; `None` when the iterator has no `throw` (the exception then
 /// goes to the delegating code itself).
-fn throw_into(py: Python<'_>, awaitable: &Py<PyAny>, exc: &PyErr) -> Option<Delegated> {
-    let throw = match awaitable.bind(py).getattr(pyo3::intern!(py, "throw")) {
+fn throw_into(py: Python<'_>, awaitable: &Py<PyAny>, args: &ThrowArgs<'_>) -> Option<Delegated> {
+    let awaitable = awaitable.bind(py);
+    let throw = match awaitable.getattr(pyo3::intern!(py, "throw")) {
         Ok(throw) => throw,
         Err(err) if err.is_instance_of::<pyo3::exceptions::PyAttributeError>(py) => return None,
         Err(err) => return Some(Delegated::Raised(err)),
     };
-    Some(match throw.call1((exc.value(py),)) {
+    let call_args = if args.args.len() > 1 && is_generator_like(awaitable) {
+        // CPython passes a generator delegate the arguments without a second deprecation
+        // warning: hand it the one exception they describe.
+        match args.exception() {
+            Ok(exc) => PyTuple::new(py, [exc.into_value(py)]).map(Bound::into_any),
+            Err(err) => return Some(Delegated::Raised(err)),
+        }
+    } else {
+        Ok(args.args.clone().into_any())
+    };
+    let result = call_args.and_then(|call_args| throw.call1(call_args.cast_into::<PyTuple>()?));
+    Some(match result {
         Ok(value) => Delegated::Yielded(value.unbind()),
         Err(err) if err.is_instance_of::<PyStopIteration>(py) => {
             match err.value(py).getattr(pyo3::intern!(py, "value")) {
@@ -606,6 +694,15 @@ fn throw_into(py: Python<'_>, awaitable: &Py<PyAny>, exc: &PyErr) -> Option<Dele
         }
         Err(err) => Delegated::Raised(err),
     })
+}
+
+/// A generator, a native coroutine or an `async_def` coroutine.
+fn is_generator_like(object: &Bound<'_, PyAny>) -> bool {
+    // SAFETY: GIL held (the Bound proves it), valid object pointer.
+    let native = unsafe {
+        ffi::PyGen_Check(object.as_ptr()) != 0 || ffi::PyCoro_CheckExact(object.as_ptr()) != 0
+    };
+    native || object.is_instance_of::<AsyncDefCoroutine>()
 }
 
 /// `yield from`'s close step.

@@ -8,6 +8,7 @@ must be the same. So each Python version is held to its own native behaviour.
 
 import asyncio
 import inspect
+import sys
 import warnings
 
 import pytest
@@ -407,3 +408,226 @@ def test_stop_iteration_raised_in_answer_to_generator_exit():
             raise StopIteration("instead of exiting") from None
 
     assert_same_steps(native, sync, [send(None), close, close, send(None)])
+
+
+# --- throw ----------------------------------------------------------------------------
+
+
+THROW_ARGUMENTS = [
+    (ValueError,),
+    (ValueError("instance"),),
+    (ValueError, "value"),
+    (ValueError, ("two", "args")),
+    (ValueError, KeyError("not a ValueError")),
+    (ValueError, ValueError("value instance")),
+    (ValueError, None, None),
+    (ValueError("instance"), None),
+    (ValueError("instance"), "value"),
+    (1,),
+    (int,),
+    (ValueError, None, "not a traceback"),
+]
+THROW_IDS = [
+    "class",
+    "instance",
+    "class-value",
+    "class-tuple",
+    "class-other-instance",
+    "class-own-instance",
+    "class-none-none",
+    "instance-none",
+    "instance-value",
+    "not-an-exception",
+    "not-an-exception-class",
+    "bad-traceback",
+]
+
+
+@pytest.mark.parametrize("arguments", THROW_ARGUMENTS, ids=THROW_IDS)
+@pytest.mark.parametrize("when", ["unstarted", "suspended", "finished"])
+def test_throw_arguments(arguments, when):
+    before = {"unstarted": [], "suspended": [send(None)], "finished": [send(None), send(1)]}
+    assert_same_steps(
+        native_wait_once, wait_once, [*before[when], throw(*arguments), send(None), close]
+    )
+
+
+@pytest.mark.parametrize("arguments", THROW_ARGUMENTS, ids=THROW_IDS)
+def test_throw_arguments_past_an_iterator_without_throw(arguments):
+    def sync():
+        try:
+            return awaitlet(IteratorWithoutThrow())
+        except BaseException as error:  # noqa: B036
+            return ("sync code caught", describe(error))
+
+    async def native():
+        try:
+            return await IteratorWithoutThrow()
+        except BaseException as error:  # noqa: B036
+            return ("sync code caught", describe(error))
+
+    assert_same_steps(native, sync, [send(None), throw(*arguments), send(None)])
+
+
+@pytest.mark.parametrize("arguments", THROW_ARGUMENTS, ids=THROW_IDS)
+def test_throw_arguments_reach_the_awaited_iterator_as_given(arguments):
+    def run(make):
+        log = []
+        results = run_steps(make(log), [send(None), throw(*arguments), close])
+        return results, log
+
+    def sync(log):
+        try:
+            return awaitlet(RecordingIterator(log, KeyError("raised by throw")))
+        except BaseException as error:  # noqa: B036
+            log.append(("sync code caught", describe(error)))
+            raise
+
+    async def native(log):
+        try:
+            return await RecordingIterator(log, KeyError("raised by throw"))
+        except BaseException as error:  # noqa: B036
+            log.append(("sync code caught", describe(error)))
+            raise
+
+    assert run(lambda log: async_def(sync, log)) == run(native)
+
+
+def test_throw_three_arguments_with_a_traceback():
+    try:
+        raise ValueError("with traceback")
+    except ValueError as error:
+        traceback = error.__traceback__
+
+    def carries_the_traceback(error):
+        entry = error.__traceback__
+        while entry is not None and entry is not traceback:
+            entry = entry.tb_next
+        return entry is traceback
+
+    def sync():
+        try:
+            awaitlet(Yield("yielded"))
+        except ValueError as error:
+            return carries_the_traceback(error)
+        return None
+
+    async def native():
+        try:
+            await Yield("yielded")
+        except ValueError as error:
+            return carries_the_traceback(error)
+        return None
+
+    results = assert_same_steps(
+        native, sync, [send(None), throw(ValueError, ValueError("x"), traceback)]
+    )
+    assert results[1][0] == ("stopped", True)
+
+
+def test_throw_argument_count_and_keywords():
+    def normalize(results):
+        # CPython names its own type in one of these messages.
+        return [
+            (
+                (kind, (value[0], value[1].replace(f"{OUR_TYPE_NAME}.", "coroutine."), *value[2:]))
+                if kind == "raised"
+                else (kind, value),
+                caught,
+            )
+            for (kind, value), caught in results
+        ]
+
+    steps = [
+        send(None),
+        lambda coro: coro.throw(),
+        lambda coro: coro.throw(ValueError, None, None, None),
+        lambda coro: coro.throw(typ=ValueError),
+        lambda coro: coro.throw(ValueError, **{}),
+    ]
+    native = native_wait_once()
+    native_results = run_steps(native, steps)
+    ours = async_def(wait_once)
+    assert normalize(run_steps(ours, steps)) == native_results
+    assert native_results[1][0][1][1] == "throw expected at least 1 argument, got 0"
+
+
+def test_throw_from_the_awaited_generator_does_not_warn_twice():
+    # The 3-argument form warns once, for the outer throw(), on 3.12+.
+    results = assert_same_steps(
+        native_wait_once, wait_once, [send(None), throw(ValueError, ValueError("x"), None)]
+    )
+    warned = results[1][1]
+    assert len(warned) == (1 if sys.version_info >= (3, 12) else 0)
+
+
+def test_throw_into_a_running_coroutine_checks_its_arguments_first():
+    def run(coro, body_log):
+        results = run_steps(coro, [send(None)])
+        return results, body_log
+
+    native_log = []
+    our_log = []
+
+    async def native():
+        native_log.append(outcome(lambda: coro.throw(1)))
+        native_log.append(outcome(lambda: coro.throw(ValueError)))
+        return "done"
+
+    def sync():
+        our_log.append(outcome(lambda: coro.throw(1)))
+        our_log.append(outcome(lambda: coro.throw(ValueError)))
+        return "done"
+
+    coro = native()
+    native_results = run(coro, native_log)
+    coro = async_def(sync)
+    assert run(coro, our_log) == native_results
+    assert native_log[0][0][1][0] == "TypeError"
+    assert native_log[1][0][1][:2] == ("ValueError", "coroutine already executing")
+
+
+def test_generator_exit_thrown_closes_the_awaited_coroutine_first():
+    log = []
+
+    async def awaited():
+        try:
+            await Yield("yielded by awaited")
+        finally:
+            log.append("awaited finally")
+
+    def sync():
+        try:
+            awaitlet(awaited())
+        finally:
+            log.append("sync finally")
+
+    async def native():
+        try:
+            await awaited()
+        finally:
+            log.append("sync finally")
+
+    assert_same_steps(native, sync, [send(None), throw(GeneratorExit), send(None)])
+    assert log == ["awaited finally", "sync finally"] * 2
+
+
+def test_close_error_of_the_awaited_iterator_is_raised_in_the_sync_code():
+    class CloseRaises(RecordingIterator):
+        def close(self):
+            raise KeyError("from close")
+
+    def sync():
+        try:
+            return awaitlet(CloseRaises([], None))
+        except KeyError as error:
+            return ("caught", describe(error))
+
+    async def native():
+        try:
+            return await CloseRaises([], None)
+        except KeyError as error:
+            return ("caught", describe(error))
+
+    assert_same_steps(native, sync, [send(None), throw(GeneratorExit), close])
+    assert_same_steps(native, sync, [send(None), close, send(None)])
