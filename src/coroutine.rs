@@ -260,9 +260,17 @@ impl AsyncDefCoroutine {
         }
     }
 
-    /// Finishes the coroutine: throws GeneratorExit into suspended sync code, whose later
-    /// `awaitlet()` calls raise RuntimeError, so that it has to finish.
+    /// Finishes the coroutine when it is finalized: throws GeneratorExit into suspended sync
+    /// code, whose later `awaitlet()` calls raise RuntimeError, so that it has to finish (a
+    /// fiber left suspended could only be leaked).
     fn close_state(&self, py: Python<'_>, state: &mut State) -> PyResult<Py<PyAny>> {
+        self.close_with(py, state, true)
+    }
+
+    /// `close()`: throws GeneratorExit into suspended sync code. Unless `force`, the sync
+    /// code may still await (what completes at once, as a coroutine can); if it suspends
+    /// again, close() raises RuntimeError and leaves it suspended there, as CPython does.
+    fn close_with(&self, py: Python<'_>, state: &mut State, force: bool) -> PyResult<Py<PyAny>> {
         let running = match state {
             State::Created { .. } => {
                 *state = State::Done;
@@ -272,7 +280,9 @@ impl AsyncDefCoroutine {
             State::Running(running) => running,
         };
         Self::check_thread(running)?;
-        running.fiber.set_closing();
+        if force {
+            running.fiber.set_closing();
+        }
         let exc = match running.awaiting.take() {
             Some(awaitable) => close_iter(py, &awaitable)
                 .err()
@@ -373,7 +383,7 @@ impl AsyncDefCoroutine {
     /// Raises GeneratorExit at the point where the coroutine is suspended.
     fn close(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         let mut state = self.borrow_mut()?;
-        self.close_state(py, &mut state)
+        self.close_with(py, &mut state, false)
     }
 
     /// The coroutine itself. As CPython's `await` does for a coroutine, refuses one that is

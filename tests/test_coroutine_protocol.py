@@ -7,6 +7,7 @@ must be the same. So each Python version is held to its own native behaviour.
 """
 
 import asyncio
+import gc
 import inspect
 import sys
 import warnings
@@ -631,3 +632,134 @@ def test_close_error_of_the_awaited_iterator_is_raised_in_the_sync_code():
 
     assert_same_steps(native, sync, [send(None), throw(GeneratorExit), close])
     assert_same_steps(native, sync, [send(None), close, send(None)])
+
+
+# --- close ----------------------------------------------------------------------------
+
+
+def test_close_in_every_state():
+    assert_same_steps(native_wait_once, wait_once, [close, close, send(None), throw(ValueError)])
+    assert_same_steps(
+        native_wait_once, wait_once, [send(None), close, close, send(None), throw(ValueError)]
+    )
+    assert_same_steps(native_wait_once, wait_once, [send(None), send("result"), close])
+
+
+def test_close_when_the_sync_code_returns_after_generator_exit():
+    # Since 3.13 close() returns the value.
+    def sync():
+        try:
+            awaitlet(Yield("yielded"))
+        except GeneratorExit:
+            return "returned on exit"
+
+    async def native():
+        try:
+            await Yield("yielded")
+        except GeneratorExit:
+            return "returned on exit"
+
+    results = assert_same_steps(native, sync, [send(None), close, close, send(None)])
+    expected = "returned on exit" if sys.version_info >= (3, 13) else None
+    assert results[1][0] == ("returned", expected)
+
+
+def test_close_when_the_sync_code_raises_after_generator_exit():
+    def sync():
+        try:
+            awaitlet(Yield("yielded"))
+        except GeneratorExit:
+            raise LookupError("raised on exit") from None
+
+    async def native():
+        try:
+            await Yield("yielded")
+        except GeneratorExit:
+            raise LookupError("raised on exit") from None
+
+    assert_same_steps(native, sync, [send(None), close, send(None)])
+
+
+def test_close_when_the_sync_code_awaits_what_completes_at_once():
+    async def completes_at_once():
+        return "completed"
+
+    def sync():
+        try:
+            awaitlet(Yield("yielded"))
+        except GeneratorExit:
+            return awaitlet(completes_at_once())
+
+    async def native():
+        try:
+            await Yield("yielded")
+        except GeneratorExit:
+            return await completes_at_once()
+
+    assert_same_steps(native, sync, [send(None), close, send(None)])
+
+
+def test_close_when_the_sync_code_suspends_again_leaves_it_suspended():
+    def sync():
+        try:
+            awaitlet(Yield("yielded"))
+        except GeneratorExit:
+            pass
+        return ("resumed with", awaitlet(Yield("yielded again")))
+
+    async def native():
+        try:
+            await Yield("yielded")
+        except GeneratorExit:
+            pass
+        return ("resumed with", await Yield("yielded again"))
+
+    results = assert_same_steps(
+        native, sync, [send(None), close, state, send("value"), state, close]
+    )
+    assert results[1][0] == (
+        "raised",
+        ("RuntimeError", "coroutine ignored GeneratorExit", None, None, False),
+    )
+    assert results[2][0] == ("returned", inspect.CORO_SUSPENDED)
+    assert results[3][0] == ("stopped", ("resumed with", "value"))
+
+
+def test_dropping_a_coroutine_that_ignored_close_finishes_its_sync_code():
+    # Chosen behaviour: when the coroutine is finalized, the fiber must finish (a suspended
+    # one could only be leaked), so awaitlet() raises there instead of suspending.
+    events = []
+
+    def sync():
+        for _ in range(2):
+            try:
+                awaitlet(Yield("yielded"))
+            except GeneratorExit:
+                events.append("generator exit")
+        try:
+            awaitlet(Yield("yielded a third time"))
+        except RuntimeError as error:
+            events.append(str(error))
+        finally:
+            events.append("finally")
+
+    coro = async_def(sync)
+    coro.send(None)
+    with pytest.raises(RuntimeError, match="coroutine ignored GeneratorExit"):
+        coro.close()
+    del coro
+    gc.collect()
+    assert events == [
+        "generator exit",
+        "generator exit",
+        "coroutine ignored GeneratorExit",
+        "finally",
+    ]
+
+
+def test_close_takes_no_arguments():
+    for make in (native_wait_once, lambda: async_def(wait_once)):
+        coro = make()
+        with pytest.raises(TypeError, match=r"close\(\) takes no arguments \(1 given\)"):
+            coro.close(None)
+        coro.close()
