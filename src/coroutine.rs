@@ -363,6 +363,7 @@ enum DropAction {
 impl AsyncDefCoroutine {
     /// Resumes the coroutine with `value`; returns what it yields next, or raises
     /// StopIteration with its result.
+    #[pyo3(signature = (value, /))]
     fn send(&self, py: Python<'_>, value: Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
         outcome_to_python(py, self.send_impl(py, value))
     }

@@ -411,6 +411,40 @@ def test_stop_iteration_raised_in_answer_to_generator_exit():
     assert_same_steps(native, sync, [send(None), close, close, send(None)])
 
 
+# --- send -----------------------------------------------------------------------------
+
+
+def test_send_of_a_value_to_a_just_started_coroutine():
+    results = assert_same_steps(native_wait_once, wait_once, [send("value"), send(None), close])
+    assert results[0][0] == (
+        "raised",
+        ("TypeError", "can't send non-None value to a just-started coroutine", None, None, False),
+    )
+
+
+def test_send_after_completion_and_after_an_exception():
+    assert_same_steps(
+        native_wait_once, wait_once, [send(None), send("result"), send(None), close, send(None)]
+    )
+    assert_same_steps(
+        native_raise_stop_iteration, raise_stop_iteration, [send(None), send(None), close]
+    )
+
+
+def test_send_takes_one_positional_argument():
+    # The messages of the argument parser name the method differently; the error is the same.
+    for make in (native_wait_once, lambda: async_def(wait_once)):
+        coro = make()
+        with pytest.raises(TypeError):
+            coro.send()
+        with pytest.raises(TypeError):
+            coro.send(None, None)
+        with pytest.raises(TypeError):
+            coro.send(value=None)
+        assert inspect.getcoroutinestate(coro) == inspect.CORO_CREATED
+        coro.close()
+
+
 # --- throw ----------------------------------------------------------------------------
 
 
