@@ -429,10 +429,17 @@ impl AsyncDefCoroutine {
         self.state.try_borrow().is_none()
     }
 
-    /// Whether the sync code is suspended in `awaitlet()`.
+    /// Whether the sync code is suspended in `awaitlet()` (3.11+, as on coroutines).
     #[getter]
-    fn cr_suspended(&self) -> bool {
-        matches!(self.state.try_borrow().as_deref(), Some(State::Running(running)) if running.fiber.is_suspended())
+    fn cr_suspended(&self, py: Python<'_>) -> PyResult<bool> {
+        if py.version_info() < (3, 11) {
+            return Err(pyo3::exceptions::PyAttributeError::new_err(
+                "'async_def_coroutine' object has no attribute 'cr_suspended'",
+            ));
+        }
+        Ok(
+            matches!(self.state.try_borrow().as_deref(), Some(State::Running(running)) if running.fiber.is_suspended()),
+        )
     }
 
     /// `inspect`'s name for the state (read by `inspect.getcoroutinestate` since 3.15).
@@ -474,8 +481,11 @@ impl AsyncDefCoroutine {
     /// The code of `cr_frame` while suspended, else `fn`'s code (if it has one).
     #[getter]
     fn cr_code<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
-        if let Some(frame) = self.cr_frame(py)? {
-            return frame.getattr("f_code").map(Some);
+        // Not the unstarted frame's code: that is a stand-in, and `fn`'s is what it stands for.
+        if let Some(State::Running(running)) = self.state.try_borrow().as_deref() {
+            if let Some(frame) = running.fiber.top_frame(py)? {
+                return frame.getattr("f_code").map(Some);
+            }
         }
         Ok(self.func.bind(py).getattr("__code__").ok())
     }

@@ -797,3 +797,148 @@ def test_close_takes_no_arguments():
         with pytest.raises(TypeError, match=r"close\(\) takes no arguments \(1 given\)"):
             coro.close(None)
         coro.close()
+
+
+# --- attributes and states ------------------------------------------------------------
+
+
+def snapshot(coro, awaited=None):
+    """The coroutine's attributes that can be compared between the two kinds."""
+    cr_await = coro.cr_await
+    return {
+        "cr_running": coro.cr_running,
+        "has cr_suspended": hasattr(coro, "cr_suspended"),
+        "cr_suspended": getattr(coro, "cr_suspended", None),
+        "cr_await type": type(cr_await).__name__,
+        "cr_await is awaited": awaited is not None and cr_await is awaited,
+        "cr_frame is None": coro.cr_frame is None,
+        "cr_origin": coro.cr_origin,
+        "state": inspect.getcoroutinestate(coro),
+    }
+
+
+def test_attributes_through_the_lifecycle():
+    def run(make):
+        log = []
+        awaited = {}
+
+        def observe(label):
+            log.append((label, snapshot(coro, awaited.get("coroutine"))))
+
+        async def inner():
+            await Yield("from inner")
+
+        def sync():
+            running = snapshot(coro)
+            # Chosen behaviour: the running sync code has no frame of the coroutine's own
+            # to show (its frames are the caller's stack), so cr_frame is None while it runs.
+            running.pop("cr_frame is None")
+            log.append(("running", running))
+            awaitlet(Yield("yielded"))
+            awaited["coroutine"] = inner()
+            awaitlet(awaited["coroutine"])
+            return "done"
+
+        async def native():
+            running = snapshot(coro)
+            running.pop("cr_frame is None")
+            log.append(("running", running))
+            await Yield("yielded")
+            awaited["coroutine"] = inner()
+            await awaited["coroutine"]
+            return "done"
+
+        coro = make(native, sync)
+        observe("created")
+        coro.send(None)
+        observe("suspended in a generator")
+        coro.send(None)
+        observe("suspended in a coroutine")
+        with pytest.raises(StopIteration):
+            coro.send(None)
+        observe("finished")
+        return log
+
+    native_log = run(lambda native, sync: native())
+    assert run(lambda native, sync: async_def(sync)) == native_log
+    assert [entry[1]["state"] for entry in native_log] == [
+        inspect.CORO_CREATED,
+        inspect.CORO_RUNNING,
+        inspect.CORO_SUSPENDED,
+        inspect.CORO_SUSPENDED,
+        inspect.CORO_CLOSED,
+    ]
+
+
+def test_cr_frame_while_running_is_none():
+    # Chosen behaviour (see test_attributes_through_the_lifecycle).
+    seen = []
+
+    def sync():
+        seen.append(coro.cr_frame)
+
+    coro = async_def(sync)
+    with pytest.raises(StopIteration):
+        coro.send(None)
+    assert seen == [None]
+
+
+def test_cr_code_of_a_created_and_a_closed_coroutine_is_the_functions():
+    def sync():
+        return None
+
+    coro = async_def(sync)
+    try:
+        assert coro.cr_code is sync.__code__
+    finally:
+        coro.close()
+    assert coro.cr_code is sync.__code__
+
+
+def test_reentrant_calls_from_the_sync_code():
+    def run(coro, log):
+        results = run_steps(coro, [send(None), send(None)])
+        return results, log
+
+    steps = [send(None), throw(ValueError("reentrant")), close]
+    native_log = []
+    our_log = []
+
+    async def native():
+        native_log.append(run_steps(coro, steps))
+        await Yield("yielded")
+        native_log.append(run_steps(coro, steps))
+        return "done"
+
+    def sync():
+        our_log.append(run_steps(coro, steps))
+        awaitlet(Yield("yielded"))
+        our_log.append(run_steps(coro, steps))
+        return "done"
+
+    coro = native()
+    native_results = run(coro, native_log)
+    coro = async_def(sync)
+    assert run(coro, our_log) == native_results
+    refused = ("raised", ("ValueError", "coroutine already executing", None, None, False))
+    assert [result for result, _ in native_log[0]] == [refused] * 3
+
+
+def test_reentrant_send_from_the_awaited_coroutine():
+    def run(make):
+        log = []
+
+        async def awaited():
+            log.append(outcome(lambda: coro.send(None)))
+            await Yield("yielded by awaited")
+            log.append(outcome(lambda: coro.send(None)))
+            return "awaited result"
+
+        coro = make(awaited)
+        return run_steps(coro, [send(None), send(None)]), log
+
+    async def native(awaited):
+        return await awaited()
+
+    native_results = run(lambda awaited: native(awaited))
+    assert run(lambda awaited: async_def(lambda: awaitlet(awaited()))) == native_results
