@@ -23,7 +23,7 @@ use pyo3::PyVisit;
 use crate::exceptions::{NoAwaitOccurred, NoAwaitletContext};
 use crate::fiber::{call_body, current_thread, ActiveFiber, Fiber, Kind, Resume, Step};
 use crate::gil_cell::GilCell;
-use crate::pystate::is_iterable_coroutine;
+use crate::pystate::{coroutine_origin_tracking_depth, is_iterable_coroutine};
 
 enum State {
     /// Not started: `fn` has not run.
@@ -63,6 +63,8 @@ pub struct AsyncDefCoroutine {
     func: Py<PyAny>,
     assert_await_occurs: bool,
     state: GilCell<State>,
+    /// `cr_origin`: where the coroutine was created, when origin tracking is on.
+    origin: Option<Py<PyTuple>>,
 }
 
 impl AsyncDefCoroutine {
@@ -76,6 +78,7 @@ impl AsyncDefCoroutine {
             func,
             assert_await_occurs,
             state: GilCell::new(State::Created { args, kwargs }),
+            origin: None,
         }
     }
 
@@ -99,6 +102,37 @@ impl AsyncDefCoroutine {
             .name()
             .map(|name| name.to_string())
             .unwrap_or_else(|_| "async_def".to_owned())
+    }
+
+    /// The text of the "never awaited" warning, as `warnings._warn_unawaited_coroutine`
+    /// words it: with where the coroutine was created, when that was recorded.
+    fn never_awaited_message(&self, py: Python<'_>) -> String {
+        let message = format!("coroutine '{}' was never awaited", self.qualname(py));
+        let Some(origin) = &self.origin else {
+            return message;
+        };
+        let created_at = || -> PyResult<String> {
+            let linecache = py.import("linecache")?;
+            let entries = pyo3::types::PyList::empty(py);
+            for entry in origin.bind(py).iter().rev() {
+                let (filename, line, function) =
+                    entry.extract::<(Bound<'_, PyAny>, Bound<'_, PyAny>, Bound<'_, PyAny>)>()?;
+                let text = linecache.call_method1("getline", (&filename, &line))?;
+                entries.append((filename, line, function, text))?;
+            }
+            let formatted = py
+                .import("traceback")?
+                .call_method1("format_list", (entries,))?;
+            let mut text = String::from("\nCoroutine created at (most recent call last)\n");
+            for entry in formatted.try_iter()? {
+                text.push_str(&entry?.extract::<String>()?);
+            }
+            Ok(text)
+        };
+        match created_at() {
+            Ok(text) => (message + &text).trim_end_matches('\n').to_owned(),
+            Err(_) => message,
+        }
     }
 
     /// Starts the fiber (first `send`).
@@ -332,8 +366,7 @@ impl Drop for AsyncDefCoroutine {
         let pending = PyErr::take(py);
         let outcome = match action {
             DropAction::WarnNeverAwaited => {
-                let message = format!("coroutine '{}' was never awaited", self.qualname(py));
-                let message = CString::new(message).unwrap_or_default();
+                let message = CString::new(self.never_awaited_message(py)).unwrap_or_default();
                 PyErr::warn(py, &py.get_type::<PyRuntimeWarning>(), &message, 1)
             }
             _ => {
@@ -491,8 +524,8 @@ impl AsyncDefCoroutine {
     }
 
     #[getter]
-    fn cr_origin(&self) -> Option<Py<PyAny>> {
-        None
+    fn cr_origin(&self, py: Python<'_>) -> Option<Py<PyTuple>> {
+        self.origin.as_ref().map(|origin| origin.clone_ref(py))
     }
 
     fn __repr__(slf: &Bound<'_, Self>) -> String {
@@ -528,6 +561,23 @@ impl AsyncDefCoroutine {
             }
         }
     }
+}
+
+/// `cr_origin` as CPython records it: `(filename, line, function)` of the innermost `depth`
+/// frames of the code creating the coroutine, innermost first.
+fn creation_origin(py: Python<'_>, depth: usize) -> PyResult<Py<PyTuple>> {
+    let mut frames = Vec::new();
+    let mut frame = py.import("sys")?.getattr("_getframe")?.call0()?;
+    while frames.len() < depth && !frame.is_none() {
+        let code = frame.getattr("f_code")?;
+        frames.push((
+            code.getattr("co_filename")?,
+            frame.getattr("f_lineno")?,
+            code.getattr("co_name")?,
+        ));
+        frame = frame.getattr("f_back")?;
+    }
+    Ok(PyTuple::new(py, frames)?.unbind())
 }
 
 /// A frame that has not run a single instruction, named and placed like `func`'s code:
@@ -833,12 +883,16 @@ impl AsyncDefFunction {
                 .call(call_args, Some(&call_kwargs))
                 .map(Bound::unbind);
         }
-        let coroutine = AsyncDefCoroutine::new(
+        let mut coroutine = AsyncDefCoroutine::new(
             r#fn.unbind(),
             args.unbind(),
             kwargs.map(Bound::unbind),
             assert_await_occurs,
         );
+        let depth = coroutine_origin_tracking_depth(py);
+        if depth > 0 {
+            coroutine.origin = Some(creation_origin(py, depth)?);
+        }
         Ok(Py::new(py, coroutine)?.into_any())
     }
 }

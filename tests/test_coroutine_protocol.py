@@ -10,6 +10,7 @@ import asyncio
 import gc
 import inspect
 import sys
+import types
 import warnings
 
 import pytest
@@ -942,3 +943,93 @@ def test_reentrant_send_from_the_awaited_coroutine():
 
     native_results = run(lambda awaited: native(awaited))
     assert run(lambda awaited: async_def(lambda: awaitlet(awaited()))) == native_results
+
+
+# --- the never awaited warning ----------------------------------------------------------
+
+
+def test_never_awaited_warning_matches_native():
+    def warnings_of(make):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            coro = make()
+            del coro
+            gc.collect()
+        return [(w.category, str(w.message), w.filename, w.lineno) for w in caught]
+
+    native_wait_once_copy = types.FunctionType(native_wait_once.__code__, globals(), "wait_once")
+    native_wait_once_copy.__qualname__ = wait_once.__qualname__
+    native_warnings = warnings_of(native_wait_once_copy)
+    assert warnings_of(lambda: async_def(wait_once)) == native_warnings
+    assert native_warnings[0][:2] == (RuntimeWarning, "coroutine 'wait_once' was never awaited")
+
+
+def origin_tracking(depth):
+    """Context manager: ``sys.set_coroutine_origin_tracking_depth(depth)`` for a while."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def tracking():
+        previous = sys.get_coroutine_origin_tracking_depth()
+        sys.set_coroutine_origin_tracking_depth(depth)
+        try:
+            yield
+        finally:
+            sys.set_coroutine_origin_tracking_depth(previous)
+
+    return tracking()
+
+
+def create_through_two_calls(make, *args):
+    def inner():
+        return make(*args)  # the coroutine is created here, by either kind of call
+
+    def outer():
+        return inner()
+
+    return outer()
+
+
+@pytest.mark.parametrize("depth", [0, 1, 2, 100])
+def test_cr_origin_matches_native(depth):
+    def origins(make, *args):
+        with origin_tracking(depth):
+            coro = create_through_two_calls(make, *args)
+        try:
+            return coro.cr_origin
+        finally:
+            coro.close()
+
+    # On one line, as the deepest origins reach this frame.
+    native_origin, our_origin = origins(native_wait_once), origins(async_def, wait_once)
+    assert our_origin == native_origin
+    if depth:
+        assert len(native_origin) == min(depth, len(native_origin))
+        assert [entry[2] for entry in native_origin[:3]] == [
+            "inner",
+            "outer",
+            "create_through_two_calls",
+        ][:depth]
+    else:
+        assert native_origin is None
+
+
+def test_never_awaited_warning_names_where_the_coroutine_was_created():
+    def warnings_of(make, *args):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with origin_tracking(3):
+                coro = create_through_two_calls(make, *args)
+            del coro
+            gc.collect()
+        return [(w.category, str(w.message), w.filename, w.lineno) for w in caught]
+
+    native_copy = types.FunctionType(native_wait_once.__code__, globals(), "wait_once")
+    native_copy.__qualname__ = wait_once.__qualname__
+    native_warnings = warnings_of(native_copy)
+    assert warnings_of(async_def, wait_once) == native_warnings
+    message = native_warnings[0][1].splitlines()
+    assert message[:2] == [
+        f"coroutine '{wait_once.__qualname__}' was never awaited",
+        "Coroutine created at (most recent call last)",
+    ]
