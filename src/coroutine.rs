@@ -16,7 +16,7 @@ use pyo3::exceptions::{
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyTuple, PyType};
+use pyo3::types::{PyDict, PyString, PyTuple, PyType};
 use pyo3::PyTraverseError;
 use pyo3::PyVisit;
 
@@ -44,6 +44,13 @@ struct Running {
     awaited: bool,
 }
 
+/// Which of the coroutine's names.
+#[derive(Clone, Copy)]
+enum NameKind {
+    Name = 0,
+    Qualname = 1,
+}
+
 /// What driving the coroutine one step produced.
 enum Outcome {
     /// The awaited object yielded this to the event loop.
@@ -63,6 +70,8 @@ pub struct AsyncDefCoroutine {
     func: Py<PyAny>,
     assert_await_occurs: bool,
     state: GilCell<State>,
+    /// `__name__` and `__qualname__` once assigned (until then, the function's).
+    names: GilCell<[Option<Py<PyString>>; 2]>,
     /// `cr_origin`: where the coroutine was created, when origin tracking is on.
     origin: Option<Py<PyTuple>>,
 }
@@ -78,6 +87,7 @@ impl AsyncDefCoroutine {
             func,
             assert_await_occurs,
             state: GilCell::new(State::Created { args, kwargs }),
+            names: GilCell::new([None, None]),
             origin: None,
         }
     }
@@ -88,7 +98,41 @@ impl AsyncDefCoroutine {
             .ok_or_else(|| PyValueError::new_err("coroutine already executing"))
     }
 
+    fn assigned_name<'py>(&self, py: Python<'py>, which: NameKind) -> Option<Bound<'py, PyString>> {
+        let names = self.names.try_borrow()?;
+        names[which as usize]
+            .as_ref()
+            .map(|name| name.bind(py).clone())
+    }
+
+    /// Assigns `__name__` or `__qualname__`, which must be strings, as on a coroutine.
+    fn assign_name(&self, which: NameKind, value: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+        let attribute = match which {
+            NameKind::Name => "__name__",
+            NameKind::Qualname => "__qualname__",
+        };
+        let Some(value) = value.and_then(|value| value.cast::<PyString>().ok()) else {
+            return Err(PyTypeError::new_err(format!(
+                "{attribute} must be set to a string object"
+            )));
+        };
+        // SAFETY: GIL held (the Bound proves it), `value` is a str; returns a new reference
+        // to an exact str (a copy of a subclass instance, which then cannot hold a reference
+        // cycle through this object).
+        let value = unsafe {
+            Bound::from_owned_ptr_or_err(value.py(), ffi::PyUnicode_FromObject(value.as_ptr()))
+        }?
+        .cast_into::<PyString>()?;
+        if let Some(mut names) = self.names.try_borrow_mut() {
+            names[which as usize] = Some(value.unbind());
+        }
+        Ok(())
+    }
+
     fn qualname(&self, py: Python<'_>) -> String {
+        if let Some(name) = self.assigned_name(py, NameKind::Qualname) {
+            return name.to_string_lossy().into_owned();
+        }
         let func = self.func.bind(py);
         for attribute in ["__qualname__", "__name__"] {
             if let Ok(name) = func
@@ -444,16 +488,42 @@ impl AsyncDefCoroutine {
     }
 
     #[getter]
-    fn __name__(&self, py: Python<'_>) -> String {
+    fn __name__<'py>(&self, py: Python<'py>) -> Bound<'py, PyString> {
+        if let Some(name) = self.assigned_name(py, NameKind::Name) {
+            return name;
+        }
         let func = self.func.bind(py);
-        func.getattr("__name__")
+        let name = func
+            .getattr("__name__")
             .and_then(|name| name.extract())
-            .unwrap_or_else(|_| self.qualname(py))
+            .unwrap_or_else(|_| self.qualname(py));
+        PyString::new(py, &name)
+    }
+
+    #[setter(__name__)]
+    fn set_name(&self, value: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.assign_name(NameKind::Name, Some(value))
+    }
+
+    #[deleter(__name__)]
+    fn delete_name(&self) -> PyResult<()> {
+        self.assign_name(NameKind::Name, None)
     }
 
     #[getter]
-    fn __qualname__(&self, py: Python<'_>) -> String {
-        self.qualname(py)
+    fn __qualname__<'py>(&self, py: Python<'py>) -> Bound<'py, PyString> {
+        self.assigned_name(py, NameKind::Qualname)
+            .unwrap_or_else(|| PyString::new(py, &self.qualname(py)))
+    }
+
+    #[setter(__qualname__)]
+    fn set_qualname(&self, value: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.assign_name(NameKind::Qualname, Some(value))
+    }
+
+    #[deleter(__qualname__)]
+    fn delete_qualname(&self) -> PyResult<()> {
+        self.assign_name(NameKind::Qualname, None)
     }
 
     /// Whether the sync code is running right now.

@@ -945,6 +945,45 @@ def test_reentrant_send_from_the_awaited_coroutine():
     assert run(lambda awaited: async_def(lambda: awaitlet(awaited()))) == native_results
 
 
+# --- names ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("attribute", ["__name__", "__qualname__"])
+def test_name_assignment(attribute):
+    def run(coro):
+        results = []
+        for value in ("assigned", 5, None, b"bytes"):
+            results.append(outcome(lambda value=value: setattr(coro, attribute, value)))
+            results.append(getattr(coro, attribute))
+        results.append(outcome(lambda: delattr(coro, attribute)))
+        results.append(getattr(coro, attribute))
+        coro.close()
+        return results
+
+    results = run(async_def(wait_once))
+    assert results == run(native_wait_once())
+    assert results[1] == "assigned"
+
+
+def test_assigned_qualname_shows_in_repr_and_in_the_never_awaited_warning():
+    coro = async_def(wait_once)
+    coro.__qualname__ = "Assigned.name"
+    assert "Assigned.name" in repr(coro)
+    with pytest.warns(RuntimeWarning, match="coroutine 'Assigned.name' was never awaited"):
+        del coro
+        gc.collect()
+
+
+def test_assigned_name_keeps_a_str_subclass_value_equal():
+    class Name(str):
+        pass
+
+    coro = async_def(wait_once)
+    coro.__name__ = Name("subclass")
+    assert coro.__name__ == "subclass"
+    coro.close()
+
+
 # --- the never awaited warning ----------------------------------------------------------
 
 
