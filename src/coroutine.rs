@@ -281,8 +281,10 @@ impl AsyncDefCoroutine {
     /// when the exception is raised in the sync code, or the coroutine has finished.
     fn throw_impl(&self, py: Python<'_>, args: &ThrowArgs<'_>) -> PyResult<Outcome> {
         let Some(mut state) = self.state.try_borrow_mut() else {
-            // A running coroutine raises the exception in itself, which checks it first.
-            args.exception()?;
+            // Up to 3.14 a running coroutine checks the arguments before its state.
+            if py.version_info() < (3, 15) {
+                args.exception()?;
+            }
             return Err(PyValueError::new_err("coroutine already executing"));
         };
         match &mut *state {
@@ -317,6 +319,17 @@ impl AsyncDefCoroutine {
                     }
                     Some(awaitable) => match throw_into(py, &awaitable, args) {
                         None => match args.exception() {
+                            // Since 3.12 the await of an iterator without throw() takes a
+                            // StopIteration thrown at it as its result.
+                            Ok(exc)
+                                if py.version_info() >= (3, 12)
+                                    && exc.is_instance_of::<PyStopIteration>(py) =>
+                            {
+                                match exc.value(py).getattr(pyo3::intern!(py, "value")) {
+                                    Ok(value) => Resume::Value(value.unbind()),
+                                    Err(err) => Resume::Throw(err),
+                                }
+                            }
                             Ok(exc) => Resume::Throw(exc),
                             Err(err) => {
                                 // Nothing was raised anywhere: still suspended as before.

@@ -361,13 +361,20 @@ def describe_argument(argument):
 
 
 def test_stop_iteration_thrown_past_an_iterator_without_throw():
+    # Since 3.12 the await takes it as its result; before, it is raised at the await.
     def sync():
         return awaitlet(IteratorWithoutThrow())
 
     async def native():
         return await IteratorWithoutThrow()
 
-    assert_same_steps(native, sync, [send(None), throw(StopIteration("thrown")), send(None)])
+    results = assert_same_steps(
+        native, sync, [send(None), throw(StopIteration("thrown")), send(None)]
+    )
+    if sys.version_info >= (3, 12):
+        assert results[1][0] == ("stopped", "thrown")
+    else:
+        assert results[1][0][1][:2] == ("RuntimeError", "coroutine raised StopIteration")
 
 
 def test_stop_iteration_from_an_awaited_iterators_throw_is_its_return_value():
@@ -597,7 +604,7 @@ def test_throw_from_the_awaited_generator_does_not_warn_twice():
     assert len(warned) == (1 if sys.version_info >= (3, 12) else 0)
 
 
-def test_throw_into_a_running_coroutine_checks_its_arguments_first():
+def test_throw_into_a_running_coroutine():
     def run(coro, body_log):
         results = run_steps(coro, [send(None)])
         return results, body_log
@@ -619,7 +626,9 @@ def test_throw_into_a_running_coroutine_checks_its_arguments_first():
     native_results = run(coro, native_log)
     coro = async_def(sync)
     assert run(coro, our_log) == native_results
-    assert native_log[0][0][1][0] == "TypeError"
+    # Up to 3.14 the arguments are checked first; 3.15 refuses the running coroutine first.
+    first_error = "TypeError" if sys.version_info < (3, 15) else "ValueError"
+    assert native_log[0][0][1][0] == first_error
     assert native_log[1][0][1][:2] == ("ValueError", "coroutine already executing")
 
 
