@@ -16,14 +16,14 @@ use pyo3::exceptions::{
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyTuple, PyType};
+use pyo3::types::{PyDict, PyString, PyTuple, PyType};
 use pyo3::PyTraverseError;
 use pyo3::PyVisit;
 
 use crate::exceptions::{NoAwaitOccurred, NoAwaitletContext};
 use crate::fiber::{current_thread, ActiveFiber, Call, Fiber, Kind, Resume, Step};
 use crate::gil_cell::GilCell;
-use crate::pystate::is_iterable_coroutine;
+use crate::pystate::{coroutine_origin_tracking_depth, is_iterable_coroutine};
 
 enum State {
     /// Not started: `fn` has not run.
@@ -42,6 +42,13 @@ struct Running {
     awaiting: Option<Py<PyAny>>,
     /// Whether the sync code ever called `awaitlet()`.
     awaited: bool,
+}
+
+/// Which of the coroutine's names.
+#[derive(Clone, Copy)]
+enum NameKind {
+    Name = 0,
+    Qualname = 1,
 }
 
 /// What driving the coroutine one step produced.
@@ -63,6 +70,10 @@ pub struct AsyncDefCoroutine {
     func: Py<PyAny>,
     assert_await_occurs: bool,
     state: GilCell<State>,
+    /// `__name__` and `__qualname__` once assigned (until then, the function's).
+    names: GilCell<[Option<Py<PyString>>; 2]>,
+    /// `cr_origin`: where the coroutine was created, when origin tracking is on.
+    origin: Option<Py<PyTuple>>,
 }
 
 impl AsyncDefCoroutine {
@@ -76,6 +87,8 @@ impl AsyncDefCoroutine {
             func,
             assert_await_occurs,
             state: GilCell::new(State::Created { args, kwargs }),
+            names: GilCell::new([None, None]),
+            origin: None,
         }
     }
 
@@ -85,7 +98,41 @@ impl AsyncDefCoroutine {
             .ok_or_else(|| PyValueError::new_err("coroutine already executing"))
     }
 
+    fn assigned_name<'py>(&self, py: Python<'py>, which: NameKind) -> Option<Bound<'py, PyString>> {
+        let names = self.names.try_borrow()?;
+        names[which as usize]
+            .as_ref()
+            .map(|name| name.bind(py).clone())
+    }
+
+    /// Assigns `__name__` or `__qualname__`, which must be strings, as on a coroutine.
+    fn assign_name(&self, which: NameKind, value: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+        let attribute = match which {
+            NameKind::Name => "__name__",
+            NameKind::Qualname => "__qualname__",
+        };
+        let Some(value) = value.and_then(|value| value.cast::<PyString>().ok()) else {
+            return Err(PyTypeError::new_err(format!(
+                "{attribute} must be set to a string object"
+            )));
+        };
+        // SAFETY: GIL held (the Bound proves it), `value` is a str; returns a new reference
+        // to an exact str (a copy of a subclass instance, which then cannot hold a reference
+        // cycle through this object).
+        let value = unsafe {
+            Bound::from_owned_ptr_or_err(value.py(), ffi::PyUnicode_FromObject(value.as_ptr()))
+        }?
+        .cast_into::<PyString>()?;
+        if let Some(mut names) = self.names.try_borrow_mut() {
+            names[which as usize] = Some(value.unbind());
+        }
+        Ok(())
+    }
+
     fn qualname(&self, py: Python<'_>) -> String {
+        if let Some(name) = self.assigned_name(py, NameKind::Qualname) {
+            return name.to_string_lossy().into_owned();
+        }
         let func = self.func.bind(py);
         for attribute in ["__qualname__", "__name__"] {
             if let Ok(name) = func
@@ -99,6 +146,37 @@ impl AsyncDefCoroutine {
             .name()
             .map(|name| name.to_string())
             .unwrap_or_else(|_| "async_def".to_owned())
+    }
+
+    /// The text of the "never awaited" warning, as `warnings._warn_unawaited_coroutine`
+    /// words it: with where the coroutine was created, when that was recorded.
+    fn never_awaited_message(&self, py: Python<'_>) -> String {
+        let message = format!("coroutine '{}' was never awaited", self.qualname(py));
+        let Some(origin) = &self.origin else {
+            return message;
+        };
+        let created_at = || -> PyResult<String> {
+            let linecache = py.import("linecache")?;
+            let entries = pyo3::types::PyList::empty(py);
+            for entry in origin.bind(py).iter().rev() {
+                let (filename, line, function) =
+                    entry.extract::<(Bound<'_, PyAny>, Bound<'_, PyAny>, Bound<'_, PyAny>)>()?;
+                let text = linecache.call_method1("getline", (&filename, &line))?;
+                entries.append((filename, line, function, text))?;
+            }
+            let formatted = py
+                .import("traceback")?
+                .call_method1("format_list", (entries,))?;
+            let mut text = String::from("\nCoroutine created at (most recent call last)\n");
+            for entry in formatted.try_iter()? {
+                text.push_str(&entry?.extract::<String>()?);
+            }
+            Ok(text)
+        };
+        match created_at() {
+            Ok(text) => (message + &text).trim_end_matches('\n').to_owned(),
+            Err(_) => message,
+        }
     }
 
     /// Starts the fiber (first `send`).
@@ -152,14 +230,7 @@ impl AsyncDefCoroutine {
                 ))
             }
             Ok(value) => Ok(Outcome::Returned(value)),
-            Err(err) if err.is_instance_of::<PyStopIteration>(py) => {
-                // PEP 479, as for any coroutine: StopIteration must not end the caller's
-                // delegation silently.
-                let replacement = PyRuntimeError::new_err("coroutine raised StopIteration");
-                replacement.set_cause(py, Some(err));
-                Err(replacement)
-            }
-            Err(err) => Err(err),
+            Err(err) => Err(stop_iteration_to_runtime_error(py, err)),
         }
     }
 
@@ -205,26 +276,67 @@ impl AsyncDefCoroutine {
         }
     }
 
-    fn throw_impl(&self, py: Python<'_>, exc: PyErr) -> PyResult<Outcome> {
-        let mut state = self.borrow_mut()?;
+    /// `throw()` with CPython's order of checks: a suspended coroutine hands the arguments
+    /// as given to what it awaits (which checks them itself); they are checked here only
+    /// when the exception is raised in the sync code, or the coroutine has finished.
+    fn throw_impl(&self, py: Python<'_>, args: &ThrowArgs<'_>) -> PyResult<Outcome> {
+        let Some(mut state) = self.state.try_borrow_mut() else {
+            // Up to 3.14 a running coroutine checks the arguments before its state.
+            if py.version_info() < (3, 15) {
+                args.exception()?;
+            }
+            return Err(PyValueError::new_err("coroutine already executing"));
+        };
         match &mut *state {
             State::Created { .. } => {
                 // Like a coroutine that never started: it is closed and `fn` never runs.
+                let exc = args.exception()?;
                 *state = State::Done;
-                Err(exc)
+                // 3.10 and 3.11 raise it in the new frame, under PEP 479's guard.
+                Err(if py.version_info() < (3, 12) {
+                    stop_iteration_to_runtime_error(py, exc)
+                } else {
+                    exc
+                })
             }
-            State::Done => Err(exc),
+            State::Done => {
+                // Up to 3.14 the arguments are checked before the coroutine's state.
+                if py.version_info() < (3, 15) {
+                    args.exception()?;
+                }
+                Err(PyRuntimeError::new_err(
+                    "cannot reuse already awaited coroutine",
+                ))
+            }
             State::Running(running) => {
                 Self::check_thread(running)?;
                 let input = match running.awaiting.take() {
-                    Some(awaitable) if exc.is_instance_of::<PyGeneratorExit>(py) => {
+                    Some(awaitable) if args.is_generator_exit() => {
                         match close_iter(py, &awaitable) {
-                            Ok(()) => Resume::Throw(exc),
+                            Ok(()) => Resume::Throw(args.exception()?),
                             Err(err) => Resume::Throw(err),
                         }
                     }
-                    Some(awaitable) => match throw_into(py, &awaitable, &exc) {
-                        None => Resume::Throw(exc),
+                    Some(awaitable) => match throw_into(py, &awaitable, args) {
+                        None => match args.exception() {
+                            // Since 3.12 the await of an iterator without throw() takes a
+                            // StopIteration thrown at it as its result.
+                            Ok(exc)
+                                if py.version_info() >= (3, 12)
+                                    && exc.is_instance_of::<PyStopIteration>(py) =>
+                            {
+                                match exc.value(py).getattr(pyo3::intern!(py, "value")) {
+                                    Ok(value) => Resume::Value(value.unbind()),
+                                    Err(err) => Resume::Throw(err),
+                                }
+                            }
+                            Ok(exc) => Resume::Throw(exc),
+                            Err(err) => {
+                                // Nothing was raised anywhere: still suspended as before.
+                                running.awaiting = Some(awaitable);
+                                return Err(err);
+                            }
+                        },
                         Some(Delegated::Yielded(value)) => {
                             running.awaiting = Some(awaitable);
                             return Ok(Outcome::Yielded(value));
@@ -232,16 +344,24 @@ impl AsyncDefCoroutine {
                         Some(Delegated::Returned(value)) => Resume::Value(value),
                         Some(Delegated::Raised(err)) => Resume::Throw(err),
                     },
-                    None => Resume::Throw(exc),
+                    None => Resume::Throw(args.exception()?),
                 };
                 self.drive(py, &mut state, input)
             }
         }
     }
 
-    /// Finishes the coroutine: throws GeneratorExit into suspended sync code, whose later
-    /// `awaitlet()` calls raise RuntimeError, so that it has to finish.
+    /// Finishes the coroutine when it is finalized: throws GeneratorExit into suspended sync
+    /// code, whose later `awaitlet()` calls raise RuntimeError, so that it has to finish (a
+    /// fiber left suspended could only be leaked).
     fn close_state(&self, py: Python<'_>, state: &mut State) -> PyResult<Py<PyAny>> {
+        self.close_with(py, state, true)
+    }
+
+    /// `close()`: throws GeneratorExit into suspended sync code. Unless `force`, the sync
+    /// code may still await (what completes at once, as a coroutine can); if it suspends
+    /// again, close() raises RuntimeError and leaves it suspended there, as CPython does.
+    fn close_with(&self, py: Python<'_>, state: &mut State, force: bool) -> PyResult<Py<PyAny>> {
         let running = match state {
             State::Created { .. } => {
                 *state = State::Done;
@@ -251,7 +371,9 @@ impl AsyncDefCoroutine {
             State::Running(running) => running,
         };
         Self::check_thread(running)?;
-        running.fiber.set_closing();
+        if force {
+            running.fiber.set_closing();
+        }
         let exc = match running.awaiting.take() {
             Some(awaitable) => close_iter(py, &awaitable)
                 .err()
@@ -305,8 +427,7 @@ impl Drop for AsyncDefCoroutine {
         let pending = PyErr::take(py);
         let outcome = match action {
             DropAction::WarnNeverAwaited => {
-                let message = format!("coroutine '{}' was never awaited", self.qualname(py));
-                let message = CString::new(message).unwrap_or_default();
+                let message = CString::new(self.never_awaited_message(py)).unwrap_or_default();
                 PyErr::warn(py, &py.get_type::<PyRuntimeWarning>(), &message, 1)
             }
             _ => {
@@ -336,39 +457,41 @@ enum DropAction {
 impl AsyncDefCoroutine {
     /// Resumes the coroutine with `value`; returns what it yields next, or raises
     /// StopIteration with its result.
+    #[pyo3(signature = (value, /))]
     fn send(&self, py: Python<'_>, value: Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
         outcome_to_python(py, self.send_impl(py, value))
     }
 
-    /// Raises an exception at the point where the coroutine is suspended.
-    #[pyo3(signature = (typ, val = None, tb = None))]
+    /// Raises an exception at the point where the coroutine is suspended: `throw(exc)`, or
+    /// the deprecated `throw(type[, value[, traceback]])`.
+    #[pyo3(signature = (*args, **kwargs))]
     fn throw(
         &self,
         py: Python<'_>,
-        typ: Bound<'_, PyAny>,
-        val: Option<Bound<'_, PyAny>>,
-        tb: Option<Bound<'_, PyAny>>,
+        args: &Bound<'_, PyTuple>,
+        kwargs: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Py<PyAny>> {
-        if py.version_info() >= (3, 12) && (val.is_some() || tb.is_some()) {
-            PyErr::warn(
-                py,
-                &py.get_type::<pyo3::exceptions::PyDeprecationWarning>(),
-                c"the (type, exc, tb) signature of throw() is deprecated, use the single-arg signature instead.",
-                1,
-            )?;
-        }
-        let exc = exception_from_throw_args(py, typ, val, tb)?;
-        outcome_to_python(py, self.throw_impl(py, exc))
+        let args = ThrowArgs::parse(args, kwargs)?;
+        outcome_to_python(py, self.throw_impl(py, &args))
     }
 
     /// Raises GeneratorExit at the point where the coroutine is suspended.
     fn close(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         let mut state = self.borrow_mut()?;
-        self.close_state(py, &mut state)
+        self.close_with(py, &mut state, false)
     }
 
-    fn __await__(slf: Py<Self>) -> Py<Self> {
-        slf
+    /// The coroutine itself. As CPython's `await` does for a coroutine, refuses one that is
+    /// suspended in an await, that is, driven by another awaiter already.
+    fn __await__(slf: Bound<'_, Self>) -> PyResult<Bound<'_, Self>> {
+        if let Some(State::Running(running)) = slf.get().state.try_borrow().as_deref() {
+            if running.fiber.is_suspended() {
+                return Err(PyRuntimeError::new_err(
+                    "coroutine is being awaited already",
+                ));
+            }
+        }
+        Ok(slf)
     }
 
     /// `__await__()` returns the coroutine itself, which must then be iterable for
@@ -382,16 +505,42 @@ impl AsyncDefCoroutine {
     }
 
     #[getter]
-    fn __name__(&self, py: Python<'_>) -> String {
+    fn __name__<'py>(&self, py: Python<'py>) -> Bound<'py, PyString> {
+        if let Some(name) = self.assigned_name(py, NameKind::Name) {
+            return name;
+        }
         let func = self.func.bind(py);
-        func.getattr("__name__")
+        let name = func
+            .getattr("__name__")
             .and_then(|name| name.extract())
-            .unwrap_or_else(|_| self.qualname(py))
+            .unwrap_or_else(|_| self.qualname(py));
+        PyString::new(py, &name)
+    }
+
+    #[setter(__name__)]
+    fn set_name(&self, value: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.assign_name(NameKind::Name, Some(value))
+    }
+
+    #[deleter(__name__)]
+    fn delete_name(&self) -> PyResult<()> {
+        self.assign_name(NameKind::Name, None)
     }
 
     #[getter]
-    fn __qualname__(&self, py: Python<'_>) -> String {
-        self.qualname(py)
+    fn __qualname__<'py>(&self, py: Python<'py>) -> Bound<'py, PyString> {
+        self.assigned_name(py, NameKind::Qualname)
+            .unwrap_or_else(|| PyString::new(py, &self.qualname(py)))
+    }
+
+    #[setter(__qualname__)]
+    fn set_qualname(&self, value: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.assign_name(NameKind::Qualname, Some(value))
+    }
+
+    #[deleter(__qualname__)]
+    fn delete_qualname(&self) -> PyResult<()> {
+        self.assign_name(NameKind::Qualname, None)
     }
 
     /// Whether the sync code is running right now.
@@ -400,10 +549,17 @@ impl AsyncDefCoroutine {
         self.state.try_borrow().is_none()
     }
 
-    /// Whether the sync code is suspended in `awaitlet()`.
+    /// Whether the sync code is suspended in `awaitlet()` (3.11+, as on coroutines).
     #[getter]
-    fn cr_suspended(&self) -> bool {
-        matches!(self.state.try_borrow().as_deref(), Some(State::Running(running)) if running.fiber.is_suspended())
+    fn cr_suspended(&self, py: Python<'_>) -> PyResult<bool> {
+        if py.version_info() < (3, 11) {
+            return Err(pyo3::exceptions::PyAttributeError::new_err(
+                "'async_def_coroutine' object has no attribute 'cr_suspended'",
+            ));
+        }
+        Ok(
+            matches!(self.state.try_borrow().as_deref(), Some(State::Running(running)) if running.fiber.is_suspended()),
+        )
     }
 
     /// `inspect`'s name for the state (read by `inspect.getcoroutinestate` since 3.15).
@@ -445,15 +601,18 @@ impl AsyncDefCoroutine {
     /// The code of `cr_frame` while suspended, else `fn`'s code (if it has one).
     #[getter]
     fn cr_code<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
-        if let Some(frame) = self.cr_frame(py)? {
-            return frame.getattr("f_code").map(Some);
+        // Not the unstarted frame's code: that is a stand-in, and `fn`'s is what it stands for.
+        if let Some(State::Running(running)) = self.state.try_borrow().as_deref() {
+            if let Some(frame) = running.fiber.top_frame(py)? {
+                return frame.getattr("f_code").map(Some);
+            }
         }
         Ok(self.func.bind(py).getattr("__code__").ok())
     }
 
     #[getter]
-    fn cr_origin(&self) -> Option<Py<PyAny>> {
-        None
+    fn cr_origin(&self, py: Python<'_>) -> Option<Py<PyTuple>> {
+        self.origin.as_ref().map(|origin| origin.clone_ref(py))
     }
 
     fn __repr__(slf: &Bound<'_, Self>) -> String {
@@ -489,6 +648,23 @@ impl AsyncDefCoroutine {
             }
         }
     }
+}
+
+/// `cr_origin` as CPython records it: `(filename, line, function)` of the innermost `depth`
+/// frames of the code creating the coroutine, innermost first.
+fn creation_origin(py: Python<'_>, depth: usize) -> PyResult<Py<PyTuple>> {
+    let mut frames = Vec::new();
+    let mut frame = py.import("sys")?.getattr("_getframe")?.call0()?;
+    while frames.len() < depth && !frame.is_none() {
+        let code = frame.getattr("f_code")?;
+        frames.push((
+            code.getattr("co_filename")?,
+            frame.getattr("f_lineno")?,
+            code.getattr("co_name")?,
+        ));
+        frame = frame.getattr("f_back")?;
+    }
+    Ok(PyTuple::new(py, frames)?.unbind())
 }
 
 /// A frame that has not run a single instruction, named and placed like `func`'s code:
@@ -531,6 +707,22 @@ fn outcome_to_python(py: Python<'_>, outcome: PyResult<Outcome>) -> PyResult<Py<
     }
 }
 
+/// PEP 479, as for any coroutine: a StopIteration raised out of the coroutine must not end
+/// its awaiter's delegation silently. The RuntimeError has it as `__cause__` and
+/// `__context__`, as CPython's own replacement does.
+fn stop_iteration_to_runtime_error(py: Python<'_>, err: PyErr) -> PyErr {
+    if !err.is_instance_of::<PyStopIteration>(py) {
+        return err;
+    }
+    let original = err.value(py).clone();
+    let replacement = PyRuntimeError::new_err("coroutine raised StopIteration");
+    replacement.set_cause(py, Some(err));
+    // SAFETY: GIL held; both are exception instances; PyException_SetContext steals the
+    // reference passed to it.
+    unsafe { ffi::PyException_SetContext(replacement.value(py).as_ptr(), original.into_ptr()) };
+    replacement
+}
+
 fn stop_iteration(py: Python<'_>, value: Py<PyAny>) -> PyErr {
     if value.is_none(py) {
         PyStopIteration::new_err(())
@@ -569,15 +761,88 @@ fn send_into(py: Python<'_>, awaitable: &Py<PyAny>, value: Option<&Bound<'_, PyA
     }
 }
 
+/// The arguments of `throw()`, kept as given: a delegate's own `throw` receives them so.
+struct ThrowArgs<'py> {
+    args: Bound<'py, PyTuple>,
+}
+
+impl<'py> ThrowArgs<'py> {
+    /// Checks the argument count (and warns about the 3-argument form, since 3.12) with
+    /// the messages of `coroutine.throw`.
+    fn parse(args: &Bound<'py, PyTuple>, kwargs: Option<&Bound<'py, PyDict>>) -> PyResult<Self> {
+        let py = args.py();
+        if kwargs.is_some_and(|kwargs| !kwargs.is_empty()) {
+            return Err(PyTypeError::new_err(if py.version_info() >= (3, 11) {
+                "async_def_coroutine.throw() takes no keyword arguments"
+            } else {
+                "throw() takes no keyword arguments"
+            }));
+        }
+        match args.len() {
+            0 => Err(PyTypeError::new_err(
+                "throw expected at least 1 argument, got 0",
+            )),
+            count @ 4.. => Err(PyTypeError::new_err(format!(
+                "throw expected at most 3 arguments, got {count}"
+            ))),
+            count => {
+                if count > 1 && py.version_info() >= (3, 12) {
+                    PyErr::warn(
+                        py,
+                        &py.get_type::<pyo3::exceptions::PyDeprecationWarning>(),
+                        c"the (type, exc, tb) signature of throw() is deprecated, use the single-arg signature instead.",
+                        1,
+                    )?;
+                }
+                Ok(Self { args: args.clone() })
+            }
+        }
+    }
+
+    fn get(&self, index: usize) -> Option<Bound<'py, PyAny>> {
+        self.args.get_item(index).ok()
+    }
+
+    /// The exception to raise, checked and built as `generator.throw` does.
+    fn exception(&self) -> PyResult<PyErr> {
+        let typ = self.get(0).expect("throw() arguments counted in parse()");
+        exception_from_throw_args(self.args.py(), typ, self.get(1), self.get(2))
+    }
+
+    /// Whether GeneratorExit is thrown, which closes what the coroutine awaits instead of
+    /// being thrown into it.
+    fn is_generator_exit(&self) -> bool {
+        let Some(typ) = self.get(0) else {
+            return false;
+        };
+        match typ.cast::<PyType>() {
+            Ok(typ) => typ.is_subclass_of::<PyGeneratorExit>().unwrap_or(false),
+            Err(_) => typ.is_instance_of::<PyGeneratorExit>(),
+        }
+    }
+}
+
 /// `yield from`'s throw step; `None` when the iterator has no `throw` (the exception then
 /// goes to the delegating code itself).
-fn throw_into(py: Python<'_>, awaitable: &Py<PyAny>, exc: &PyErr) -> Option<Delegated> {
-    let throw = match awaitable.bind(py).getattr(pyo3::intern!(py, "throw")) {
+fn throw_into(py: Python<'_>, awaitable: &Py<PyAny>, args: &ThrowArgs<'_>) -> Option<Delegated> {
+    let awaitable = awaitable.bind(py);
+    let throw = match awaitable.getattr(pyo3::intern!(py, "throw")) {
         Ok(throw) => throw,
         Err(err) if err.is_instance_of::<pyo3::exceptions::PyAttributeError>(py) => return None,
         Err(err) => return Some(Delegated::Raised(err)),
     };
-    Some(match throw.call1((exc.value(py),)) {
+    let call_args = if args.args.len() > 1 && is_generator_like(awaitable) {
+        // CPython passes a generator delegate the arguments without a second deprecation
+        // warning: hand it the one exception they describe.
+        match args.exception() {
+            Ok(exc) => PyTuple::new(py, [exc.into_value(py)]).map(Bound::into_any),
+            Err(err) => return Some(Delegated::Raised(err)),
+        }
+    } else {
+        Ok(args.args.clone().into_any())
+    };
+    let result = call_args.and_then(|call_args| throw.call1(call_args.cast_into::<PyTuple>()?));
+    Some(match result {
         Ok(value) => Delegated::Yielded(value.unbind()),
         Err(err) if err.is_instance_of::<PyStopIteration>(py) => {
             match err.value(py).getattr(pyo3::intern!(py, "value")) {
@@ -587,6 +852,15 @@ fn throw_into(py: Python<'_>, awaitable: &Py<PyAny>, exc: &PyErr) -> Option<Dele
         }
         Err(err) => Delegated::Raised(err),
     })
+}
+
+/// A generator, a native coroutine or an `async_def` coroutine.
+fn is_generator_like(object: &Bound<'_, PyAny>) -> bool {
+    // SAFETY: GIL held (the Bound proves it), valid object pointer.
+    let native = unsafe {
+        ffi::PyGen_Check(object.as_ptr()) != 0 || ffi::PyCoro_CheckExact(object.as_ptr()) != 0
+    };
+    native || object.is_instance_of::<AsyncDefCoroutine>()
 }
 
 /// `yield from`'s close step.
@@ -696,12 +970,16 @@ impl AsyncDefFunction {
                 .call(call_args, Some(&call_kwargs))
                 .map(Bound::unbind);
         }
-        let coroutine = AsyncDefCoroutine::new(
+        let mut coroutine = AsyncDefCoroutine::new(
             r#fn.unbind(),
             args.unbind(),
             kwargs.map(Bound::unbind),
             assert_await_occurs,
         );
+        let depth = coroutine_origin_tracking_depth(py);
+        if depth > 0 {
+            coroutine.origin = Some(creation_origin(py, depth)?);
+        }
         Ok(Py::new(py, coroutine)?.into_any())
     }
 }

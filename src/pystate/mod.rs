@@ -36,6 +36,7 @@ extern "C" {
     fn awaitlet_fiber_context(state: *mut RawFiberState) -> *mut ffi::PyObject;
     fn awaitlet_fiber_set_context(state: *mut RawFiberState, context: *mut ffi::PyObject);
     fn awaitlet_is_iterable_coroutine(object: *mut ffi::PyObject) -> std::ffi::c_int;
+    fn awaitlet_coroutine_origin_tracking_depth() -> std::ffi::c_int;
     fn awaitlet_current_context() -> *mut ffi::PyObject;
     fn awaitlet_set_current_context(context: *mut ffi::PyObject);
     fn awaitlet_check_layout() -> *const c_char;
@@ -160,6 +161,14 @@ impl FiberPyState {
 pub fn is_iterable_coroutine(object: &Bound<'_, PyAny>) -> bool {
     // SAFETY: GIL held (the Bound proves it), valid object; reads its code's flags only.
     unsafe { awaitlet_is_iterable_coroutine(object.as_ptr()) != 0 }
+}
+
+/// `sys.get_coroutine_origin_tracking_depth()`: how many frames of where a coroutine is
+/// created its `cr_origin` records.
+pub fn coroutine_origin_tracking_depth(_py: Python<'_>) -> usize {
+    // SAFETY: GIL held (the token proves it); reads a field of the current thread state.
+    let depth = unsafe { awaitlet_coroutine_origin_tracking_depth() };
+    usize::try_from(depth).unwrap_or(0)
 }
 
 /// The running code's current `contextvars.Context`, or None if none was created yet.

@@ -571,6 +571,14 @@ awaitlet_is_iterable_coroutine(PyObject *object)
     return (flags & CO_ITERABLE_COROUTINE) != 0;
 }
 
+/* sys.get_coroutine_origin_tracking_depth() without a call through Python: read each time
+ * a coroutine is created. */
+int
+awaitlet_coroutine_origin_tracking_depth(void)
+{
+    return PyThreadState_Get()->coroutine_origin_tracking_depth;
+}
+
 /* The running code's current context (new reference; None when none was created yet). */
 PyObject *
 awaitlet_current_context(void)
