@@ -17,11 +17,14 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyTuple, PyType};
+use pyo3::Borrowed;
 use pyo3::PyTraverseError;
 use pyo3::PyVisit;
 
 use crate::exceptions::{NoAwaitOccurred, NoAwaitletContext};
-use crate::fiber::{call_body, current_thread, ActiveFiber, Fiber, Kind, Resume, Step};
+use crate::fiber::{
+    call_body, current_thread, panic_to_pyerr, ActiveFiber, Fiber, Kind, Resume, Step,
+};
 use crate::gil_cell::GilCell;
 use crate::pystate::is_iterable_coroutine;
 
@@ -282,37 +285,19 @@ impl AsyncDefCoroutine {
     }
 }
 
-impl Drop for AsyncDefCoroutine {
-    fn drop(&mut self) {
-        // SAFETY: pyclass values are dropped from tp_dealloc, with the GIL held.
-        let py = unsafe { Python::assume_attached() };
-        let state = self.state.get_mut();
-        let action = match state {
-            State::Created { .. } => DropAction::WarnNeverAwaited,
-            State::Running(running) if running.fiber.can_be_finished_here(py) => DropAction::Close,
-            _ => DropAction::Nothing,
-        };
-        if matches!(action, DropAction::Nothing) {
+impl AsyncDefCoroutine {
+    /// Closes sync code that is suspended in `state` and whose fiber this thread can finish,
+    /// as a coroutine that is garbage is closed: its `finally` blocks run, an error is
+    /// reported as unraisable, and the exception in flight, if any, survives.
+    fn close_abandoned(&self, py: Python<'_>, state: &mut State) {
+        match state {
+            State::Running(running) if running.fiber.can_be_finished_here(py) => {}
             // A fiber suspended on another (maybe dead) thread, or at interpreter exit,
             // cannot be finished safely: Fiber's Drop leaks it.
-            return;
+            _ => return,
         }
-        // Whatever exception is being raised while this object dies must survive it.
         let pending = PyErr::take(py);
-        let outcome = match action {
-            DropAction::WarnNeverAwaited => {
-                let message = format!("coroutine '{}' was never awaited", self.qualname(py));
-                let message = CString::new(message).unwrap_or_default();
-                PyErr::warn(py, &py.get_type::<PyRuntimeWarning>(), &message, 1)
-            }
-            _ => {
-                let mut state = std::mem::replace(self.state.get_mut(), State::Done);
-                let result = self.close_state(py, &mut state).map(drop);
-                *self.state.get_mut() = state;
-                result
-            }
-        };
-        if let Err(err) = outcome {
+        if let Err(err) = self.close_state(py, state) {
             let func = self.func.bind(py).clone();
             err.write_unraisable(py, Some(&func));
         }
@@ -320,12 +305,71 @@ impl Drop for AsyncDefCoroutine {
             pending.restore(py);
         }
     }
+
+    /// `tp_finalize` (PEP 442): the cycle collector calls it before it clears anything, so
+    /// that suspended sync code in a garbage cycle is closed while everything it uses is still
+    /// intact.
+    fn finalize(&self, py: Python<'_>) {
+        // Borrowed: the coroutine is running, so it is not garbage after all.
+        if let Some(mut state) = self.state.try_borrow_mut() {
+            self.close_abandoned(py, &mut state);
+        }
+    }
 }
 
-enum DropAction {
-    WarnNeverAwaited,
-    Close,
-    Nothing,
+impl Drop for AsyncDefCoroutine {
+    fn drop(&mut self) {
+        // SAFETY: pyclass values are dropped from tp_dealloc, with the GIL held.
+        let py = unsafe { Python::assume_attached() };
+        let mut state = std::mem::replace(self.state.get_mut(), State::Done);
+        if let State::Created { .. } = state {
+            // Whatever exception is being raised while this object dies must survive it.
+            let pending = PyErr::take(py);
+            let message = format!("coroutine '{}' was never awaited", self.qualname(py));
+            let message = CString::new(message).unwrap_or_default();
+            if let Err(err) = PyErr::warn(py, &py.get_type::<PyRuntimeWarning>(), &message, 1) {
+                let func = self.func.bind(py).clone();
+                err.write_unraisable(py, Some(&func));
+            }
+            if let Some(pending) = pending {
+                pending.restore(py);
+            }
+        } else {
+            self.close_abandoned(py, &mut state);
+        }
+        *self.state.get_mut() = state;
+    }
+}
+
+/// Makes the collector close garbage `async_def` coroutines with [`AsyncDefCoroutine`]'s
+/// finalizer. PyO3 has no `__del__`, so the slot is set on the type object once it exists.
+pub fn install_finalizer(py: Python<'_>) {
+    let class = py.get_type::<AsyncDefCoroutine>();
+    // SAFETY: GIL held; the class is a heap type this module created just now, which no
+    // instance or subclass uses yet, and tp_finalize is not otherwise set for it. The
+    // function has tp_finalize's signature; CPython reads the slot with the GIL held.
+    unsafe {
+        let class = class.as_type_ptr();
+        (*class).tp_finalize = Some(finalize_coroutine);
+        ffi::PyType_Modified(class);
+    }
+}
+
+unsafe extern "C" fn finalize_coroutine(object: *mut ffi::PyObject) {
+    // Attached for PyO3 too, so that what is dropped here is released at once. Not possible
+    // while the interpreter shuts down, when a suspended coroutine cannot be closed anyway.
+    Python::try_attach(|py| {
+        // SAFETY: CPython calls tp_finalize with the GIL held, on a live instance of the class
+        // (which is not subclassable) whose slot this is.
+        let coroutine =
+            unsafe { Borrowed::from_ptr(py, object).cast_unchecked::<AsyncDefCoroutine>() };
+        // A panic must not unwind into CPython.
+        if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            coroutine.get().finalize(py);
+        })) {
+            panic_to_pyerr(payload).write_unraisable(py, Some(&coroutine));
+        }
+    });
 }
 
 #[pymethods]
@@ -479,7 +523,10 @@ impl AsyncDefCoroutine {
             match &mut *state {
                 // A never-started coroutine caught in a garbage cycle has nothing to run.
                 State::Created { .. } => *state = State::Done,
-                // The suspended sync code is finished when this object is deallocated.
+                // Sync code still suspended here could not be finished by the finalizer (it
+                // belongs to another thread, or the interpreter is shutting down): its stack is
+                // left alone, and leaked when this object is deallocated. Only what the sync
+                // code does not use is dropped.
                 State::Running(running) => running.awaiting = None,
                 State::Done => {}
             }

@@ -491,7 +491,7 @@ impl ActiveFiber {
     }
 }
 
-fn panic_to_pyerr(payload: Box<dyn std::any::Any + Send>) -> PyErr {
+pub fn panic_to_pyerr(payload: Box<dyn std::any::Any + Send>) -> PyErr {
     let message = if let Some(text) = payload.downcast_ref::<String>() {
         text.clone()
     } else if let Some(text) = payload.downcast_ref::<&str>() {
