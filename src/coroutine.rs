@@ -22,9 +22,7 @@ use pyo3::PyTraverseError;
 use pyo3::PyVisit;
 
 use crate::exceptions::{NoAwaitOccurred, NoAwaitletContext};
-use crate::fiber::{
-    call_body, current_thread, panic_to_pyerr, ActiveFiber, Fiber, Kind, Resume, Step,
-};
+use crate::fiber::{current_thread, panic_to_pyerr, ActiveFiber, Fiber, Kind, Resume, Step};
 use crate::gil_cell::GilCell;
 use crate::pystate::is_iterable_coroutine;
 
@@ -110,7 +108,7 @@ impl AsyncDefCoroutine {
             unreachable!("start() on a started coroutine")
         };
         let func = self.func.clone_ref(py);
-        let fiber = Fiber::new(py, Kind::AsyncDef, call_body(func, args, kwargs))?;
+        let fiber = Fiber::calling(py, Kind::AsyncDef, func, args, kwargs)?;
         *state = State::Running(Running {
             fiber,
             awaiting: None,

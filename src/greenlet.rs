@@ -25,9 +25,7 @@ use pyo3::{ffi, intern, Borrowed, PyClassInitializer, PyTraverseError, PyVisit};
 
 use crate::coroutine::{exception_from_throw_args, switch_to_resumer};
 use crate::exceptions::{GreenletError, GreenletExit};
-use crate::fiber::{
-    call_body, current_thread, panic_to_pyerr, ActiveFiber, Fiber, Kind, Resume, Step,
-};
+use crate::fiber::{current_thread, panic_to_pyerr, ActiveFiber, Fiber, Kind, Resume, Step};
 use crate::gil_cell::GilCell;
 use crate::pystate::{current_context, set_current_context};
 
@@ -155,8 +153,13 @@ impl Greenlet {
             return Err(GreenletError::new_err("greenlet has already started"));
         }
         let kwargs = kwargs.filter(|kwargs| !kwargs.is_empty());
-        let body = call_body(run.unbind(), args.unbind(), kwargs.map(Bound::unbind));
-        let fiber = Fiber::new(py, Kind::Greenlet, body)?;
+        let fiber = Fiber::calling(
+            py,
+            Kind::Greenlet,
+            run.unbind(),
+            args.unbind(),
+            kwargs.map(Bound::unbind),
+        )?;
         fiber.set_owner_greenlet(owner.as_ptr());
         if let Some(context) = self
             .initial_context

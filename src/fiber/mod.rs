@@ -34,7 +34,7 @@ use pyo3::exceptions::{PyMemoryError, PyRuntimeError};
 use pyo3::ffi;
 use pyo3::panic::PanicException;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyTuple};
+use pyo3::types::{PyDict, PyString, PyTuple};
 
 use crate::pystate::{interpreter_finalizing, FiberPyState};
 
@@ -84,12 +84,101 @@ enum GreenletRef {
 /// The Python work a fiber runs.
 pub type Body = Box<dyn FnOnce(Python<'_>) -> PyResult<Py<PyAny>>>;
 
-/// The body that calls `func(*args, **kwargs)`.
-pub fn call_body(func: Py<PyAny>, args: Py<PyTuple>, kwargs: Option<Py<PyDict>>) -> Body {
-    Box::new(move |py| {
-        let kwargs = kwargs.as_ref().map(|kwargs| kwargs.bind(py));
-        func.bind(py).call(args.bind(py), kwargs).map(Bound::unbind)
-    })
+/// The call a fiber's body makes, kept in [`Shared`] for as long as it runs rather than in
+/// the body's locals: CPython borrows the callable and the arguments from here for the whole
+/// call, so while the fiber is suspended they are references the fiber holds, which the
+/// collector must be shown, or whatever they reach would look referenced
+/// from outside, and cycles through it could never be collected.
+struct Call {
+    func: Py<PyAny>,
+    args: CallArgs,
+}
+
+enum CallArgs {
+    /// `func(*args, **kwargs)` through `PyObject_Call`, which passes a vectorcall callable the
+    /// tuple's items in place, and any other callable the tuple and dict themselves.
+    Tuple {
+        args: Py<PyTuple>,
+        kwargs: Option<Py<PyDict>>,
+    },
+    /// Keyword arguments for a vectorcall callable, laid out as vectorcall takes them
+    /// (positional values, then keyword values named by `kwnames`): `PyObject_Call` would copy
+    /// them into an array of new references of its own, out of the collector's sight.
+    Vector {
+        values: Vec<Py<PyAny>>,
+        positional: usize,
+        kwnames: Py<PyTuple>,
+    },
+}
+
+impl Call {
+    fn new(
+        py: Python<'_>,
+        func: Py<PyAny>,
+        args: Py<PyTuple>,
+        kwargs: Option<Py<PyDict>>,
+    ) -> PyResult<Self> {
+        let kwargs = kwargs.filter(|kwargs| !kwargs.bind(py).is_empty());
+        // SAFETY: GIL held, valid object; reads its type's vectorcall slot.
+        let vectorcall = unsafe { ffi::PyVectorcall_Function(func.as_ptr()) }.is_some();
+        let names_are_strings = |kwargs: &Py<PyDict>| {
+            kwargs
+                .bind(py)
+                .keys()
+                .iter()
+                .all(|name| name.is_instance_of::<PyString>())
+        };
+        let args = match kwargs {
+            // (Keys that are not strings are left to PyObject_Call to refuse.)
+            Some(kwargs) if vectorcall && names_are_strings(&kwargs) => {
+                let (args, kwargs) = (args.bind(py), kwargs.bind(py));
+                let mut values: Vec<Py<PyAny>> = args.iter().map(Bound::unbind).collect();
+                let mut names = Vec::with_capacity(kwargs.len());
+                for (name, value) in kwargs.iter() {
+                    names.push(name);
+                    values.push(value.unbind());
+                }
+                CallArgs::Vector {
+                    values,
+                    positional: args.len(),
+                    kwnames: PyTuple::new(py, names)?.unbind(),
+                }
+            }
+            kwargs => CallArgs::Tuple { args, kwargs },
+        };
+        Ok(Self { func, args })
+    }
+
+    fn invoke(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let func = self.func.bind(py);
+        match &self.args {
+            CallArgs::Tuple { args, kwargs } => func
+                .call(args.bind(py), kwargs.as_ref().map(|kwargs| kwargs.bind(py)))
+                .map(Bound::unbind),
+            CallArgs::Vector {
+                values,
+                positional,
+                kwnames,
+            } => {
+                let pointers: Vec<*mut ffi::PyObject> = values.iter().map(Py::as_ptr).collect();
+                // SAFETY: GIL held; `pointers` are borrowed from `values`, which outlive the
+                // call, with as many keyword values after the positional ones as `kwnames`
+                // has names; returns a new reference or NULL with an exception set.
+                unsafe {
+                    Bound::from_owned_ptr_or_err(
+                        py,
+                        ffi::PyObject_Vectorcall(
+                            func.as_ptr(),
+                            pointers.as_ptr(),
+                            *positional,
+                            kwnames.as_ptr(),
+                        ),
+                    )
+                }
+                .map(Bound::unbind)
+            }
+        }
+    }
 }
 
 type Machine = Coroutine<Resume, Py<PyAny>, PyResult<Py<PyAny>>, stack_pool::SlotStack>;
@@ -115,6 +204,29 @@ struct Shared {
     /// on the fiber (see [`ActiveFiber::run_as_resumer`]).
     first_yield: Cell<Option<Py<PyAny>>>,
     greenlet: RefCell<GreenletRef>,
+    /// The call the fiber makes, until it returns (see [`Call`]).
+    call: RefCell<Option<Call>>,
+}
+
+impl Shared {
+    /// Makes the call stored in `self.call`, which keeps its references until it returns.
+    fn run_call(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let result = match &*self.call.borrow() {
+            Some(call) => call.invoke(py),
+            None => Err(PyRuntimeError::new_err("the fiber has no call to make")),
+        };
+        // Released outside the borrow: dropping them can run any code.
+        let call = self.call.borrow_mut().take();
+        drop(call);
+        result
+    }
+}
+
+/// What a fiber runs.
+enum Work {
+    Body(Body),
+    /// The call in [`Shared::call`].
+    Call,
 }
 
 /// This module's per-thread state, in one thread-local so that a switch looks it up once
@@ -163,6 +275,22 @@ impl Fiber {
     /// Prepares `body` to run on a new stack; it starts at the first [`Fiber::resume`].
     /// Must be called on the thread that will run it.
     pub fn new(py: Python<'_>, kind: Kind, body: Body) -> PyResult<Self> {
+        Self::with_work(py, kind, Work::Body(body), None)
+    }
+
+    /// Prepares `func(*args, **kwargs)` to run on a new stack, as [`Fiber::new`] does.
+    pub fn calling(
+        py: Python<'_>,
+        kind: Kind,
+        func: Py<PyAny>,
+        args: Py<PyTuple>,
+        kwargs: Option<Py<PyDict>>,
+    ) -> PyResult<Self> {
+        let call = Call::new(py, func, args, kwargs)?;
+        Self::with_work(py, kind, Work::Call, Some(call))
+    }
+
+    fn with_work(py: Python<'_>, kind: Kind, work: Work, call: Option<Call>) -> PyResult<Self> {
         let stack =
             stack_pool::take(STACK_SIZE, crate::pystate::root_chunk_size()).map_err(|err| {
                 PyMemoryError::new_err(format!("cannot allocate a fiber stack: {err}"))
@@ -196,6 +324,7 @@ impl Fiber {
             resumer: Cell::new(ptr::null()),
             first_yield: Cell::new(None),
             greenlet: RefCell::new(GreenletRef::None),
+            call: RefCell::new(call),
         })));
         let shared_addr = shared.as_ptr() as usize;
         let machine = Coroutine::with_stack(
@@ -210,7 +339,10 @@ impl Fiber {
                 let py = unsafe { Python::assume_attached() };
                 // A panic must not unwind out of this stack: corosensei would carry it through
                 // the resumer's CPython frames.
-                let result = match catch_unwind(AssertUnwindSafe(|| body(py))) {
+                let result = match catch_unwind(AssertUnwindSafe(|| match work {
+                    Work::Body(body) => body(py),
+                    Work::Call => shared.run_call(py),
+                })) {
                     Ok(result) => result,
                     Err(payload) => Err(panic_to_pyerr(payload)),
                 };
