@@ -22,7 +22,9 @@ use pyo3::PyTraverseError;
 use pyo3::PyVisit;
 
 use crate::exceptions::{NoAwaitOccurred, NoAwaitletContext};
-use crate::fiber::{current_thread, panic_to_pyerr, ActiveFiber, Fiber, Kind, Resume, Step};
+use crate::fiber::{
+    current_thread, panic_to_pyerr, ActiveFiber, ArgsEnd, Fiber, Kind, Resume, Step,
+};
 use crate::gil_cell::GilCell;
 use crate::pystate::is_iterable_coroutine;
 
@@ -510,7 +512,10 @@ impl AsyncDefCoroutine {
                 visit.call(args)?;
                 visit.call(kwargs)?;
             }
-            Some(State::Running(running)) => visit.call(&running.awaiting)?,
+            Some(State::Running(running)) => {
+                visit.call(&running.awaiting)?;
+                running.fiber.traverse(&visit)?;
+            }
             _ => {}
         }
         Ok(())
@@ -749,9 +754,11 @@ impl AsyncDefFunction {
 
 /// `awaitlet(awaitable)`: from sync code running under `async_def` (or under a greenlet
 /// that declares `__sqlalchemy_greenlet_provider__`), wait for `awaitable` and return its
-/// result (or raise its exception).
+/// result (or raise its exception). The argument is borrowed, so no reference is held here
+/// across the suspension.
 #[pyfunction]
-pub fn awaitlet(py: Python<'_>, awaitable: Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+pub fn awaitlet(py: Python<'_>, awaitable: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+    let args_end = ArgsEnd::UNKNOWN;
     match ActiveFiber::running() {
         Some(fiber)
             if fiber.kind() == Kind::AsyncDef
@@ -759,7 +766,7 @@ pub fn awaitlet(py: Python<'_>, awaitable: Bound<'_, PyAny>) -> PyResult<Py<PyAn
                     .greenlet(py)
                     .map_or(Ok(false), |greenlet| is_awaitlet_provider(py, &greenlet))? =>
         {
-            return switch_to_resumer(py, fiber, awaitable);
+            return switch_to_resumer(py, fiber, awaitable, args_end);
         }
         Some(_) => {}
         // Not on a fiber: maybe in a greenlet of the real greenlet package that awaits on
@@ -773,7 +780,7 @@ pub fn awaitlet(py: Python<'_>, awaitable: Bound<'_, PyAny>) -> PyResult<Py<PyAn
             }
         }
     }
-    close_if_coroutine(py, &awaitable)?;
+    close_if_coroutine(py, awaitable)?;
     Err(NoAwaitletContext::new_err(
         "Can't call awaitlet() unless the call stack was invoked with async_def().",
     ))
@@ -814,14 +821,17 @@ fn is_awaitlet_provider(py: Python<'_>, greenlet: &Bound<'_, PyAny>) -> PyResult
 
 /// Suspends the running fiber, handing `value` to whoever resumed it, and returns what it is
 /// resumed with. An `async_def` fiber's driver awaits `value`, so it must be awaitable: a
-/// TypeError is raised here, in the sync code, otherwise, as `await` would.
+/// TypeError is raised here, in the sync code, otherwise, as `await` would. `value` is
+/// borrowed, not held, across the suspension: a reference kept in a Rust local there would be
+/// one the collector cannot see. `args_end`: see [`ActiveFiber::suspend_in_call`].
 pub fn switch_to_resumer(
     py: Python<'_>,
     fiber: ActiveFiber,
-    value: Bound<'_, PyAny>,
+    value: &Bound<'_, PyAny>,
+    args_end: ArgsEnd,
 ) -> PyResult<Py<PyAny>> {
     if fiber.is_closing() {
-        close_if_coroutine(py, &value)?;
+        close_if_coroutine(py, value)?;
         return Err(PyRuntimeError::new_err(match fiber.kind() {
             Kind::AsyncDef => "coroutine ignored GeneratorExit",
             Kind::Greenlet => "greenlet ignored GreenletExit and switched again while being killed",
@@ -831,17 +841,17 @@ pub fn switch_to_resumer(
         Kind::AsyncDef if fiber.resumer().is_none() => {
             // Resumed by a task on the thread's own stack: run the awaitable's first step
             // here, as that task would, and switch only if it does not complete at once.
-            let iterator = awaitable_iterator(&value)?.unbind();
+            let iterator = awaitable_iterator(value)?.unbind();
             match fiber.run_as_resumer(|| send_into(py, &iterator, None)) {
                 Delegated::Returned(result) => return Ok(result),
                 Delegated::Raised(err) => return Err(err),
                 Delegated::Yielded(yielded) => {
-                    fiber.suspend_after_first_step(py, iterator, yielded)
+                    fiber.suspend_after_first_step(py, iterator, yielded, args_end)
                 }
             }
         }
-        Kind::AsyncDef => fiber.suspend(py, awaitable_iterator(&value)?.unbind()),
-        Kind::Greenlet => fiber.suspend(py, value.unbind()),
+        Kind::AsyncDef => fiber.suspend_in_call(py, awaitable_iterator(value)?.unbind(), args_end),
+        Kind::Greenlet => fiber.suspend_in_call(py, value.clone().unbind(), args_end),
     };
     match resumed {
         Resume::Value(value) => Ok(value),

@@ -25,7 +25,9 @@ use pyo3::{ffi, intern, Borrowed, PyClassInitializer, PyTraverseError, PyVisit};
 
 use crate::coroutine::{exception_from_throw_args, switch_to_resumer};
 use crate::exceptions::{GreenletError, GreenletExit};
-use crate::fiber::{current_thread, panic_to_pyerr, ActiveFiber, Fiber, Kind, Resume, Step};
+use crate::fiber::{
+    current_thread, panic_to_pyerr, ActiveFiber, ArgsEnd, Fiber, Kind, Resume, Step,
+};
 use crate::gil_cell::GilCell;
 use crate::pystate::{current_context, set_current_context};
 
@@ -540,7 +542,8 @@ impl Greenlet {
         if let Some(fiber) = running {
             // To the parent of the running greenlet: whatever resumed its fiber.
             if stands_for(slf, fiber.resumer()) {
-                return switch_to_resumer(py, fiber, pack(args, kwargs)?.into_bound(py));
+                let value = pack(args, kwargs)?.into_bound(py);
+                return switch_to_resumer(py, fiber, &value, ArgsEnd::UNKNOWN);
             }
         }
         Self::check_switch_into(slf, running, "switch")?;
@@ -628,6 +631,11 @@ impl Greenlet {
         }
         if let Some(context) = self.initial_context.try_borrow() {
             visit.call(&*context)?;
+        }
+        if let Some(slot) = self.fiber.try_borrow() {
+            if let FiberSlot::Started(fiber) = &*slot {
+                fiber.traverse(&visit)?;
+            }
         }
         Ok(())
     }

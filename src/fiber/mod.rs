@@ -35,6 +35,7 @@ use pyo3::ffi;
 use pyo3::panic::PanicException;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString, PyTuple};
+use pyo3::{PyTraverseError, PyVisit};
 
 use crate::pystate::{interpreter_finalizing, FiberPyState};
 
@@ -87,7 +88,7 @@ pub type Body = Box<dyn FnOnce(Python<'_>) -> PyResult<Py<PyAny>>>;
 /// The call a fiber's body makes, kept in [`Shared`] for as long as it runs rather than in
 /// the body's locals: CPython borrows the callable and the arguments from here for the whole
 /// call, so while the fiber is suspended they are references the fiber holds, which the
-/// collector must be shown, or whatever they reach would look referenced
+/// collector must be shown ([`Fiber::traverse`]) or whatever they reach would look referenced
 /// from outside, and cycles through it could never be collected.
 struct Call {
     func: Py<PyAny>,
@@ -178,6 +179,40 @@ impl Call {
                 .map(Bound::unbind)
             }
         }
+    }
+
+    fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.func)?;
+        match &self.args {
+            CallArgs::Tuple { args, kwargs } => {
+                visit.call(args)?;
+                visit.call(kwargs)
+            }
+            CallArgs::Vector {
+                values, kwnames, ..
+            } => {
+                for value in values {
+                    visit.call(value)?;
+                }
+                visit.call(kwnames)
+            }
+        }
+    }
+}
+
+/// Where the arguments of the call a fiber suspends in end, when Python code made that call
+/// with the vectorcall convention (see [`FiberPyState::leave`]).
+#[derive(Clone, Copy)]
+pub struct ArgsEnd(*const *mut ffi::PyObject);
+
+impl ArgsEnd {
+    /// The call was not made from Python code, or its arguments are not known.
+    pub const UNKNOWN: Self = Self(ptr::null());
+
+    /// The end of the `count` arguments at `args`. Only an address: it is compared with the
+    /// innermost frame's value stack, and dereferenced only if it lies in it.
+    pub fn of(args: *const *mut ffi::PyObject, count: usize) -> Self {
+        Self(args.wrapping_add(count))
     }
 }
 
@@ -463,6 +498,65 @@ impl Fiber {
         Ok(())
     }
 
+    /// Visits, for the cycle collector, the references this fiber holds: the context a fiber
+    /// that has not started will run in; for a suspended one, what its interpreter state owns
+    /// (context, handled exception, the references of its frames), the call its body makes,
+    /// what its awaitable first yielded and the greenlet adopted for it.
+    ///
+    /// A running fiber's frames are on the thread's own chain, which the collector treats as
+    /// a root: nothing is visited then. Nor when the fiber could not be finished if its owner
+    /// turned out to be garbage (it belongs to another thread, or the interpreter is shutting
+    /// down): the owner's finalizer could not throw into it, and the collector would go on to
+    /// clear objects its frames still use; left unvisited, such a cycle waits for a collection
+    /// on the fiber's own thread.
+    pub fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        let shared = self.shared();
+        match self.status {
+            Status::NotStarted => {
+                if let Some(call) = shared
+                    .call
+                    .try_borrow()
+                    .ok()
+                    .as_deref()
+                    .and_then(Option::as_ref)
+                {
+                    call.traverse(visit)?;
+                }
+                // SAFETY: GIL held (the collector runs with it), the fiber is not running.
+                unsafe { shared.pystate.traverse(visit) }
+            }
+            Status::Suspended => {
+                // SAFETY: the collector runs with the GIL held; the token is only used to read
+                // the interpreter's finalization flag.
+                let py = unsafe { Python::assume_attached() };
+                if !self.can_be_finished_here(py) {
+                    return Ok(());
+                }
+                // SAFETY: GIL held, the fiber is suspended.
+                unsafe { shared.pystate.traverse(visit) }?;
+                if let Some(call) = shared
+                    .call
+                    .try_borrow()
+                    .ok()
+                    .as_deref()
+                    .and_then(Option::as_ref)
+                {
+                    call.traverse(visit)?;
+                }
+                // SAFETY: nothing writes the cell while the collector runs (no Python code runs
+                // and the fiber is suspended), so reading it in place is not a data race.
+                visit.call(unsafe { &*shared.first_yield.as_ptr() })?;
+                if let Ok(greenlet) = shared.greenlet.try_borrow() {
+                    if let GreenletRef::Adopted(greenlet) = &*greenlet {
+                        visit.call(greenlet)?;
+                    }
+                }
+                Ok(())
+            }
+            Status::Running | Status::Finished => Ok(()),
+        }
+    }
+
     /// The frame object of the innermost Python frame of a suspended fiber.
     pub fn top_frame<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
         if self.status != Status::Suspended || self.thread != current_thread() {
@@ -598,25 +692,39 @@ impl ActiveFiber {
 
     /// Suspends the fiber after the first step of `awaitable` ran on it and yielded
     /// `yielded`: the resumer hands `yielded` on and delegates to `awaitable` from there.
+    /// `args_end`: see [`ActiveFiber::suspend_in_call`].
     pub fn suspend_after_first_step(
         &self,
         py: Python<'_>,
         awaitable: Py<PyAny>,
         yielded: Py<PyAny>,
+        args_end: ArgsEnd,
     ) -> Resume {
         self.shared().first_yield.set(Some(yielded));
-        self.suspend(py, awaitable)
+        self.suspend_in_call(py, awaitable, args_end)
     }
 
     /// Suspends the fiber, handing `awaitable` to its resumer, until it is resumed.
-    pub fn suspend(&self, _py: Python<'_>, awaitable: Py<PyAny>) -> Resume {
+    pub fn suspend(&self, py: Python<'_>, awaitable: Py<PyAny>) -> Resume {
+        self.suspend_in_call(py, awaitable, ArgsEnd::UNKNOWN)
+    }
+
+    /// [`ActiveFiber::suspend`] from a function whose arguments, passed by the calling Python
+    /// code, end at `args_end`: the references in the caller's value stack are then known
+    /// while the fiber is suspended (see [`Fiber::traverse`]).
+    pub fn suspend_in_call(
+        &self,
+        _py: Python<'_>,
+        awaitable: Py<PyAny>,
+        args_end: ArgsEnd,
+    ) -> Resume {
         let shared = self.shared();
         let yielder = shared.yielder.get();
         if yielder.is_null() {
             return Resume::Throw(PyRuntimeError::new_err("fiber has no resumer"));
         }
         // SAFETY: on the fiber's stack, GIL held (token), the switch follows immediately.
-        unsafe { shared.pystate.leave() };
+        unsafe { shared.pystate.leave(args_end.0) };
         // SAFETY: the yielder lives on this fiber's stack for as long as its closure runs,
         // which it does: we are in it.
         unsafe { &*yielder }.suspend(awaitable)
