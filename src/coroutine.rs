@@ -16,7 +16,7 @@ use pyo3::exceptions::{
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyTuple, PyType};
+use pyo3::types::{PyDict, PyModule, PyTuple, PyType};
 use pyo3::Borrowed;
 use pyo3::PyTraverseError;
 use pyo3::PyVisit;
@@ -754,11 +754,13 @@ impl AsyncDefFunction {
 
 /// `awaitlet(awaitable)`: from sync code running under `async_def` (or under a greenlet
 /// that declares `__sqlalchemy_greenlet_provider__`), wait for `awaitable` and return its
-/// result (or raise its exception). The argument is borrowed, so no reference is held here
-/// across the suspension.
-#[pyfunction]
-pub fn awaitlet(py: Python<'_>, awaitable: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
-    let args_end = ArgsEnd::UNKNOWN;
+/// result (or raise its exception). `args_end`: where its arguments end, when Python code
+/// called it with the vectorcall convention.
+fn awaitlet(
+    py: Python<'_>,
+    awaitable: &Bound<'_, PyAny>,
+    args_end: ArgsEnd,
+) -> PyResult<Py<PyAny>> {
     match ActiveFiber::running() {
         Some(fiber)
             if fiber.kind() == Kind::AsyncDef
@@ -784,6 +786,116 @@ pub fn awaitlet(py: Python<'_>, awaitable: &Bound<'_, PyAny>) -> PyResult<Py<PyA
     Err(NoAwaitletContext::new_err(
         "Can't call awaitlet() unless the call stack was invoked with async_def().",
     ))
+}
+
+/// `awaitlet()` as CPython calls it (`METH_FASTCALL | METH_KEYWORDS`), defined by hand rather
+/// than with `#[pyfunction]` for the address of its arguments: when Python code calls
+/// `awaitlet(x)`, the evaluation loop passes them in place, at the top of the calling frame's
+/// value stack, which is how (before 3.14) the collector can be shown that stack while the sync
+/// code is suspended (see [`ActiveFiber::suspend_in_call`]). The argument is borrowed from the
+/// caller, so no reference is held here across the suspension.
+///
+/// # Safety
+/// Called through PyO3's trampoline, with the arguments CPython passes to such a function.
+unsafe fn awaitlet_fastcall(
+    py: Python<'_>,
+    _module: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> PyResult<*mut ffi::PyObject> {
+    // SAFETY: CPython passes `nargs` arguments at `args`, then one value for each name in
+    // `kwnames` (a tuple of str, or NULL), all valid for the duration of the call.
+    let (awaitable, count) = unsafe { single_argument(py, args, nargs, kwnames) }?;
+    awaitlet(py, &awaitable, ArgsEnd::of(args, count)).map(Py::into_ptr)
+}
+
+/// The one argument of `awaitlet(awaitable)` (positional or by name), borrowed from the
+/// caller, and how many values the caller passed.
+///
+/// # Safety
+/// `args`, `nargs` and `kwnames` are as CPython passes them to a `METH_FASTCALL |
+/// METH_KEYWORDS` function.
+unsafe fn single_argument<'a, 'py>(
+    py: Python<'py>,
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> PyResult<(Borrowed<'a, 'py, PyAny>, usize)> {
+    // SAFETY: `kwnames` is NULL or a tuple of str, valid for the call.
+    let names = unsafe { Borrowed::from_ptr_or_opt(py, kwnames) }
+        // SAFETY: CPython's keyword names are a tuple.
+        .map(|names| unsafe { names.cast_unchecked::<PyTuple>() });
+    let keywords = names.as_ref().map_or(0, |names| names.len());
+    let positional = usize::try_from(nargs).unwrap_or(0);
+    if positional > 1 {
+        return Err(PyTypeError::new_err(format!(
+            "awaitlet() takes 1 positional arguments but {positional} were given"
+        )));
+    }
+    if let Some(names) = &names {
+        for name in names.iter() {
+            if positional == 1 || name.ne("awaitable")? {
+                return Err(PyTypeError::new_err(if name.eq("awaitable")? {
+                    "awaitlet() got multiple values for argument 'awaitable'".to_owned()
+                } else {
+                    format!("awaitlet() got an unexpected keyword argument '{name}'")
+                }));
+            }
+        }
+    }
+    if positional + keywords != 1 {
+        return Err(PyTypeError::new_err(
+            "awaitlet() missing 1 required positional argument: 'awaitable'",
+        ));
+    }
+    // SAFETY: there is exactly one value at `args`, valid for the call.
+    Ok((unsafe { Borrowed::from_ptr(py, *args) }, 1))
+}
+
+/// `PyMethodDef`s are read by CPython through a raw pointer for as long as the function
+/// exists: a static of this wrapper can be shared.
+struct MethodDef(ffi::PyMethodDef);
+
+// SAFETY: the definition is immutable and only ever read (by CPython, with the GIL held).
+unsafe impl Sync for MethodDef {}
+
+static AWAITLET_DEF: MethodDef = MethodDef(ffi::PyMethodDef {
+    ml_name: c"awaitlet".as_ptr(),
+    // The trampoline PyO3's own wrappers use: it tells PyO3 the thread is attached (so that
+    // references dropped in the call are released at once, not queued in PyO3's pool) and
+    // turns an error or a panic into a raised exception.
+    ml_meth: ffi::PyMethodDefPointer {
+        PyCFunctionFastWithKeywords: pyo3::impl_::trampoline::get_trampoline_function!(
+            fastcall_cfunction_with_keywords,
+            awaitlet_fastcall
+        ),
+    },
+    ml_flags: ffi::METH_FASTCALL | ffi::METH_KEYWORDS,
+    ml_doc: c"awaitlet(awaitable)\n--\n\n`awaitlet(awaitable)`: from sync code running under \
+`async_def` (or under a greenlet\nthat declares `__sqlalchemy_greenlet_provider__`), wait for \
+`awaitable` and return its\nresult (or raise its exception)."
+        .as_ptr(),
+});
+
+/// Adds `awaitlet()` to `module`.
+pub fn add_awaitlet(module: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = module.py();
+    let name = module.name()?;
+    // SAFETY: GIL held; the definition is a static CPython only reads (the pointer is `*mut`
+    // in the signature only); `module` and `name` are valid; returns a new reference or NULL
+    // with an exception set.
+    let function = unsafe {
+        Bound::from_owned_ptr_or_err(
+            py,
+            ffi::PyCFunction_NewEx(
+                std::ptr::addr_of!(AWAITLET_DEF.0).cast_mut(),
+                module.as_ptr(),
+                name.as_ptr(),
+            ),
+        )
+    }?;
+    module.add("awaitlet", function)
 }
 
 /// The greenlet package, if this process has imported it (rather than awaitlet's facade).

@@ -23,7 +23,7 @@ fn _awaitlet(m: &Bound<'_, PyModule>) -> PyResult<()> {
     coroutine::install_finalizer(py);
     m.add_class::<coroutine::AsyncDefFunction>()?;
     m.add("async_def", coroutine::AsyncDefFunction)?;
-    m.add_function(wrap_pyfunction!(coroutine::awaitlet, m)?)?;
+    coroutine::add_awaitlet(m)?;
     m.add(
         "NoAwaitletContext",
         py.get_type::<exceptions::NoAwaitletContext>(),
