@@ -29,6 +29,19 @@ PAYLOAD_BYTES = 64 * 1024
 DESTROYED_PENDING = "Task was destroyed but it is pending!"
 
 
+@pytest.fixture(autouse=True)
+def explicit_collections_only():
+    """The tests check what one gc.collect() does: an automatic collection in between would
+    find the cycles earlier."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def holds_its_own_task(index, finished):
     # A cycle: the task refers to its coroutine, whose suspended frame refers to the task.
     task = asyncio.current_task()
@@ -88,7 +101,7 @@ def test_abandoned_tasks_that_hold_themselves_are_collected_by_one_collection():
     resident_memory_bytes() is None, reason="resident memory size is not readable here"
 )
 def test_memory_of_abandoned_tasks_that_hold_themselves_is_reused():
-    rounds = 5
+    rounds = 10
 
     async def main():
         collect_reports(asyncio.get_running_loop())
@@ -102,8 +115,9 @@ def test_memory_of_abandoned_tasks_that_hold_themselves_is_reused():
             gc.collect()
         growth = resident_memory_bytes() - before
         assert len(finished) == TASKS * (rounds + 1)
-        # Each round abandons over 6 MiB of payloads (and 100 stacks).
-        assert growth < 4 * 1024 * 1024, f"grew by {growth} bytes"
+        # Each round abandons over 6 MiB of payloads (and 100 stacks): kept, they would add
+        # over 60 MiB; the allocator's fragmentation stays well below the margin.
+        assert growth < 16 * 1024 * 1024, f"grew by {growth} bytes"
 
     asyncio.run(main())
 
