@@ -85,11 +85,11 @@ enum GreenletRef {
 /// The Python work a fiber runs.
 pub type Body = Box<dyn FnOnce(Python<'_>) -> PyResult<Py<PyAny>>>;
 
-/// The call a fiber's body makes, kept in [`Shared`] for as long as it runs rather than in
-/// the body's locals: CPython borrows the callable and the arguments from here for the whole
-/// call, so while the fiber is suspended they are references the fiber holds, which the
-/// collector must be shown ([`Fiber::traverse`]) or whatever they reach would look referenced
-/// from outside, and cycles through it could never be collected.
+/// The call a fiber makes ([`Fiber::calling`]), kept in [`Shared`] until it returns rather
+/// than in the locals of a closure on the fiber's stack: CPython borrows the callable and the
+/// arguments from here for the whole call, so while the fiber is suspended they are references
+/// the fiber holds, which the collector must be shown ([`Fiber::traverse`]) or whatever they
+/// reach would look referenced from outside, and cycles through it could never be collected.
 struct Call {
     func: Py<PyAny>,
     args: CallArgs,

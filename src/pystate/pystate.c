@@ -444,7 +444,7 @@ awaitlet_leave_fiber(awaitlet_fiber_state *s, PyObject *const *call_args_end)
 {
     PyThreadState *ts = current_tstate();
 #if AWAITLET_PY314
-    /* 3.14+ stores the stack pointer of every frame before it makes a call. */
+    /* 3.14+ store every frame's stack pointer before a call that can run other code. */
     (void)call_args_end;
 #else
     s->call_args_end = call_args_end;
@@ -635,10 +635,10 @@ frame_code(struct _PyInterpreterFrame *f)
 /* Visits the references of one frame of a suspended fiber that no one else reports.
  *
  * A frame owned by the thread: what CPython's _PyFrame_Traverse visits, with the locals and
- * the value stack up to the frame's stack top.  Where that top is: 3.14+ store the stack
- * pointer of a frame before every call it makes that can run other code (3.14's collector
- * relies on it), so `stackpointer` is valid at the suspension point for every frame of the
- * chain.  3.11-3.13 store it (stacktop) only around calls inlined into the same evaluation
+ * the value stack up to the frame's stack top.  Where that top is: the evaluation loop of
+ * 3.14+ stores the stack pointer of a frame before every call it makes that can run other
+ * code ("escaping" calls, in its generated code), so `stackpointer` is valid at the
+ * suspension point for every frame of the chain.  3.11-3.13 store it (stacktop) only around calls inlined into the same evaluation
  * loop (Python to Python), and set it to -1 while a frame runs, including while it is in a
  * call of a C function: then only the local variables, which always hold references or NULL,
  * are visited, and for the innermost frame the value stack up to `call_args_end`, the end of
