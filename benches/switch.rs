@@ -33,7 +33,7 @@
 //!
 //! * `raw/resume_suspend`: `Fiber::resume` onto a fiber whose body loops on
 //!   `ActiveFiber::suspend`: the two switches and state swaps and nothing else.
-//! * `raw/new_finish`: `Fiber::new` with a body that returns at once, resumed to its end.
+//! * `raw/new_finish`: `Fiber::calling` of a function that returns at once, resumed to its end.
 
 // `awaitlet_bench_private` is set by hand through RUSTFLAGS, not declared by the package.
 #![allow(unexpected_cfgs)]
@@ -205,12 +205,12 @@ fn python_api(c: &mut Criterion) {
 /// /// The fiber engine, for `benches/switch.rs`; not a stable API.
 /// #[doc(hidden)]
 /// pub mod __bench {
-///     pub use crate::fiber::{ActiveFiber, Call, Fiber, Kind, Resume, Step};
+///     pub use crate::fiber::{ActiveFiber, Fiber, Kind, Resume, Step};
 /// }
 /// ```
 #[cfg(awaitlet_bench_private)]
 fn raw_fiber(c: &mut Criterion) {
-    use _awaitlet::__bench::{ActiveFiber, Call, Fiber, Kind, Resume, Step};
+    use _awaitlet::__bench::{ActiveFiber, Fiber, Kind, Resume, Step};
     use pyo3::exceptions::PyGeneratorExit;
     use pyo3::types::{PyCFunction, PyTuple};
 
@@ -232,17 +232,14 @@ fn raw_fiber(c: &mut Criterion) {
                 None,
             )
             .expect("loop function");
-        let call = |func: &Bound<'_, PyAny>, args: Bound<'_, PyTuple>| Call {
-            func: func.clone().unbind(),
-            args: args.unbind(),
-            kwargs: None,
-        };
-        let mut fiber = Fiber::new(
+        let mut fiber = Fiber::calling(
             py,
             Kind::AsyncDef,
-            call(&suspend_forever, PyTuple::new(py, [suspend]).expect("args")),
+            suspend_forever.unbind(),
+            PyTuple::new(py, [suspend]).expect("args").unbind(),
+            None,
         )
-        .expect("Fiber::new");
+        .expect("Fiber::calling");
         let started = fiber.resume(py, Resume::Value(py.None()));
         assert!(
             matches!(started, Step::Suspended(_)),
@@ -260,12 +257,14 @@ fn raw_fiber(c: &mut Criterion) {
         c.bench_function("raw/new_finish", |b| {
             b.iter(|| {
                 let returns_at_once = py.None().into_bound(py).get_type().into_any();
-                let mut fiber = Fiber::new(
+                let mut fiber = Fiber::calling(
                     py,
                     Kind::AsyncDef,
-                    call(&returns_at_once, PyTuple::empty(py)),
+                    returns_at_once.unbind(),
+                    PyTuple::empty(py).unbind(),
+                    None,
                 )
-                .expect("Fiber::new");
+                .expect("Fiber::calling");
                 let step = fiber.resume(py, Resume::Value(py.None()));
                 assert!(
                     matches!(step, Step::Finished(Ok(_))),

@@ -16,12 +16,15 @@ use pyo3::exceptions::{
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyString, PyTuple, PyType};
+use pyo3::types::{PyDict, PyModule, PyString, PyTuple, PyType};
+use pyo3::Borrowed;
 use pyo3::PyTraverseError;
 use pyo3::PyVisit;
 
 use crate::exceptions::{NoAwaitOccurred, NoAwaitletContext};
-use crate::fiber::{current_thread, ActiveFiber, Call, Fiber, Kind, Resume, Step};
+use crate::fiber::{
+    current_thread, panic_to_pyerr, ActiveFiber, ArgsEnd, Fiber, Kind, Resume, Step,
+};
 use crate::gil_cell::GilCell;
 use crate::pystate::{coroutine_origin_tracking_depth, is_iterable_coroutine};
 
@@ -185,7 +188,7 @@ impl AsyncDefCoroutine {
             unreachable!("start() on a started coroutine")
         };
         let func = self.func.clone_ref(py);
-        let fiber = Fiber::new(py, Kind::AsyncDef, Call { func, args, kwargs })?;
+        let fiber = Fiber::calling(py, Kind::AsyncDef, func, args, kwargs)?;
         *state = State::Running(Running {
             fiber,
             awaiting: None,
@@ -404,40 +407,19 @@ impl AsyncDefCoroutine {
     }
 }
 
-impl Drop for AsyncDefCoroutine {
-    fn drop(&mut self) {
-        // SAFETY: pyclass values are dropped from tp_dealloc, with the GIL held.
-        let py = unsafe { Python::assume_attached() };
-        let state = self.state.get_mut();
-        let action = match state {
-            State::Created { .. } => DropAction::WarnNeverAwaited,
-            State::Running(running) if running.fiber.can_be_finished_here(py) => DropAction::Close,
-            _ => DropAction::Nothing,
-        };
-        if matches!(action, DropAction::Nothing) {
-            // A fiber suspended under another (maybe dead) thread state, or at interpreter
-            // exit, cannot be finished here: its owner finishes it (closing what it awaits
-            // first), or frees it once its thread state is gone.
-            if let State::Running(running) = std::mem::replace(state, State::Done) {
-                running.fiber.abandon(running.awaiting);
-            }
-            return;
+impl AsyncDefCoroutine {
+    /// Closes sync code that is suspended in `state` and whose fiber this thread can finish,
+    /// as a coroutine that is garbage is closed: its `finally` blocks run, an error is
+    /// reported as unraisable, and the exception in flight, if any, survives.
+    fn close_abandoned(&self, py: Python<'_>, state: &mut State) {
+        match state {
+            State::Running(running) if running.fiber.can_be_finished_here(py) => {}
+            // A fiber suspended under another thread state, or at interpreter exit, cannot be
+            // finished here (see Drop).
+            _ => return,
         }
-        // Whatever exception is being raised while this object dies must survive it.
         let pending = PyErr::take(py);
-        let outcome = match action {
-            DropAction::WarnNeverAwaited => {
-                let message = CString::new(self.never_awaited_message(py)).unwrap_or_default();
-                PyErr::warn(py, &py.get_type::<PyRuntimeWarning>(), &message, 1)
-            }
-            _ => {
-                let mut state = std::mem::replace(self.state.get_mut(), State::Done);
-                let result = self.close_state(py, &mut state).map(drop);
-                *self.state.get_mut() = state;
-                result
-            }
-        };
-        if let Err(err) = outcome {
+        if let Err(err) = self.close_state(py, state) {
             let func = self.func.bind(py).clone();
             err.write_unraisable(py, Some(&func));
         }
@@ -445,12 +427,78 @@ impl Drop for AsyncDefCoroutine {
             pending.restore(py);
         }
     }
+
+    /// `tp_finalize` (PEP 442): the cycle collector calls it before it clears anything, so
+    /// that suspended sync code in a garbage cycle is closed while everything it uses is still
+    /// intact.
+    fn finalize(&self, py: Python<'_>) {
+        // Borrowed: the coroutine is running, so it is not garbage after all.
+        if let Some(mut state) = self.state.try_borrow_mut() {
+            self.close_abandoned(py, &mut state);
+        }
+    }
 }
 
-enum DropAction {
-    WarnNeverAwaited,
-    Close,
-    Nothing,
+impl Drop for AsyncDefCoroutine {
+    fn drop(&mut self) {
+        // SAFETY: pyclass values are dropped from tp_dealloc, with the GIL held.
+        let py = unsafe { Python::assume_attached() };
+        let mut state = std::mem::replace(self.state.get_mut(), State::Done);
+        if let State::Created { .. } = state {
+            // Whatever exception is being raised while this object dies must survive it.
+            let pending = PyErr::take(py);
+            let message = CString::new(self.never_awaited_message(py)).unwrap_or_default();
+            if let Err(err) = PyErr::warn(py, &py.get_type::<PyRuntimeWarning>(), &message, 1) {
+                let func = self.func.bind(py).clone();
+                err.write_unraisable(py, Some(&func));
+            }
+            if let Some(pending) = pending {
+                pending.restore(py);
+            }
+        } else if matches!(&state, State::Running(running) if !running.fiber.can_be_finished_here(py))
+        {
+            // A fiber suspended under another (maybe dead) thread state, or at interpreter
+            // exit, cannot be finished here: its owner finishes it (closing what it awaits
+            // first), or frees it once its thread state is gone.
+            if let State::Running(running) = std::mem::replace(&mut state, State::Done) {
+                running.fiber.abandon(running.awaiting);
+            }
+        } else {
+            self.close_abandoned(py, &mut state);
+        }
+        *self.state.get_mut() = state;
+    }
+}
+
+/// Makes the collector close garbage `async_def` coroutines with [`AsyncDefCoroutine`]'s
+/// finalizer. PyO3 has no `__del__`, so the slot is set on the type object once it exists.
+pub fn install_finalizer(py: Python<'_>) {
+    let class = py.get_type::<AsyncDefCoroutine>();
+    // SAFETY: GIL held; the class is a heap type this module created just now, which no
+    // instance or subclass uses yet, and tp_finalize is not otherwise set for it. The
+    // function has tp_finalize's signature; CPython reads the slot with the GIL held.
+    unsafe {
+        let class = class.as_type_ptr();
+        (*class).tp_finalize = Some(finalize_coroutine);
+        ffi::PyType_Modified(class);
+    }
+}
+
+unsafe extern "C" fn finalize_coroutine(object: *mut ffi::PyObject) {
+    // Attached for PyO3 too, so that what is dropped here is released at once. Not possible
+    // while the interpreter shuts down, when a suspended coroutine cannot be closed anyway.
+    Python::try_attach(|py| {
+        // SAFETY: CPython calls tp_finalize with the GIL held, on a live instance of the class
+        // (which is not subclassable) whose slot this is.
+        let coroutine =
+            unsafe { Borrowed::from_ptr(py, object).cast_unchecked::<AsyncDefCoroutine>() };
+        // A panic must not unwind into CPython.
+        if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            coroutine.get().finalize(py);
+        })) {
+            panic_to_pyerr(payload).write_unraisable(py, Some(&coroutine));
+        }
+    });
 }
 
 #[pymethods]
@@ -631,7 +679,10 @@ impl AsyncDefCoroutine {
                 visit.call(args)?;
                 visit.call(kwargs)?;
             }
-            Some(State::Running(running)) => visit.call(&running.awaiting)?,
+            Some(State::Running(running)) => {
+                visit.call(&running.awaiting)?;
+                running.fiber.traverse(&visit)?;
+            }
             _ => {}
         }
         Ok(())
@@ -642,7 +693,10 @@ impl AsyncDefCoroutine {
             match &mut *state {
                 // A never-started coroutine caught in a garbage cycle has nothing to run.
                 State::Created { .. } => *state = State::Done,
-                // The suspended sync code is finished when this object is deallocated.
+                // Sync code still suspended here could not be finished by the finalizer (it
+                // belongs to another thread, or the interpreter is shutting down): its stack is
+                // left alone, and leaked when this object is deallocated. Only what the sync
+                // code does not use is dropped.
                 State::Running(running) => running.awaiting = None,
                 State::Done => {}
             }
@@ -986,9 +1040,13 @@ impl AsyncDefFunction {
 
 /// `awaitlet(awaitable)`: from sync code running under `async_def` (or under a greenlet
 /// that declares `__sqlalchemy_greenlet_provider__`), wait for `awaitable` and return its
-/// result (or raise its exception).
-#[pyfunction]
-pub fn awaitlet(py: Python<'_>, awaitable: Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+/// result (or raise its exception). `args_end`: where its arguments end, when Python code
+/// called it with the vectorcall convention.
+fn awaitlet(
+    py: Python<'_>,
+    awaitable: &Bound<'_, PyAny>,
+    args_end: ArgsEnd,
+) -> PyResult<Py<PyAny>> {
     match ActiveFiber::running() {
         Some(fiber)
             if fiber.kind() == Kind::AsyncDef
@@ -996,7 +1054,7 @@ pub fn awaitlet(py: Python<'_>, awaitable: Bound<'_, PyAny>) -> PyResult<Py<PyAn
                     .greenlet(py)
                     .map_or(Ok(false), |greenlet| is_awaitlet_provider(py, &greenlet))? =>
         {
-            return switch_to_resumer(py, fiber, awaitable);
+            return switch_to_resumer(py, fiber, awaitable, args_end);
         }
         Some(_) => {}
         // Not on a fiber: maybe in a greenlet of the real greenlet package that awaits on
@@ -1010,10 +1068,120 @@ pub fn awaitlet(py: Python<'_>, awaitable: Bound<'_, PyAny>) -> PyResult<Py<PyAn
             }
         }
     }
-    close_if_coroutine(py, &awaitable)?;
+    close_if_coroutine(py, awaitable)?;
     Err(NoAwaitletContext::new_err(
         "Can't call awaitlet() unless the call stack was invoked with async_def().",
     ))
+}
+
+/// `awaitlet()` as CPython calls it (`METH_FASTCALL | METH_KEYWORDS`), defined by hand rather
+/// than with `#[pyfunction]` for the address of its arguments: when Python code calls
+/// `awaitlet(x)`, the evaluation loop passes them in place, at the top of the calling frame's
+/// value stack, which is how (before 3.14) the collector can be shown that stack while the sync
+/// code is suspended (see [`ActiveFiber::suspend_in_call`]). The argument is borrowed from the
+/// caller, so no reference is held here across the suspension.
+///
+/// # Safety
+/// Called through PyO3's trampoline, with the arguments CPython passes to such a function.
+unsafe fn awaitlet_fastcall(
+    py: Python<'_>,
+    _module: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> PyResult<*mut ffi::PyObject> {
+    // SAFETY: CPython passes `nargs` arguments at `args`, then one value for each name in
+    // `kwnames` (a tuple of str, or NULL), all valid for the duration of the call.
+    let (awaitable, count) = unsafe { single_argument(py, args, nargs, kwnames) }?;
+    awaitlet(py, &awaitable, ArgsEnd::of(args, count)).map(Py::into_ptr)
+}
+
+/// The one argument of `awaitlet(awaitable)` (positional or by name), borrowed from the
+/// caller, and how many values the caller passed.
+///
+/// # Safety
+/// `args`, `nargs` and `kwnames` are as CPython passes them to a `METH_FASTCALL |
+/// METH_KEYWORDS` function.
+unsafe fn single_argument<'a, 'py>(
+    py: Python<'py>,
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> PyResult<(Borrowed<'a, 'py, PyAny>, usize)> {
+    // SAFETY: `kwnames` is NULL or a tuple of str, valid for the call.
+    let names = unsafe { Borrowed::from_ptr_or_opt(py, kwnames) }
+        // SAFETY: CPython's keyword names are a tuple.
+        .map(|names| unsafe { names.cast_unchecked::<PyTuple>() });
+    let keywords = names.as_ref().map_or(0, |names| names.len());
+    let positional = usize::try_from(nargs).unwrap_or(0);
+    if positional > 1 {
+        return Err(PyTypeError::new_err(format!(
+            "awaitlet() takes 1 positional arguments but {positional} were given"
+        )));
+    }
+    if let Some(names) = &names {
+        for name in names.iter() {
+            if positional == 1 || name.ne("awaitable")? {
+                return Err(PyTypeError::new_err(if name.eq("awaitable")? {
+                    "awaitlet() got multiple values for argument 'awaitable'".to_owned()
+                } else {
+                    format!("awaitlet() got an unexpected keyword argument '{name}'")
+                }));
+            }
+        }
+    }
+    if positional + keywords != 1 {
+        return Err(PyTypeError::new_err(
+            "awaitlet() missing 1 required positional argument: 'awaitable'",
+        ));
+    }
+    // SAFETY: there is exactly one value at `args`, valid for the call.
+    Ok((unsafe { Borrowed::from_ptr(py, *args) }, 1))
+}
+
+/// `PyMethodDef`s are read by CPython through a raw pointer for as long as the function
+/// exists: a static of this wrapper can be shared.
+struct MethodDef(ffi::PyMethodDef);
+
+// SAFETY: the definition is immutable and only ever read (by CPython, with the GIL held).
+unsafe impl Sync for MethodDef {}
+
+static AWAITLET_DEF: MethodDef = MethodDef(ffi::PyMethodDef {
+    ml_name: c"awaitlet".as_ptr(),
+    // The trampoline PyO3's own wrappers use: it tells PyO3 the thread is attached (so that
+    // references dropped in the call are released at once, not queued in PyO3's pool) and
+    // turns an error or a panic into a raised exception.
+    ml_meth: ffi::PyMethodDefPointer {
+        PyCFunctionFastWithKeywords: pyo3::impl_::trampoline::get_trampoline_function!(
+            fastcall_cfunction_with_keywords,
+            awaitlet_fastcall
+        ),
+    },
+    ml_flags: ffi::METH_FASTCALL | ffi::METH_KEYWORDS,
+    ml_doc: c"awaitlet(awaitable)\n--\n\n`awaitlet(awaitable)`: from sync code running under \
+`async_def` (or under a greenlet\nthat declares `__sqlalchemy_greenlet_provider__`), wait for \
+`awaitable` and return its\nresult (or raise its exception)."
+        .as_ptr(),
+});
+
+/// Adds `awaitlet()` to `module`.
+pub fn add_awaitlet(module: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = module.py();
+    let name = module.name()?;
+    // SAFETY: GIL held; the definition is a static CPython only reads (the pointer is `*mut`
+    // in the signature only); `module` and `name` are valid; returns a new reference or NULL
+    // with an exception set.
+    let function = unsafe {
+        Bound::from_owned_ptr_or_err(
+            py,
+            ffi::PyCFunction_NewEx(
+                std::ptr::addr_of!(AWAITLET_DEF.0).cast_mut(),
+                module.as_ptr(),
+                name.as_ptr(),
+            ),
+        )
+    }?;
+    module.add("awaitlet", function)
 }
 
 /// The greenlet package, if this process has imported it (rather than awaitlet's facade).
@@ -1051,14 +1219,17 @@ fn is_awaitlet_provider(py: Python<'_>, greenlet: &Bound<'_, PyAny>) -> PyResult
 
 /// Suspends the running fiber, handing `value` to whoever resumed it, and returns what it is
 /// resumed with. An `async_def` fiber's driver awaits `value`, so it must be awaitable: a
-/// TypeError is raised here, in the sync code, otherwise, as `await` would.
+/// TypeError is raised here, in the sync code, otherwise, as `await` would. `value` is
+/// borrowed, not held, across the suspension: a reference kept in a Rust local there would be
+/// one the collector cannot see. `args_end`: see [`ActiveFiber::suspend_in_call`].
 pub fn switch_to_resumer(
     py: Python<'_>,
     fiber: ActiveFiber,
-    value: Bound<'_, PyAny>,
+    value: &Bound<'_, PyAny>,
+    args_end: ArgsEnd,
 ) -> PyResult<Py<PyAny>> {
     if fiber.is_closing() {
-        close_if_coroutine(py, &value)?;
+        close_if_coroutine(py, value)?;
         return Err(PyRuntimeError::new_err(match fiber.kind() {
             Kind::AsyncDef => "coroutine ignored GeneratorExit",
             Kind::Greenlet => "greenlet ignored GreenletExit and switched again while being killed",
@@ -1068,17 +1239,17 @@ pub fn switch_to_resumer(
         Kind::AsyncDef if fiber.resumer().is_none() => {
             // Resumed by a task on the thread's own stack: run the awaitable's first step
             // here, as that task would, and switch only if it does not complete at once.
-            let iterator = awaitable_iterator(&value)?.unbind();
+            let iterator = awaitable_iterator(value)?.unbind();
             match fiber.run_as_resumer(|| send_into(py, &iterator, None)) {
                 Delegated::Returned(result) => return Ok(result),
                 Delegated::Raised(err) => return Err(err),
                 Delegated::Yielded(yielded) => {
-                    fiber.suspend_after_first_step(py, iterator, yielded)
+                    fiber.suspend_after_first_step(py, iterator, yielded, args_end)
                 }
             }
         }
-        Kind::AsyncDef => fiber.suspend(py, awaitable_iterator(&value)?.unbind()),
-        Kind::Greenlet => fiber.suspend(py, value.unbind()),
+        Kind::AsyncDef => fiber.suspend_in_call(py, awaitable_iterator(value)?.unbind(), args_end),
+        Kind::Greenlet => fiber.suspend_in_call(py, value.clone().unbind(), args_end),
     };
     match resumed {
         Resume::Value(value) => Ok(value),

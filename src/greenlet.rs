@@ -21,11 +21,13 @@ use std::cell::RefMut;
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
-use pyo3::{ffi, intern, PyClassInitializer, PyTraverseError, PyVisit};
+use pyo3::{ffi, intern, Borrowed, PyClassInitializer, PyTraverseError, PyVisit};
 
 use crate::coroutine::{exception_from_throw_args, switch_to_resumer};
 use crate::exceptions::{GreenletError, GreenletExit};
-use crate::fiber::{current_thread, ActiveFiber, Call, Fiber, Kind, Resume, Step};
+use crate::fiber::{
+    current_thread, panic_to_pyerr, ActiveFiber, ArgsEnd, Fiber, Kind, Resume, Step,
+};
 use crate::gil_cell::GilCell;
 use crate::pystate::{current_context, set_current_context};
 
@@ -153,12 +155,13 @@ impl Greenlet {
             return Err(GreenletError::new_err("greenlet has already started"));
         }
         let kwargs = kwargs.filter(|kwargs| !kwargs.is_empty());
-        let call = Call {
-            func: run.unbind(),
-            args: args.unbind(),
-            kwargs: kwargs.map(Bound::unbind),
-        };
-        let fiber = Fiber::new(py, Kind::Greenlet, call)?;
+        let fiber = Fiber::calling(
+            py,
+            Kind::Greenlet,
+            run.unbind(),
+            args.unbind(),
+            kwargs.map(Bound::unbind),
+        )?;
         fiber.set_owner_greenlet(owner.as_ptr());
         if let Some(context) = self
             .initial_context
@@ -539,7 +542,8 @@ impl Greenlet {
         if let Some(fiber) = running {
             // To the parent of the running greenlet: whatever resumed its fiber.
             if stands_for(slf, fiber.resumer()) {
-                return switch_to_resumer(py, fiber, pack(args, kwargs)?.into_bound(py));
+                let value = pack(args, kwargs)?.into_bound(py);
+                return switch_to_resumer(py, fiber, &value, ArgsEnd::UNKNOWN);
             }
         }
         Self::check_switch_into(slf, running, "switch")?;
@@ -614,6 +618,13 @@ impl Greenlet {
         ))
     }
 
+    /// Kills the greenlet with GreenletExit if it is suspended: the finalizer the collector
+    /// runs when the greenlet is garbage. (The class has it as its tp_finalize slot; this
+    /// method is how a subclass made by a class statement gets it too.)
+    fn __del__(&self, py: Python<'_>) {
+        self.finalize(py);
+    }
+
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         if let Some(parent) = self.parent.try_borrow() {
             visit.call(&*parent)?;
@@ -621,11 +632,18 @@ impl Greenlet {
         if let Some(context) = self.initial_context.try_borrow() {
             visit.call(&*context)?;
         }
+        if let Some(slot) = self.fiber.try_borrow() {
+            if let FiberSlot::Started(fiber) = &*slot {
+                fiber.traverse(&visit)?;
+            }
+        }
         Ok(())
     }
 
     fn __clear__(&self) {
-        // The fiber of a suspended greenlet is finished when the object is deallocated.
+        // A fiber still suspended here could not be killed by the finalizer (it belongs to
+        // another thread, or the interpreter is shutting down): its stack is left alone, and
+        // leaked when the object is deallocated.
         if let Some(mut parent) = self.parent.try_borrow_mut() {
             *parent = None;
         }
@@ -650,31 +668,78 @@ fn take_run<'py>(slf: &Bound<'py, Greenlet>) -> PyResult<Bound<'py, PyAny>> {
     slf.getattr(key)
 }
 
+/// Like greenlet: a suspended greenlet that is garbage is killed with GreenletExit, so its
+/// `finally` blocks run; the exception in flight, if any, survives. A fiber that cannot be
+/// finished here is left to Fiber's Drop, which hands it to its owner.
+fn kill_abandoned(py: Python<'_>, slot: &mut FiberSlot) {
+    match slot {
+        FiberSlot::Started(fiber) if fiber.can_be_finished_here(py) => fiber.set_closing(),
+        _ => return,
+    }
+    let pending = PyErr::take(py);
+    if let Err(err) = step(py, slot, Resume::Throw(GreenletExit::new_err(()))) {
+        if !err.is_instance_of::<GreenletExit>(py) {
+            err.write_unraisable(py, None);
+        }
+    }
+    if let Some(pending) = pending {
+        pending.restore(py);
+    }
+}
+
 impl Drop for Greenlet {
     fn drop(&mut self) {
         // SAFETY: pyclass values are dropped from tp_dealloc, with the GIL held.
         let py = unsafe { Python::assume_attached() };
-        let FiberSlot::Started(fiber) = self.fiber.get_mut() else {
+        let slot = self.fiber.get_mut();
+        let FiberSlot::Started(fiber) = slot else {
             return;
         };
         // The pointer to this object must not outlive it, whatever happens to the fiber.
         fiber.set_owner_greenlet(std::ptr::null_mut());
-        if !fiber.can_be_finished_here(py) {
-            // Fiber's Drop leaks a fiber that cannot be finished here.
-            return;
-        }
-        // Like greenlet: a suspended greenlet that is garbage collected is killed with
-        // GreenletExit, so its `finally` blocks run.
-        let pending = PyErr::take(py);
-        fiber.set_closing();
-        if let Step::Finished(Err(err)) = fiber.resume(py, Resume::Throw(GreenletExit::new_err(())))
-        {
-            if !err.is_instance_of::<GreenletExit>(py) {
-                err.write_unraisable(py, None);
-            }
-        }
-        if let Some(pending) = pending {
-            pending.restore(py);
+        kill_abandoned(py, slot);
+    }
+}
+
+impl Greenlet {
+    /// What the collector does to a greenlet that is garbage, before it clears anything
+    /// (PEP 442): kill it if it is suspended (see [`kill_abandoned`]).
+    fn finalize(&self, py: Python<'_>) {
+        // Borrowed: the greenlet is running, so it is not garbage after all.
+        if let Some(mut slot) = self.fiber.try_borrow_mut() {
+            kill_abandoned(py, &mut slot);
         }
     }
+}
+
+/// Makes the collector kill garbage greenlets before it clears anything: PEP 442's
+/// tp_finalize, which PyO3 has no `__del__` for, set on the class once it exists. A class
+/// statement gives a subclass the finalizer its `__del__` method implies, so subclasses find
+/// the same through `Greenlet::__del__`.
+pub fn install_finalizer(py: Python<'_>) {
+    let class = py.get_type::<Greenlet>();
+    // SAFETY: GIL held; the class is a heap type this module created just now, which no
+    // instance or subclass uses yet, and tp_finalize is not otherwise set for it. The
+    // function has tp_finalize's signature; CPython reads the slot with the GIL held.
+    unsafe {
+        let class = class.as_type_ptr();
+        (*class).tp_finalize = Some(finalize_greenlet);
+        ffi::PyType_Modified(class);
+    }
+}
+
+unsafe extern "C" fn finalize_greenlet(object: *mut ffi::PyObject) {
+    // Attached for PyO3 too, so that what is dropped here is released at once. Not possible
+    // while the interpreter shuts down, when a suspended greenlet cannot be killed anyway.
+    Python::try_attach(|py| {
+        // SAFETY: CPython calls tp_finalize with the GIL held, on a live instance of the class
+        // whose slot this is.
+        let greenlet = unsafe { Borrowed::from_ptr(py, object).cast_unchecked::<Greenlet>() };
+        // A panic must not unwind into CPython.
+        if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            greenlet.get().finalize(py);
+        })) {
+            panic_to_pyerr(payload).write_unraisable(py, Some(&greenlet));
+        }
+    });
 }

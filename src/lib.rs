@@ -12,7 +12,7 @@ use pyo3::prelude::*;
 /// The fiber engine, for `benches/switch.rs`; not a stable API.
 #[doc(hidden)]
 pub mod __bench {
-    pub use crate::fiber::{ActiveFiber, Call, Fiber, Kind, Resume, Step};
+    pub use crate::fiber::{ActiveFiber, Fiber, Kind, Resume, Step};
 }
 
 #[pymodule]
@@ -20,9 +20,10 @@ fn _awaitlet(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     pystate::check_interpreter(py)?;
     m.add_class::<coroutine::AsyncDefCoroutine>()?;
+    coroutine::install_finalizer(py);
     m.add_class::<coroutine::AsyncDefFunction>()?;
     m.add("async_def", coroutine::AsyncDefFunction)?;
-    m.add_function(wrap_pyfunction!(coroutine::awaitlet, m)?)?;
+    coroutine::add_awaitlet(m)?;
     m.add(
         "NoAwaitletContext",
         py.get_type::<exceptions::NoAwaitletContext>(),
@@ -33,6 +34,7 @@ fn _awaitlet(m: &Bound<'_, PyModule>) -> PyResult<()> {
     )?;
     // The greenlet facade, awaitlet.greenlet.
     m.add_class::<greenlet::Greenlet>()?;
+    greenlet::install_finalizer(py);
     m.add_function(wrap_pyfunction!(greenlet::getcurrent, m)?)?;
     m.add("GreenletExit", py.get_type::<exceptions::GreenletExit>())?;
     m.add("GreenletError", py.get_type::<exceptions::GreenletError>())?;

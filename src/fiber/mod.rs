@@ -34,7 +34,8 @@ use pyo3::exceptions::{PyGeneratorExit, PyRuntimeError};
 use pyo3::ffi;
 use pyo3::panic::PanicException;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyTuple};
+use pyo3::types::{PyDict, PyString, PyTuple};
+use pyo3::{PyTraverseError, PyVisit};
 
 use crate::exceptions::GreenletExit;
 use crate::pystate::{interpreter_finalizing, FiberPyState};
@@ -85,39 +86,161 @@ enum GreenletRef {
     Adopted(Py<PyAny>),
 }
 
-/// The Python work a fiber runs: `func(*args, **kwargs)`.
-pub struct Call {
-    pub func: Py<PyAny>,
-    pub args: Py<PyTuple>,
-    pub kwargs: Option<Py<PyDict>>,
+/// A call as `stack_root.c` makes it: `PyObject_Vectorcall` when `vector` is set, else
+/// `PyObject_Call`.
+#[repr(C)]
+struct RootCall {
+    callable: *mut ffi::PyObject,
+    args: *mut ffi::PyObject,
+    kwargs: *mut ffi::PyObject,
+    vector: *const *mut ffi::PyObject,
+    nargsf: usize,
+    kwnames: *mut ffi::PyObject,
 }
 
 extern "C" {
-    /// `PyObject_Call`, through a frame that unwinders take for the bottom of the stack (see
-    /// `stack_root.c`).
-    fn awaitlet_call_at_stack_root(
-        callable: *mut ffi::PyObject,
-        args: *mut ffi::PyObject,
-        kwargs: *mut ffi::PyObject,
-    ) -> *mut ffi::PyObject;
+    /// Makes `call` through a frame that unwinders take for the bottom of the stack.
+    fn awaitlet_call_at_stack_root(call: *const RootCall) -> *mut ffi::PyObject;
+}
+
+/// The call a fiber makes ([`Fiber::calling`]), kept in [`Shared`] until it returns rather
+/// than in the locals of a closure on the fiber's stack: CPython borrows the callable and the
+/// arguments from here for the whole call, so while the fiber is suspended they are references
+/// the fiber holds, which the collector must be shown ([`Fiber::traverse`]) or whatever they
+/// reach would look referenced from outside, and cycles through it could never be collected.
+struct Call {
+    func: Py<PyAny>,
+    args: CallArgs,
+}
+
+enum CallArgs {
+    /// `func(*args, **kwargs)` through `PyObject_Call`, which passes a vectorcall callable the
+    /// tuple's items in place, and any other callable the tuple and dict themselves.
+    Tuple {
+        args: Py<PyTuple>,
+        kwargs: Option<Py<PyDict>>,
+    },
+    /// Keyword arguments for a vectorcall callable, laid out as vectorcall takes them
+    /// (positional values, then keyword values named by `kwnames`): `PyObject_Call` would copy
+    /// them into an array of new references of its own, out of the collector's sight.
+    Vector {
+        values: Vec<Py<PyAny>>,
+        positional: usize,
+        kwnames: Py<PyTuple>,
+    },
 }
 
 impl Call {
-    /// Runs the call; on a fiber's stack, its bottom frame for unwinders.
-    fn run(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        let kwargs = self
-            .kwargs
-            .as_ref()
-            .map_or(ptr::null_mut(), |kwargs| kwargs.as_ptr());
-        // SAFETY: GIL held; valid callable, tuple and dict (or NULL); returns a new reference
-        // or NULL with an exception set, like PyObject_Call.
-        unsafe {
-            Bound::from_owned_ptr_or_err(
-                py,
-                awaitlet_call_at_stack_root(self.func.as_ptr(), self.args.as_ptr(), kwargs),
-            )
+    fn new(
+        py: Python<'_>,
+        func: Py<PyAny>,
+        args: Py<PyTuple>,
+        kwargs: Option<Py<PyDict>>,
+    ) -> PyResult<Self> {
+        let kwargs = kwargs.filter(|kwargs| !kwargs.bind(py).is_empty());
+        // SAFETY: GIL held, valid object; reads its type's vectorcall slot.
+        let vectorcall = unsafe { ffi::PyVectorcall_Function(func.as_ptr()) }.is_some();
+        let names_are_strings = |kwargs: &Py<PyDict>| {
+            kwargs
+                .bind(py)
+                .keys()
+                .iter()
+                .all(|name| name.is_instance_of::<PyString>())
+        };
+        let args = match kwargs {
+            // (Keys that are not strings are left to PyObject_Call to refuse.)
+            Some(kwargs) if vectorcall && names_are_strings(&kwargs) => {
+                let (args, kwargs) = (args.bind(py), kwargs.bind(py));
+                // Out of memory is a MemoryError, not an abort.
+                let mut values: Vec<Py<PyAny>> = Vec::new();
+                let mut names = Vec::new();
+                if values.try_reserve_exact(args.len() + kwargs.len()).is_err()
+                    || names.try_reserve_exact(kwargs.len()).is_err()
+                {
+                    return Err(no_memory(py));
+                }
+                values.extend(args.iter().map(Bound::unbind));
+                for (name, value) in kwargs.iter() {
+                    names.push(name);
+                    values.push(value.unbind());
+                }
+                CallArgs::Vector {
+                    values,
+                    positional: args.len(),
+                    kwnames: PyTuple::new(py, names)?.unbind(),
+                }
+            }
+            kwargs => CallArgs::Tuple { args, kwargs },
+        };
+        Ok(Self { func, args })
+    }
+
+    /// Makes the call through the fiber stack's bottom frame for unwinders (see
+    /// `stack_root.c`).
+    fn invoke(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let mut root = RootCall {
+            callable: self.func.as_ptr(),
+            args: ptr::null_mut(),
+            kwargs: ptr::null_mut(),
+            vector: ptr::null(),
+            nargsf: 0,
+            kwnames: ptr::null_mut(),
+        };
+        match &self.args {
+            CallArgs::Tuple { args, kwargs } => {
+                root.args = args.as_ptr();
+                root.kwargs = kwargs.as_ref().map_or(ptr::null_mut(), Py::as_ptr);
+            }
+            CallArgs::Vector {
+                values,
+                positional,
+                kwnames,
+            } => {
+                // `Py` is a transparent object pointer: the values are the argument array.
+                root.vector = values.as_ptr().cast();
+                root.nargsf = *positional;
+                root.kwnames = kwnames.as_ptr();
+            }
         }
-        .map(Bound::unbind)
+        // SAFETY: GIL held; the objects (and the argument array, with as many keyword values
+        // after the positional ones as `kwnames` has names) are kept by `self` for the whole
+        // call; returns a new reference or NULL with an exception set.
+        unsafe { Bound::from_owned_ptr_or_err(py, awaitlet_call_at_stack_root(&root)) }
+            .map(Bound::unbind)
+    }
+
+    fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.func)?;
+        match &self.args {
+            CallArgs::Tuple { args, kwargs } => {
+                visit.call(args)?;
+                visit.call(kwargs)
+            }
+            CallArgs::Vector {
+                values, kwnames, ..
+            } => {
+                for value in values {
+                    visit.call(value)?;
+                }
+                visit.call(kwnames)
+            }
+        }
+    }
+}
+
+/// Where the arguments of the call a fiber suspends in end, when Python code made that call
+/// with the vectorcall convention (see [`FiberPyState::leave`]).
+#[derive(Clone, Copy)]
+pub struct ArgsEnd(*const *mut ffi::PyObject);
+
+impl ArgsEnd {
+    /// The call was not made from Python code, or its arguments are not known.
+    pub const UNKNOWN: Self = Self(ptr::null());
+
+    /// The end of the `count` arguments at `args`. Only an address: it is compared with the
+    /// innermost frame's value stack, and dereferenced only if it lies in it.
+    pub fn of(args: *const *mut ffi::PyObject, count: usize) -> Self {
+        Self(args.wrapping_add(count))
     }
 }
 
@@ -146,6 +269,22 @@ struct Shared {
     /// on the fiber (see [`ActiveFiber::run_as_resumer`]).
     first_yield: Cell<Option<Py<PyAny>>>,
     greenlet: RefCell<GreenletRef>,
+    /// The call the fiber makes, until it returns (see [`Call`]).
+    call: RefCell<Option<Call>>,
+}
+
+impl Shared {
+    /// Makes the call stored in `self.call`, which keeps its references until it returns.
+    fn run_call(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let result = match &*self.call.borrow() {
+            Some(call) => call.invoke(py),
+            None => Err(PyRuntimeError::new_err("the fiber has no call to make")),
+        };
+        // Released outside the borrow: dropping them can run any code.
+        let call = self.call.borrow_mut().take();
+        drop(call);
+        result
+    }
 }
 
 /// This module's per-thread state, in one thread-local so that a switch looks it up once
@@ -194,13 +333,20 @@ pub struct Orphan {
 }
 
 impl Fiber {
-    /// Prepares `call` to run on a new stack; it starts at the first [`Fiber::resume`].
-    /// Must be called on the thread that will run it.
-    pub fn new(py: Python<'_>, kind: Kind, call: Call) -> PyResult<Self> {
+    /// Prepares `func(*args, **kwargs)` to run on a new stack; it starts at the first
+    /// [`Fiber::resume`]. Must be called on the thread that will run it.
+    pub fn calling(
+        py: Python<'_>,
+        kind: Kind,
+        func: Py<PyAny>,
+        args: Py<PyTuple>,
+        kwargs: Option<Py<PyDict>>,
+    ) -> PyResult<Self> {
         let owner = owner::current_owner(py)?;
         if owner.get().has_orphans() {
             FiberOwner::finish_orphans(&owner, py);
         }
+        let call = Call::new(py, func, args, kwargs)?;
         // Out of memory is a MemoryError, raised without allocating anything more.
         let Ok(stack) = stack_pool::take(STACK_SIZE, crate::pystate::root_chunk_size()) else {
             return Err(no_memory(py));
@@ -244,6 +390,7 @@ impl Fiber {
                 resumer: Cell::new(ptr::null()),
                 first_yield: Cell::new(None),
                 greenlet: RefCell::new(GreenletRef::None),
+                call: RefCell::new(Some(call)),
             })
         };
         let shared_addr = shared.as_ptr() as usize;
@@ -259,11 +406,10 @@ impl Fiber {
                 let py = unsafe { Python::assume_attached() };
                 // A panic must not unwind out of this stack: corosensei would carry it through
                 // the resumer's CPython frames.
-                let result = match catch_unwind(AssertUnwindSafe(|| call.run(py))) {
+                let result = match catch_unwind(AssertUnwindSafe(|| shared.run_call(py))) {
                     Ok(result) => result,
                     Err(payload) => Err(panic_to_pyerr(payload)),
                 };
-                drop(call);
                 // Finalizers run while the fiber's state is released must not suspend it.
                 shared.closing.set(true);
                 // SAFETY: on the fiber's stack, GIL held, the function has returned, and the
@@ -382,6 +528,65 @@ impl Fiber {
         // the caller guarantees the type.
         unsafe { self.shared().pystate.set_context(context) };
         Ok(())
+    }
+
+    /// Visits, for the cycle collector, the references this fiber holds: the context a fiber
+    /// that has not started will run in; for a suspended one, what its interpreter state owns
+    /// (context, handled exception, the references of its frames), the call its body makes,
+    /// what its awaitable first yielded and the greenlet adopted for it.
+    ///
+    /// A running fiber's frames are on the thread's own chain, which the collector treats as
+    /// a root: nothing is visited then. Nor when the fiber could not be finished if its owner
+    /// turned out to be garbage (it belongs to another thread, or the interpreter is shutting
+    /// down): the owner's finalizer could not throw into it, and the collector would go on to
+    /// clear objects its frames still use; left unvisited, such a cycle waits for a collection
+    /// on the fiber's own thread.
+    pub fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        let shared = self.shared();
+        match self.status {
+            Status::NotStarted => {
+                if let Some(call) = shared
+                    .call
+                    .try_borrow()
+                    .ok()
+                    .as_deref()
+                    .and_then(Option::as_ref)
+                {
+                    call.traverse(visit)?;
+                }
+                // SAFETY: GIL held (the collector runs with it), the fiber is not running.
+                unsafe { shared.pystate.traverse(visit) }
+            }
+            Status::Suspended => {
+                // SAFETY: the collector runs with the GIL held; the token is only used to read
+                // the interpreter's finalization flag.
+                let py = unsafe { Python::assume_attached() };
+                if !self.can_be_finished_here(py) {
+                    return Ok(());
+                }
+                // SAFETY: GIL held, the fiber is suspended.
+                unsafe { shared.pystate.traverse(visit) }?;
+                if let Some(call) = shared
+                    .call
+                    .try_borrow()
+                    .ok()
+                    .as_deref()
+                    .and_then(Option::as_ref)
+                {
+                    call.traverse(visit)?;
+                }
+                // SAFETY: nothing writes the cell while the collector runs (no Python code runs
+                // and the fiber is suspended), so reading it in place is not a data race.
+                visit.call(unsafe { &*shared.first_yield.as_ptr() })?;
+                if let Ok(greenlet) = shared.greenlet.try_borrow() {
+                    if let GreenletRef::Adopted(greenlet) = &*greenlet {
+                        visit.call(greenlet)?;
+                    }
+                }
+                Ok(())
+            }
+            Status::Running | Status::Finished | Status::Orphaned => Ok(()),
+        }
     }
 
     /// The frame object of the innermost Python frame of a suspended fiber.
@@ -621,32 +826,46 @@ impl ActiveFiber {
 
     /// Suspends the fiber after the first step of `awaitable` ran on it and yielded
     /// `yielded`: the resumer hands `yielded` on and delegates to `awaitable` from there.
+    /// `args_end`: see [`ActiveFiber::suspend_in_call`].
     pub fn suspend_after_first_step(
         &self,
         py: Python<'_>,
         awaitable: Py<PyAny>,
         yielded: Py<PyAny>,
+        args_end: ArgsEnd,
     ) -> Resume {
         self.shared().first_yield.set(Some(yielded));
-        self.suspend(py, awaitable)
+        self.suspend_in_call(py, awaitable, args_end)
     }
 
     /// Suspends the fiber, handing `awaitable` to its resumer, until it is resumed.
-    pub fn suspend(&self, _py: Python<'_>, awaitable: Py<PyAny>) -> Resume {
+    pub fn suspend(&self, py: Python<'_>, awaitable: Py<PyAny>) -> Resume {
+        self.suspend_in_call(py, awaitable, ArgsEnd::UNKNOWN)
+    }
+
+    /// [`ActiveFiber::suspend`] from a function whose arguments, passed by the calling Python
+    /// code, end at `args_end`: the references in the caller's value stack are then known
+    /// while the fiber is suspended (see [`Fiber::traverse`]).
+    pub fn suspend_in_call(
+        &self,
+        _py: Python<'_>,
+        awaitable: Py<PyAny>,
+        args_end: ArgsEnd,
+    ) -> Resume {
         let shared = self.shared();
         let yielder = shared.yielder.get();
         if yielder.is_null() {
             return Resume::Throw(PyRuntimeError::new_err("fiber has no resumer"));
         }
         // SAFETY: on the fiber's stack, GIL held (token), the switch follows immediately.
-        unsafe { shared.pystate.leave() };
+        unsafe { shared.pystate.leave(args_end.0) };
         // SAFETY: the yielder lives on this fiber's stack for as long as its closure runs,
         // which it does: we are in it.
         unsafe { &*yielder }.suspend(awaitable)
     }
 }
 
-fn panic_to_pyerr(payload: Box<dyn std::any::Any + Send>) -> PyErr {
+pub fn panic_to_pyerr(payload: Box<dyn std::any::Any + Send>) -> PyErr {
     let message = if let Some(text) = payload.downcast_ref::<String>() {
         text.clone()
     } else if let Some(text) = payload.downcast_ref::<&str>() {

@@ -1,7 +1,7 @@
 /*
  * The bottom frame of every fiber stack, as the unwinder sees it.
  *
- * A fiber calls its Python function through awaitlet_call_at_stack_root(), whose unwind
+ * A fiber makes its Python call through awaitlet_call_at_stack_root(), whose unwind
  * information says that it has no caller (its return address is "undefined", as for a
  * thread's first frame).  Nothing changes when the call returns normally; what changes is
  * what an unwinder walking up from Python's frames finds: the end of the stack.
@@ -17,11 +17,34 @@
  */
 #include <Python.h>
 
-PyObject *awaitlet_call_at_stack_root(PyObject *callable, PyObject *args, PyObject *kwargs);
+/* The call, as src/fiber/mod.rs (RootCall) lays it out. */
+struct awaitlet_root_call {
+    PyObject *callable;
+    PyObject *args;   /* PyObject_Call's tuple, when vector is NULL */
+    PyObject *kwargs; /* and its dict, or NULL */
+    PyObject *const *vector; /* else PyObject_Vectorcall's arguments */
+    size_t nargsf;
+    PyObject *kwnames;
+};
+
+PyObject *awaitlet_call_at_stack_root(const struct awaitlet_root_call *call);
+__attribute__((visibility("hidden"))) PyObject *
+awaitlet_make_root_call(const struct awaitlet_root_call *call);
+
+/* Makes the call; called only by the frame below. */
+PyObject *
+awaitlet_make_root_call(const struct awaitlet_root_call *call)
+{
+    if (call->vector != NULL) {
+        return PyObject_Vectorcall(call->callable, call->vector, call->nargsf, call->kwnames);
+    }
+    return PyObject_Call(call->callable, call->args, call->kwargs);
+}
 
 #if defined(__linux__) && defined(__x86_64__)
 
-/* The arguments arrive in PyObject_Call's registers already; re-align the stack and call. */
+/* The argument arrives in awaitlet_make_root_call's register already; re-align the stack and
+ * call it. */
 __asm__(
     ".text\n"
     ".globl awaitlet_call_at_stack_root\n"
@@ -33,7 +56,7 @@ __asm__(
     "    .cfi_undefined rip\n"
     "    subq $8, %rsp\n"
     "    .cfi_adjust_cfa_offset 8\n"
-    "    call PyObject_Call@PLT\n"
+    "    call awaitlet_make_root_call\n"
     "    addq $8, %rsp\n"
     "    .cfi_adjust_cfa_offset -8\n"
     "    ret\n"
@@ -54,7 +77,7 @@ __asm__(
     "    stp x29, x30, [sp, #-16]!\n"
     "    .cfi_adjust_cfa_offset 16\n"
     "    mov x29, sp\n"
-    "    bl PyObject_Call\n"
+    "    bl awaitlet_make_root_call\n"
     "    ldp x29, x30, [sp], #16\n"
     "    .cfi_adjust_cfa_offset -16\n"
     "    ret\n"
@@ -65,9 +88,9 @@ __asm__(
 
 /* Elsewhere no thread is ended by a forced unwind through Python code: a plain call. */
 PyObject *
-awaitlet_call_at_stack_root(PyObject *callable, PyObject *args, PyObject *kwargs)
+awaitlet_call_at_stack_root(const struct awaitlet_root_call *call)
 {
-    return PyObject_Call(callable, args, kwargs);
+    return awaitlet_make_root_call(call);
 }
 
 #endif

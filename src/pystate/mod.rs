@@ -7,12 +7,13 @@
 //! `leave` or `finish` (on the fiber's stack), with the GIL held and no Python code running
 //! in between.
 
-use std::ffi::{c_char, c_void, CStr};
+use std::ffi::{c_char, c_int, c_void, CStr};
 use std::ptr::NonNull;
 
 use pyo3::exceptions::PyImportError;
 use pyo3::ffi;
 use pyo3::prelude::*;
+use pyo3::{Borrowed, PyTraverseError, PyVisit};
 
 #[repr(C)]
 struct RawFiberState {
@@ -29,11 +30,16 @@ extern "C" {
     fn awaitlet_fiber_state_free(state: *mut RawFiberState);
     fn awaitlet_fiber_state_release_abandoned(state: *mut RawFiberState);
     fn awaitlet_enter_fiber(state: *mut RawFiberState);
-    fn awaitlet_leave_fiber(state: *mut RawFiberState);
+    fn awaitlet_leave_fiber(state: *mut RawFiberState, call_args_end: *const *mut ffi::PyObject);
     fn awaitlet_swap_resumer_context(state: *mut RawFiberState);
     fn awaitlet_finish_fiber(state: *mut RawFiberState);
     fn awaitlet_fiber_top_frame(state: *mut RawFiberState) -> *mut ffi::PyObject;
     fn awaitlet_fiber_context(state: *mut RawFiberState) -> *mut ffi::PyObject;
+    fn awaitlet_fiber_traverse(
+        state: *mut RawFiberState,
+        visit: ffi::visitproc,
+        arg: *mut c_void,
+    ) -> c_int;
     fn awaitlet_fiber_set_context(state: *mut RawFiberState, context: *mut ffi::PyObject);
     fn awaitlet_is_iterable_coroutine(object: *mut ffi::PyObject) -> std::ffi::c_int;
     fn awaitlet_coroutine_origin_tracking_depth() -> std::ffi::c_int;
@@ -83,14 +89,18 @@ impl FiberPyState {
         unsafe { awaitlet_enter_fiber(self.raw.as_ptr()) }
     }
 
-    /// Saves the fiber's interpreter state and reinstalls the resumer's.
+    /// Saves the fiber's interpreter state and reinstalls the resumer's. `call_args_end` is
+    /// where the arguments of the call the fiber suspends in end, when Python code made that
+    /// call with the vectorcall convention (else null): before 3.14 it is the only record of
+    /// which value-stack slots of the innermost frame hold references while it is suspended.
     ///
     /// # Safety
     /// GIL held, on the fiber's stack, immediately before suspending it.
     #[inline]
-    pub unsafe fn leave(&self) {
-        // SAFETY: guaranteed by the caller.
-        unsafe { awaitlet_leave_fiber(self.raw.as_ptr()) }
+    pub unsafe fn leave(&self, call_args_end: *const *mut ffi::PyObject) {
+        // SAFETY: guaranteed by the caller; the pointer is only compared, never dereferenced,
+        // unless it proves to point into the innermost frame's value stack.
+        unsafe { awaitlet_leave_fiber(self.raw.as_ptr(), call_args_end) }
     }
 
     /// Swaps the running fiber's context and handled-exception state with its resumer's;
@@ -147,6 +157,32 @@ impl FiberPyState {
         unsafe { Bound::from_owned_ptr(py, awaitlet_fiber_context(self.raw.as_ptr())) }
     }
 
+    /// Visits, for the cycle collector, the references this state owns: the context of a
+    /// fiber that has not started; the context, handled exception and frames' references of
+    /// a suspended one.
+    ///
+    /// # Safety
+    /// Called from a `__traverse__`, with the GIL held, while the fiber is not running.
+    pub unsafe fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        let mut forward = ForwardVisit { visit, error: None };
+        // SAFETY: guaranteed by the caller; `forward` outlives the call, and the C side only
+        // passes it back to `forward_visit`.
+        let status = unsafe {
+            awaitlet_fiber_traverse(
+                self.raw.as_ptr(),
+                forward_visit,
+                std::ptr::addr_of_mut!(forward).cast::<c_void>(),
+            )
+        };
+        match forward.error {
+            Some(error) => Err(error),
+            None => {
+                debug_assert_eq!(status, 0);
+                Ok(())
+            }
+        }
+    }
+
     /// Sets the context of a fiber that is not running; `context` is a Context or None.
     ///
     /// # Safety
@@ -154,6 +190,30 @@ impl FiberPyState {
     pub unsafe fn set_context(&self, context: &Bound<'_, PyAny>) {
         // SAFETY: guaranteed by the caller.
         unsafe { awaitlet_fiber_set_context(self.raw.as_ptr(), context.as_ptr()) }
+    }
+}
+
+/// Hands the objects C code visits to a PyO3 `PyVisit`, keeping the first error it returns.
+struct ForwardVisit<'a, 'b> {
+    visit: &'a PyVisit<'b>,
+    error: Option<PyTraverseError>,
+}
+
+/// The `visitproc` that forwards to a [`ForwardVisit`]: a nonzero return stops the C
+/// traversal, which is then reported as the stored error.
+unsafe extern "C" fn forward_visit(object: *mut ffi::PyObject, arg: *mut c_void) -> c_int {
+    // SAFETY: `arg` is the `ForwardVisit` that `FiberPyState::traverse` passed down, alive and
+    // not otherwise borrowed for the duration of the C traversal.
+    let forward = unsafe { &mut *arg.cast::<ForwardVisit<'_, '_>>() };
+    // SAFETY: the collector runs with the GIL held; the token only wraps the pointer (no
+    // Python API is called and no reference count changes), which C passes non-null and valid.
+    let object = unsafe { Borrowed::from_ptr(Python::assume_attached(), object) };
+    match forward.visit.call(object.as_unbound()) {
+        Ok(()) => 0,
+        Err(error) => {
+            forward.error = Some(error);
+            1
+        }
     }
 }
 

@@ -54,12 +54,23 @@
 /* 3.10-3.11 cache "is tracing on" in the current cframe. */
 #define AWAITLET_CFRAME_TRACING (!AWAITLET_PY312)
 
-#if AWAITLET_PY314
-/* The C stack bounds live only in the private _PyThreadStateImpl. */
+#if AWAITLET_PY311
+/* The C stack bounds (3.14+) live only in the private _PyThreadStateImpl, and the layout of
+ * _PyInterpreterFrame, whose references the collector must be shown for a suspended fiber,
+ * only in the internal frame headers. */
 #  ifndef Py_BUILD_CORE
 #    define Py_BUILD_CORE 1
 #  endif
-#  include "internal/pycore_tstate.h"
+#  if AWAITLET_PY314
+#    include "internal/pycore_tstate.h"
+#    include "internal/pycore_interpframe.h"
+#    include "internal/pycore_stackref.h"
+#  else
+#    include "internal/pycore_frame.h"
+#  endif
+#else
+/* 3.10's PyFrameObject layout, for the same reason. */
+#  include "frameobject.h"
 #endif
 
 #if AWAITLET_USE_CFRAME && AWAITLET_PY311
@@ -131,6 +142,14 @@ typedef struct awaitlet_fiber_state {
     /* The context a fiber that has not started yet will run in (a strong reference), set
      * through awaitlet_fiber_set_context; NULL means the resumer's current context. */
     PyObject *initial_context;
+#if !AWAITLET_PY314
+    /* While the fiber is suspended in a function its innermost frame called with CPython's
+     * vectorcall convention: where that call's arguments end, or NULL.  Before 3.14 a frame
+     * that is executing a call keeps its stack top in a C local of the evaluation loop
+     * (stacktop / f_stackdepth say -1), so this is the only way to know which value-stack
+     * slots hold references at the suspension point (see traverse_frames). */
+    PyObject *const *call_args_end;
+#endif
     int started;
 } awaitlet_fiber_state;
 
@@ -432,11 +451,20 @@ awaitlet_enter_fiber(awaitlet_fiber_state *s)
     CARRY_TRACING_END(ts);
 }
 
-/* Called on the fiber's stack right before switching back to the resumer. */
+/* Called on the fiber's stack right before switching back to the resumer.  `call_args_end`
+ * is where the arguments of the call the fiber suspends in end, if that call came from
+ * Python code with the vectorcall convention (awaitlet()), else NULL; it is only checked
+ * when the collector asks (awaitlet_fiber_traverse). */
 void
-awaitlet_leave_fiber(awaitlet_fiber_state *s)
+awaitlet_leave_fiber(awaitlet_fiber_state *s, PyObject *const *call_args_end)
 {
     PyThreadState *ts = current_tstate();
+#if AWAITLET_PY314
+    /* 3.14+ store every frame's stack pointer before a call that can run other code. */
+    (void)call_args_end;
+#else
+    s->call_args_end = call_args_end;
+#endif
     CARRY_TRACING_BEGIN(ts);
     save(&s->fiber, ts);
     load(&s->parent, ts);
@@ -551,6 +579,234 @@ awaitlet_fiber_set_context(awaitlet_fiber_state *s, PyObject *context)
     PyObject *new_context = context == Py_None ? NULL : Py_NewRef(context);
     PyObject **slot = s->started ? &s->fiber.context : &s->initial_context;
     Py_XSETREF(*slot, new_context);
+}
+
+/* Visiting what a fiber owns, for the cycle collector.
+ *
+ * A suspended fiber's frames are on no thread's frame chain, so nothing else reports the
+ * objects they reference: the coroutine (or greenlet) that owns the fiber does, through
+ * awaitlet_fiber_traverse, so that a cycle running through them (sync code that keeps its own
+ * task in a local) can be found.  The collector's subtract_refs phase takes one off a
+ * referent's count per visit, so exactly the strong references the fiber owns are visited,
+ * each once: visiting one too few only makes a cycle look reachable, one too many corrupts
+ * the collector's counts.
+ *
+ * Frames owned by the thread are visited as CPython's own frame traverse would visit them,
+ * with the value stack up to its top (see traverse_frame for where that is).  Entry and shim
+ * frames on the C stack own nothing.  A frame owned by a generator or coroutine running on
+ * the fiber is visited by its owner's traverse, except for what that cannot see: while such a
+ * frame runs, 3.10-3.13 do not record its stack top either, and their traverse then visits
+ * none of its value stack (3.10) or none of its slots at all (3.11-3.13), so those references
+ * are reported here, or nothing would report them. */
+
+#if AWAITLET_PY314
+/* A _PyStackRef is visited only if it carries a reference count.  NULL and tagged ints are no
+ * objects; a reference to an immortal object, or one borrowed from a local variable
+ * (LOAD_FAST_BORROW), is not counted in the object's ob_refcnt.  CPython's _PyGC_VisitStackRef
+ * skips those in subtract_refs only (it compares the visit function with the collector's,
+ * which is not exported); skipping them in every phase is consistent as well: they add nothing
+ * to the count subtract_refs starts from, and what a borrowed reference points to is kept
+ * alive by the reference it borrows from, which is visited where it is. */
+#  define VISIT_STACKREF(ref)                                                   \
+    do {                                                                        \
+        _PyStackRef visited_ref = (ref);                                        \
+        if (!PyStackRef_IsNullOrInt(visited_ref) &&                             \
+            PyStackRef_RefcountOnObject(visited_ref)) {                         \
+            Py_VISIT(PyStackRef_AsPyObjectBorrow(visited_ref));                 \
+        }                                                                       \
+    } while (0)
+#endif
+
+/* How many slots of the array at `base` (of `item_size`-byte slots) come before `end`, if
+ * `end` points to a slot boundary within [base + low, base + high]; otherwise `fallback`.
+ * The addresses are compared as integers: `end` may point anywhere. */
+static Py_ssize_t
+slots_up_to(const void *base, size_t item_size, const void *end, Py_ssize_t low, Py_ssize_t high,
+            Py_ssize_t fallback)
+{
+    uintptr_t from = (uintptr_t)base;
+    uintptr_t to = (uintptr_t)end;
+    if (end == NULL || to < from + (uintptr_t)low * item_size ||
+        to > from + (uintptr_t)high * item_size || (to - from) % item_size != 0) {
+        return fallback;
+    }
+    return (Py_ssize_t)((to - from) / item_size);
+}
+
+#if AWAITLET_PY311
+/* The code object a frame runs, or NULL. */
+static PyCodeObject *
+frame_code(struct _PyInterpreterFrame *f)
+{
+#  if AWAITLET_PY314
+    PyObject *executable = PyStackRef_AsPyObjectBorrow(f->f_executable);
+#  elif AWAITLET_PY313
+    PyObject *executable = f->f_executable;
+#  else
+    PyObject *executable = (PyObject *)f->f_code;
+#  endif
+    return executable != NULL && PyCode_Check(executable) ? (PyCodeObject *)executable : NULL;
+}
+
+/* Visits the references of one frame of a suspended fiber that no one else reports.
+ *
+ * A frame owned by the thread: what CPython's _PyFrame_Traverse visits, with the locals and
+ * the value stack up to the frame's stack top.  Where that top is: the evaluation loop of
+ * 3.14+ stores the stack pointer of a frame before every call it makes that can run other
+ * code ("escaping" calls, in its generated code), so `stackpointer` is valid at the
+ * suspension point for every frame of the chain.  3.11-3.13 store it (stacktop) only around calls inlined into the same evaluation
+ * loop (Python to Python), and set it to -1 while a frame runs, including while it is in a
+ * call of a C function: then only the local variables, which always hold references or NULL,
+ * are visited, and for the innermost frame the value stack up to `call_args_end`, the end of
+ * the arguments of the call it suspended in (awaitlet()'s), if they lie in its value stack:
+ * the evaluation loop passes a call's arguments in place, at the top of the stack, so every
+ * slot below their end is in use.
+ *
+ * A frame owned by a generator on 3.11-3.13, while it runs (stacktop -1): its slots, found
+ * the same way; the rest of it is its generator's to visit. */
+static int
+traverse_frame(struct _PyInterpreterFrame *f, const void *call_args_end, visitproc visit,
+               void *arg)
+{
+    int owned = f->owner == FRAME_OWNED_BY_THREAD;
+#  if AWAITLET_PY314
+    (void)call_args_end;
+    if (!owned) {
+        return 0;
+    }
+#  else
+    if (!owned && !(f->owner == FRAME_OWNED_BY_GENERATOR && f->stacktop < 0)) {
+        return 0;
+    }
+#  endif
+    if (owned) {
+        Py_VISIT(f->frame_obj);
+        Py_VISIT(f->f_locals);
+#  if AWAITLET_PY314
+        VISIT_STACKREF(f->f_funcobj);
+        VISIT_STACKREF(f->f_executable);
+#  elif AWAITLET_PY313
+        Py_VISIT(f->f_funcobj);
+        Py_VISIT(f->f_executable);
+#  elif AWAITLET_PY312
+        Py_VISIT(f->f_funcobj);
+        Py_VISIT(f->f_code);
+#  else
+        Py_VISIT(f->f_func);
+        Py_VISIT(f->f_code);
+#  endif
+    }
+    PyCodeObject *code = frame_code(f);
+    if (code == NULL) {
+        return 0;
+    }
+    Py_ssize_t locals = code->co_nlocalsplus;
+    Py_ssize_t most = locals + code->co_stacksize;
+#  if AWAITLET_PY314
+    Py_ssize_t used = slots_up_to(f->localsplus, sizeof(_PyStackRef), f->stackpointer, locals,
+                                  most, locals);
+    for (Py_ssize_t i = 0; i < used; i++) {
+        VISIT_STACKREF(f->localsplus[i]);
+    }
+#  else
+    Py_ssize_t used = f->stacktop >= locals && f->stacktop <= most ? f->stacktop : locals;
+    Py_ssize_t in_call = slots_up_to(f->localsplus, sizeof(PyObject *), call_args_end, locals,
+                                     most, locals);
+    if (in_call > used) {
+        used = in_call;
+    }
+    for (Py_ssize_t i = 0; i < used; i++) {
+        Py_VISIT(f->localsplus[i]);
+    }
+#  endif
+    return 0;
+}
+
+static int
+traverse_frames(awaitlet_fiber_state *s, visitproc visit, void *arg)
+{
+#  if AWAITLET_PY314
+    const void *call_args_end = NULL;
+#  else
+    const void *call_args_end = s->call_args_end;
+#  endif
+    for (struct _PyInterpreterFrame *f = s->fiber.current_frame; f != NULL; f = f->previous) {
+        int err = traverse_frame(f, f == s->fiber.current_frame ? call_args_end : NULL, visit,
+                                 arg);
+        if (err) {
+            return err;
+        }
+    }
+    return 0;
+}
+#else
+/* 3.10: frames are PyFrameObjects, linked by strong f_back references.  A frame a function
+ * call runs in is not tracked by the collector while it runs: it is referenced by the C
+ * function that runs it (here on the fiber's stack) and by its callee's f_back, and frame
+ * objects are tracked only once they have returned.  So the fiber owns these frames, and what
+ * each one references is visited as frame_traverse would (f_back included: it may be a
+ * generator's frame, which is tracked).  A frame already tracked (made with PyFrame_New by
+ * some C code) is traversed by the collector itself.  A generator's frame (f_gen) is its
+ * generator's, whose traverse visits all of it but the value stack while it runs.  The value
+ * stack: f_stackdepth is -1 while a frame runs, so only the innermost frame's is known, up to
+ * the end of the arguments of the call it suspended in (see the 3.11+ traverse_frame). */
+static int
+traverse_frames(awaitlet_fiber_state *s, visitproc visit, void *arg)
+{
+    for (PyFrameObject *f = s->fiber.frame; f != NULL; f = f->f_back) {
+        int owned = f->f_gen == NULL;
+        if (owned && PyObject_GC_IsTracked((PyObject *)f)) {
+            continue;
+        }
+        if (owned) {
+            Py_VISIT(f->f_back);
+            Py_VISIT(f->f_code);
+            Py_VISIT(f->f_builtins);
+            Py_VISIT(f->f_globals);
+            Py_VISIT(f->f_locals);
+            Py_VISIT(f->f_trace);
+            Py_ssize_t locals = f->f_valuestack - f->f_localsplus;
+            for (Py_ssize_t i = 0; i < locals; i++) {
+                Py_VISIT(f->f_localsplus[i]);
+            }
+        }
+        Py_ssize_t stack = 0;
+        if (owned && f->f_stackdepth > 0 && f->f_stackdepth <= f->f_code->co_stacksize) {
+            stack = f->f_stackdepth;
+        }
+        else if (f->f_stackdepth < 0 && f == s->fiber.frame) {
+            stack = slots_up_to(f->f_valuestack, sizeof(PyObject *), s->call_args_end, 0,
+                                f->f_code->co_stacksize, 0);
+        }
+        for (Py_ssize_t i = 0; i < stack; i++) {
+            Py_VISIT(f->f_valuestack[i]);
+        }
+    }
+    return 0;
+}
+#endif
+
+/* Visits the references the fiber's state owns: for a fiber that has not started, the context
+ * it will start in; for a suspended one, its context, the exception its bottom frame handles
+ * and what its frames reference.  Must be called with the GIL held, while the fiber is not
+ * running (its frames are then on the thread's own chain, which the collector treats as a
+ * root). */
+int
+awaitlet_fiber_traverse(awaitlet_fiber_state *s, visitproc visit, void *arg)
+{
+    if (!s->started) {
+        Py_VISIT(s->initial_context);
+        return 0;
+    }
+    Py_VISIT(s->fiber.context);
+    /* Only the bottom item of the fiber's handled-exception chain is the fiber's: the items
+     * above it, if any, belong to generators running on it. */
+    Py_VISIT(s->exc_root.exc_value);
+#if !AWAITLET_PY311
+    Py_VISIT(s->exc_root.exc_type);
+    Py_VISIT(s->exc_root.exc_traceback);
+#endif
+    return traverse_frames(s, visit, arg);
 }
 
 /* Whether `object` is a generator marked by types.coroutine (CO_ITERABLE_COROUTINE), which
