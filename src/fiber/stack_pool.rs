@@ -39,10 +39,14 @@
 //! writes) is checked at every switch out of a fiber, which aborts the process, loudly,
 //! before corrupted memory is used: without a guard it is the only protection.
 //!
-//! Finished fibers' slots are reused, per thread first. A slot whose fiber ran deep has its
-//! deep pages returned to the system when it is released.
+//! Finished fibers' slots are reused, per thread first. A thread keeps its few dozen most
+//! recently released slots warm (their top [`KEEP_RESIDENT`] bytes stay in memory, so a
+//! fiber that starts on one touches no new page) and gives every page of the slots released
+//! beyond those back to the system, so that a burst of fibers leaves no memory behind once
+//! it has finished.
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -57,9 +61,11 @@ const CANARY_BYTES: usize = 64;
 /// Space between the canary and the part of the slot the interpreter may use: what a C
 /// function called past CPython's stack checks can use before it reaches the canary.
 pub const RED_ZONE: usize = 64 * 1024;
-/// Depth of stack use kept resident when a slot is reused; deeper pages are released.
+/// Depth of stack use (from the slot's top) that a warm slot keeps in memory.
 const KEEP_RESIDENT: usize = 64 * 1024;
-/// Slots a thread keeps for reuse before handing them to the other threads.
+/// Released slots a thread keeps warm; its slots released beyond these lose all their pages.
+const WARM_SLOTS_PER_THREAD: usize = 32;
+/// Slots a thread keeps for reuse (warm or not) before handing them to the other threads.
 const MAX_CACHED_PER_THREAD: usize = 256;
 /// Slots per region (the first region is this many; later ones too, unless the system
 /// refuses that much address space, then fewer).
@@ -123,8 +129,8 @@ impl SlotStack {
         self.bottom.as_ptr() as usize + GUARD_SIZE
     }
 
-    /// Releases the pages below the resident depth if the last fiber reached them, so the
-    /// slot is cheap to keep.
+    /// Releases the pages below the resident depth if the last fiber reached them, so that
+    /// a warm slot keeps at most [`KEEP_RESIDENT`] bytes. No system call unless it did.
     fn trim_deep_pages(&self) {
         let mark = self.bottom.as_ptr() as usize + SLOT_SIZE - KEEP_RESIDENT;
         let words = (mark - 64) as *const u64;
@@ -179,7 +185,7 @@ struct Regions {
     /// Slots never used yet, at the end of the newest region.
     next_fresh: usize,
     fresh_end: usize,
-    /// Released slots handed over by threads.
+    /// Released slots handed over by threads; none of their pages are resident.
     released: Vec<NonNull<u8>>,
     guard_mode: GuardMode,
     /// Guards that `mprotect` may make: a quarter of the process's allowance of memory
@@ -315,18 +321,37 @@ fn max_map_count() -> usize {
         .unwrap_or(65_530)
 }
 
-struct ThreadCache(Vec<NonNull<u8>>);
+/// A thread's released slots, most recently released last.
+struct ThreadCache {
+    /// Slots that keep the pages their last fiber touched near the top.
+    warm: VecDeque<NonNull<u8>>,
+    /// Slots without resident pages.
+    cold: Vec<NonNull<u8>>,
+}
 
 impl Drop for ThreadCache {
     fn drop(&mut self) {
-        if let Ok(mut regions) = REGIONS.lock() {
-            regions.released.append(&mut self.0);
+        let mut regions = REGIONS
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for bottom in self.warm.drain(..) {
+            release_all_pages(bottom);
+            regions.released.push(bottom);
         }
+        regions.released.append(&mut self.cold);
     }
 }
 
 thread_local! {
-    static CACHE: RefCell<ThreadCache> = const { RefCell::new(ThreadCache(Vec::new())) };
+    static CACHE: RefCell<ThreadCache> = const {
+        RefCell::new(ThreadCache { warm: VecDeque::new(), cold: Vec::new() })
+    };
+}
+
+/// Releases every page of the slot at `bottom` above its guard (which stays).
+fn release_all_pages(bottom: NonNull<u8>) {
+    let bottom = bottom.as_ptr() as usize;
+    release_pages(bottom + GUARD_SIZE, bottom + SLOT_SIZE);
 }
 
 /// Reserves a region of `slots` slots, above inaccessible memory that
@@ -377,7 +402,10 @@ fn reserve_region(slots: usize) -> Option<usize> {
 /// page size) are kept for frames: a released slot if there is one.
 pub fn take(frames_size: usize) -> std::io::Result<SlotStack> {
     let cached = CACHE
-        .try_with(|cache| cache.borrow_mut().0.pop())
+        .try_with(|cache| {
+            let mut cache = cache.borrow_mut();
+            cache.warm.pop_back().or_else(|| cache.cold.pop())
+        })
         .ok()
         .flatten();
     let bottom = match cached {
@@ -440,19 +468,33 @@ pub fn give_back(stack: SlotStack) {
     let kept = CACHE
         .try_with(|cache| {
             let mut cache = cache.borrow_mut();
-            if cache.0.len() < MAX_CACHED_PER_THREAD {
-                cache.0.push(bottom);
-                true
+            cache.warm.push_back(bottom);
+            if cache.warm.len() <= WARM_SLOTS_PER_THREAD {
+                return;
+            }
+            // One system call per release beyond the warm set, none while a thread runs
+            // fewer fibers at once than that.
+            let coldest = cache.warm.pop_front().expect("more than the warm set");
+            release_all_pages(coldest);
+            if cache.warm.len() + cache.cold.len() < MAX_CACHED_PER_THREAD {
+                cache.cold.push(coldest);
             } else {
-                false
+                give_to_other_threads(coldest);
             }
         })
-        .unwrap_or(false);
+        .is_ok();
     if !kept {
-        REGIONS
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .released
-            .push(bottom);
+        // The thread is exiting: its cache is gone.
+        release_all_pages(bottom);
+        give_to_other_threads(bottom);
     }
+}
+
+/// Puts a slot without resident pages on the list every thread takes from.
+fn give_to_other_threads(bottom: NonNull<u8>) {
+    REGIONS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .released
+        .push(bottom);
 }

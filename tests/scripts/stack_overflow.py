@@ -7,7 +7,7 @@ neighbours are started and suspended first; stack slots are carved upward and st
 down, so the overflowing fiber's stack lies right above the last neighbour's, whose top holds
 its live C frames (and, on 3.11+, its first Python frames). With ``reused``, 200 fibers run
 and finish first and 64 neighbours are suspended, so that the overflowing fiber runs on a
-slot that was used before.
+slot that was used before and had all its pages given back.
 
 RECURSION:
 ``python``, ``c``
