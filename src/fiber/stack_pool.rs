@@ -35,9 +35,9 @@
 //!   budget of an eighth of `vm.max_map_count` guards; past it, and when forced off, slots
 //!   have no guard (a one-time RuntimeWarning says so when the budget runs out).
 //!
-//! In every mode, the canary (the lowest bytes above the guard, which only an overflow
-//! writes) is checked at every switch out of a fiber, which aborts the process, loudly,
-//! before corrupted memory is used: without a guard it is the only protection.
+//! A slot without a guard is protected by its canary, the lowest bytes of the slot above the
+//! guard's place, which only an overflow writes: every switch out of a fiber on such a slot
+//! checks it and aborts the process, loudly, before corrupted memory is used.
 //!
 //! Finished fibers' slots are reused, per thread first. A thread keeps its few dozen most
 //! recently released slots warm (their top [`KEEP_RESIDENT`] bytes stay in memory, so a
@@ -46,15 +46,14 @@
 //! it has finished.
 
 use std::cell::RefCell;
-use std::collections::VecDeque;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use corosensei::stack::{Stack, StackPointer};
 
-/// Inaccessible bytes at the bottom of every slot: larger than any single C stack frame
-/// that skips a page without touching it.
+/// Inaccessible bytes at the bottom of every slot: more than a page, so that a C function with
+/// a large frame cannot step over the guard without touching it.
 const GUARD_SIZE: usize = 64 * 1024;
 /// Bytes right above the guard that only an overflow writes.
 const CANARY_BYTES: usize = 64;
@@ -84,15 +83,43 @@ const MADV_GUARD_INSTALL: libc::c_int = 102;
 const SLOT_SIZE: usize = super::STACK_SIZE;
 const _: () = assert!(SLOT_SIZE % PAGE_TABLE_SPAN == 0 && SLOT_SIZE > 4 * GUARD_SIZE);
 
+/// A slot as the pool keeps it: the address of its bottom, plus one if its lowest
+/// [`GUARD_SIZE`] bytes are a guard (not in slots carved with guards turned off or past the
+/// `mprotect` budget). Slots are page-aligned, so the low bit is free; one word per slot
+/// keeps the per-thread lists as small as a list of addresses.
+#[derive(Clone, Copy)]
+struct Slot(usize);
+
+impl Slot {
+    fn new(bottom: usize, guarded: bool) -> Self {
+        Self(bottom | usize::from(guarded))
+    }
+
+    fn bottom(self) -> usize {
+        self.0 & !1
+    }
+
+    fn guarded(self) -> bool {
+        self.0 & 1 != 0
+    }
+
+    /// The first address above the guard: everything from here up is accessible.
+    fn guard_end(self) -> usize {
+        self.bottom() + GUARD_SIZE
+    }
+
+    /// Releases every page of the slot above its guard (which stays).
+    fn release_all_pages(self) {
+        release_pages(self.guard_end(), self.bottom() + SLOT_SIZE);
+    }
+}
+
 /// A fiber stack: one slot of a region.
 pub struct SlotStack {
-    bottom: NonNull<u8>,
+    slot: Slot,
     /// Bytes at the top of the slot kept for the fiber's first frames.
     frames_size: usize,
 }
-
-// SAFETY: a slot is an exclusive range of memory owned by this value until it is given back.
-unsafe impl Send for SlotStack {}
 
 // SAFETY: `base` is the slot's top less the frames area and `limit` the top of its guard,
 // both aligned to 16 (slots are page-aligned, sizes page multiples); the memory between
@@ -110,7 +137,7 @@ unsafe impl Stack for SlotStack {
 impl SlotStack {
     /// Start of the memory kept for the fiber's first frames, up to the slot's top.
     pub fn frames_area(&self) -> usize {
-        self.bottom.as_ptr() as usize + SLOT_SIZE - self.frames_size
+        self.slot.bottom() + SLOT_SIZE - self.frames_size
     }
 
     /// The lowest address the interpreter may consider part of this stack.
@@ -120,19 +147,20 @@ impl SlotStack {
 
     /// The slot's canary, to check after the stack has moved into its coroutine.
     pub fn canary(&self) -> Canary {
-        // The guard end is inside the slot, which is never at address 0.
-        Canary(NonNull::new(self.guard_end() as *mut u8).expect("non-null canary"))
+        // With a guard an overflow faults before it can write outside the slot: nothing to
+        // check, and no page to read at every switch.
+        let canary = self.guard_end() as *mut u8;
+        Canary((!self.slot.guarded()).then(|| NonNull::new(canary).expect("non-null slot")))
     }
 
-    /// The first address above the guard: everything from here up is accessible.
     fn guard_end(&self) -> usize {
-        self.bottom.as_ptr() as usize + GUARD_SIZE
+        self.slot.guard_end()
     }
 
     /// Releases the pages below the resident depth if the last fiber reached them, so that
     /// a warm slot keeps at most [`KEEP_RESIDENT`] bytes. No system call unless it did.
     fn trim_deep_pages(&self) {
-        let mark = self.bottom.as_ptr() as usize + SLOT_SIZE - KEEP_RESIDENT;
+        let mark = self.slot.bottom() + SLOT_SIZE - KEEP_RESIDENT;
         let words = (mark - 64) as *const u64;
         // SAFETY: inside the slot above its guard, mapped readable, 8-aligned.
         let touched = (0..8).any(|index| unsafe { words.add(index).read_volatile() } != 0);
@@ -152,15 +180,19 @@ fn release_pages(low: usize, high: usize) {
     unsafe { libc::madvise(low as *mut libc::c_void, high - low, libc::MADV_DONTNEED) };
 }
 
-/// The lowest bytes of a slot above its guard, which only a stack overflow writes.
+/// The lowest bytes of a slot without a guard, which only a stack overflow writes (None for a
+/// slot with a guard).
 #[derive(Clone, Copy)]
-pub struct Canary(NonNull<u8>);
+pub struct Canary(Option<NonNull<u8>>);
 
 impl Canary {
     /// Whether nothing wrote past the usable part of the slot.
     #[inline]
     pub fn intact(self) -> bool {
-        let words = self.0.as_ptr().cast::<u64>();
+        let Some(canary) = self.0 else {
+            return true;
+        };
+        let words = canary.as_ptr().cast::<u64>();
         // SAFETY: the canary lies inside a slot above its guard, which stays mapped readable
         // for the life of the process; it is read as plain words, aligned because slots are
         // page-aligned.
@@ -186,16 +218,13 @@ struct Regions {
     next_fresh: usize,
     fresh_end: usize,
     /// Released slots handed over by threads; none of their pages are resident.
-    released: Vec<NonNull<u8>>,
+    released: Vec<Slot>,
     guard_mode: GuardMode,
     /// Guards that `mprotect` may make: a quarter of the process's allowance of memory
     /// mappings, two per guard.
     mprotect_guard_budget: usize,
     mprotect_guards_made: usize,
 }
-
-// SAFETY: the pointers are addresses of slots, which any thread may take ownership of.
-unsafe impl Send for Regions {}
 
 static REGIONS: Mutex<Regions> = Mutex::new(Regions {
     next_fresh: 0,
@@ -259,14 +288,14 @@ impl Regions {
     }
 
     /// Makes the lowest [`GUARD_SIZE`] bytes of the fresh slot at `bottom` inaccessible, as
-    /// far as the mode allows.
-    fn install_guard(&mut self, bottom: usize) {
+    /// far as the mode allows; whether it did.
+    fn install_guard(&mut self, bottom: usize) -> bool {
         if self.guard_mode == GuardMode::Undecided {
             self.choose_guard_mode();
         }
         if self.guard_mode == GuardMode::GuardMarkers {
             if guard_markers(bottom) {
-                return;
+                return true;
             }
             // A kernel before Linux 6.13 answers EINVAL: fall back for good.
             self.guard_mode = GuardMode::Mprotect;
@@ -280,7 +309,7 @@ impl Regions {
                 } == 0;
                 if protected {
                     self.mprotect_guards_made += 1;
-                    return;
+                    return true;
                 }
             }
             self.guard_mode = GuardMode::CanaryOnly;
@@ -292,6 +321,7 @@ impl Regions {
                 self.mprotect_guard_budget * 2
             ));
         }
+        false
     }
 }
 
@@ -324,9 +354,9 @@ fn max_map_count() -> usize {
 /// A thread's released slots, most recently released last.
 struct ThreadCache {
     /// Slots that keep the pages their last fiber touched near the top.
-    warm: VecDeque<NonNull<u8>>,
+    warm: Vec<Slot>,
     /// Slots without resident pages.
-    cold: Vec<NonNull<u8>>,
+    cold: Vec<Slot>,
 }
 
 impl Drop for ThreadCache {
@@ -334,9 +364,9 @@ impl Drop for ThreadCache {
         let mut regions = REGIONS
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        for bottom in self.warm.drain(..) {
-            release_all_pages(bottom);
-            regions.released.push(bottom);
+        for slot in self.warm.drain(..) {
+            slot.release_all_pages();
+            regions.released.push(slot);
         }
         regions.released.append(&mut self.cold);
     }
@@ -344,14 +374,8 @@ impl Drop for ThreadCache {
 
 thread_local! {
     static CACHE: RefCell<ThreadCache> = const {
-        RefCell::new(ThreadCache { warm: VecDeque::new(), cold: Vec::new() })
+        RefCell::new(ThreadCache { warm: Vec::new(), cold: Vec::new() })
     };
-}
-
-/// Releases every page of the slot at `bottom` above its guard (which stays).
-fn release_all_pages(bottom: NonNull<u8>) {
-    let bottom = bottom.as_ptr() as usize;
-    release_pages(bottom + GUARD_SIZE, bottom + SLOT_SIZE);
 }
 
 /// Reserves a region of `slots` slots, above inaccessible memory that
@@ -404,30 +428,27 @@ pub fn take(frames_size: usize) -> std::io::Result<SlotStack> {
     let cached = CACHE
         .try_with(|cache| {
             let mut cache = cache.borrow_mut();
-            cache.warm.pop_back().or_else(|| cache.cold.pop())
+            cache.warm.pop().or_else(|| cache.cold.pop())
         })
         .ok()
         .flatten();
-    let bottom = match cached {
-        Some(bottom) => bottom,
+    let slot = match cached {
+        Some(slot) => slot,
         None => {
             let mut regions = REGIONS
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             match regions.released.pop() {
-                Some(bottom) => bottom,
+                Some(slot) => slot,
                 None => carve_fresh_slot(&mut regions)?,
             }
         }
     };
-    Ok(SlotStack {
-        bottom,
-        frames_size,
-    })
+    Ok(SlotStack { slot, frames_size })
 }
 
 /// A slot never used before, with its guard, from a new region if the newest is used up.
-fn carve_fresh_slot(regions: &mut Regions) -> std::io::Result<NonNull<u8>> {
+fn carve_fresh_slot(regions: &mut Regions) -> std::io::Result<Slot> {
     if regions.next_fresh == regions.fresh_end {
         let mut slots = SLOTS_PER_REGION;
         let start = loop {
@@ -444,8 +465,8 @@ fn carve_fresh_slot(regions: &mut Regions) -> std::io::Result<NonNull<u8>> {
     }
     let bottom = regions.next_fresh;
     regions.next_fresh += SLOT_SIZE;
-    regions.install_guard(bottom);
-    Ok(NonNull::new(bottom as *mut u8).expect("mmap never returns address 0"))
+    let guarded = regions.install_guard(bottom);
+    Ok(Slot::new(bottom, guarded))
 }
 
 /// Gives the memory of a stack that will never run again back to the system, except its
@@ -464,18 +485,19 @@ pub fn retire(stack: SlotStack) {
 /// Returns a stack that nothing runs on any more.
 pub fn give_back(stack: SlotStack) {
     stack.trim_deep_pages();
-    let bottom = stack.bottom;
+    let slot = stack.slot;
     let kept = CACHE
         .try_with(|cache| {
             let mut cache = cache.borrow_mut();
-            cache.warm.push_back(bottom);
+            cache.warm.push(slot);
             if cache.warm.len() <= WARM_SLOTS_PER_THREAD {
                 return;
             }
             // One system call per release beyond the warm set, none while a thread runs
-            // fewer fibers at once than that.
-            let coldest = cache.warm.pop_front().expect("more than the warm set");
-            release_all_pages(coldest);
+            // fewer fibers at once than that (and the shift of a few dozen entries is
+            // nothing next to it).
+            let coldest = cache.warm.remove(0);
+            coldest.release_all_pages();
             if cache.warm.len() + cache.cold.len() < MAX_CACHED_PER_THREAD {
                 cache.cold.push(coldest);
             } else {
@@ -485,16 +507,16 @@ pub fn give_back(stack: SlotStack) {
         .is_ok();
     if !kept {
         // The thread is exiting: its cache is gone.
-        release_all_pages(bottom);
-        give_to_other_threads(bottom);
+        slot.release_all_pages();
+        give_to_other_threads(slot);
     }
 }
 
 /// Puts a slot without resident pages on the list every thread takes from.
-fn give_to_other_threads(bottom: NonNull<u8>) {
+fn give_to_other_threads(slot: Slot) {
     REGIONS
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
         .released
-        .push(bottom);
+        .push(slot);
 }
