@@ -1,5 +1,6 @@
 import asyncio
 import gc
+import random
 
 import pytest
 from _support import resident_memory_bytes
@@ -114,3 +115,102 @@ def test_no_growth_when_suspended_coroutines_are_dropped():
 
     growth = measure_growth(run_calls, 10_000, 30_000)
     assert growth < ALLOWED_GROWTH_BYTES, f"grew by {growth} bytes"
+
+
+# ---------------------------------------------------------------- stacks' memory returned
+
+BURST = 20_000
+SOAK_CONCURRENCY = 500
+SOAK_JOBS = 20_000
+#: What idle stacks may keep resident: a few dozen recently used ones stay warm.
+ALLOWED_IDLE_STACKS_BYTES = 4 * 1024 * 1024
+#: Python's own allocators keep part of what a burst of tasks needed (a burst of native
+#: coroutines leaves about as much): the whole process gets this much more slack.
+ALLOWED_BURST_RESIDUE_BYTES = 32 * 1024 * 1024
+ALLOWED_SOAK_GROWTH_BYTES = 8 * 1024 * 1024
+#: Fiber stacks are carved from anonymous mappings of many GiB; nothing else here is as big.
+STACK_REGION_MIN_BYTES = 1 << 30
+
+
+def stack_regions_resident_bytes():
+    """Resident memory of the fiber stacks' regions, from /proc/self/smaps."""
+    resident = 0
+    in_region = False
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            fields = line.split()
+            if "-" in fields[0] and not fields[0].endswith(":"):
+                low, high = (int(bound, 16) for bound in fields[0].split("-"))
+                in_region = high - low >= STACK_REGION_MIN_BYTES and len(fields) == 5
+            elif in_region and fields[0] == "Rss:":
+                resident += int(fields[1]) * 1024
+    return resident
+
+
+def wait_for(event):
+    return awaitlet(event.wait())
+
+
+async def native_wait_for(event):
+    return await event.wait()
+
+
+async def suspend_all_then_finish(count, task_body):
+    """``count`` tasks suspended at once on one event, then released together."""
+    event = asyncio.Event()
+    tasks = [asyncio.ensure_future(task_body(event)) for _ in range(count)]
+    await asyncio.sleep(0)
+    event.set()
+    await asyncio.gather(*tasks)
+
+
+def test_memory_of_a_burst_of_suspended_fibers_is_returned_when_they_finish():
+    async def main():
+        # Let Python's allocators first grow to what a burst of this many tasks needs.
+        await suspend_all_then_finish(BURST, native_wait_for)
+        await suspend_all_then_finish(100, lambda event: async_def(wait_for, event))
+        gc.collect()
+        before = resident_memory_bytes(), stack_regions_resident_bytes()
+        await suspend_all_then_finish(BURST, lambda event: async_def(wait_for, event))
+        gc.collect()
+        return resident_memory_bytes() - before[0], stack_regions_resident_bytes() - before[1]
+
+    residue, stacks_residue = asyncio.run(main())
+    assert stacks_residue < ALLOWED_IDLE_STACKS_BYTES, f"stacks kept {stacks_residue} bytes"
+    assert residue < ALLOWED_BURST_RESIDUE_BYTES, f"{residue} bytes stayed resident"
+
+
+def descend_through_c_then_wait(depth):
+    """Sync code ``depth`` calls deep, each through a C call (so it uses the machine stack)."""
+    if depth:
+        return [*map(descend_through_c_then_wait, [depth - 1])][0]
+    awaitlet(asyncio.sleep(0))
+    return 0
+
+
+def test_stacks_stay_flat_over_a_soak_of_jobs_of_random_depth():
+    rng = random.Random(5)
+
+    async def worker(jobs):
+        for _ in range(jobs):
+            await async_def(descend_through_c_then_wait, rng.randrange(60))
+
+    async def soak(concurrency, jobs):
+        await asyncio.gather(*(worker(jobs // concurrency) for _ in range(concurrency)))
+
+    async def main():
+        await soak(10, 1_000)
+        gc.collect()
+        before = resident_memory_bytes(), stack_regions_resident_bytes()
+        growth = []
+        for _ in range(3):
+            await soak(SOAK_CONCURRENCY, SOAK_JOBS)
+            gc.collect()
+            growth.append(
+                (resident_memory_bytes() - before[0], stack_regions_resident_bytes() - before[1])
+            )
+        return growth
+
+    growth = asyncio.run(main())
+    assert max(stacks for _, stacks in growth) < ALLOWED_IDLE_STACKS_BYTES, growth
+    assert max(total for total, _ in growth) < ALLOWED_SOAK_GROWTH_BYTES, growth

@@ -24,13 +24,14 @@
 
 use std::alloc::{alloc, Layout};
 use std::cell::{Cell, RefCell};
+use std::ffi::CString;
 use std::mem::ManuallyDrop;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr::{self, NonNull};
 
 use corosensei::stack::Stack;
 use corosensei::{Coroutine, CoroutineResult, Yielder};
-use pyo3::exceptions::{PyGeneratorExit, PyRuntimeError};
+use pyo3::exceptions::{PyGeneratorExit, PyRuntimeError, PyRuntimeWarning};
 use pyo3::ffi;
 use pyo3::panic::PanicException;
 use pyo3::prelude::*;
@@ -348,9 +349,17 @@ impl Fiber {
         }
         let call = Call::new(py, func, args, kwargs)?;
         // Out of memory is a MemoryError, raised without allocating anything more.
-        let Ok(stack) = stack_pool::take(STACK_SIZE, crate::pystate::root_chunk_size()) else {
+        let Ok(stack) = stack_pool::take(crate::pystate::root_chunk_size()) else {
             return Err(no_memory(py));
         };
+        if let Some(message) = stack_pool::take_warning() {
+            let message = CString::new(message).expect("no NUL in the pool's messages");
+            let category = py.get_type::<PyRuntimeWarning>();
+            if let Err(err) = PyErr::warn(py, &category, &message, 1) {
+                stack_pool::give_back(stack);
+                return Err(err);
+            }
+        }
         let usable_low = stack.usable_low();
         let canary = stack.canary();
         let usable_size = stack.base().get() - usable_low;
