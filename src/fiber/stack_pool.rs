@@ -364,11 +364,18 @@ impl Drop for ThreadCache {
         let mut regions = REGIONS
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        for slot in self.warm.drain(..) {
+        for slot in &self.warm {
             slot.release_all_pages();
-            regions.released.push(slot);
         }
-        regions.released.append(&mut self.cold);
+        // Out of memory, the slots are lost (their pages are released): never an abort.
+        if regions
+            .released
+            .try_reserve(self.warm.len() + self.cold.len())
+            .is_ok()
+        {
+            regions.released.append(&mut self.warm);
+            regions.released.append(&mut self.cold);
+        }
     }
 }
 
@@ -489,6 +496,11 @@ pub fn give_back(stack: SlotStack) {
     let kept = CACHE
         .try_with(|cache| {
             let mut cache = cache.borrow_mut();
+            if cache.warm.try_reserve(1).is_err() {
+                slot.release_all_pages();
+                give_to_other_threads(slot);
+                return;
+            }
             cache.warm.push(slot);
             if cache.warm.len() <= WARM_SLOTS_PER_THREAD {
                 return;
@@ -498,7 +510,9 @@ pub fn give_back(stack: SlotStack) {
             // nothing next to it).
             let coldest = cache.warm.remove(0);
             coldest.release_all_pages();
-            if cache.warm.len() + cache.cold.len() < MAX_CACHED_PER_THREAD {
+            if cache.warm.len() + cache.cold.len() < MAX_CACHED_PER_THREAD
+                && cache.cold.try_reserve(1).is_ok()
+            {
                 cache.cold.push(coldest);
             } else {
                 give_to_other_threads(coldest);
@@ -512,11 +526,13 @@ pub fn give_back(stack: SlotStack) {
     }
 }
 
-/// Puts a slot without resident pages on the list every thread takes from.
+/// Puts a slot without resident pages on the list every thread takes from (out of memory,
+/// the slot is lost rather than the process aborted: only its address space goes with it).
 fn give_to_other_threads(slot: Slot) {
-    REGIONS
+    let mut regions = REGIONS
         .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .released
-        .push(slot);
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if regions.released.try_reserve(1).is_ok() {
+        regions.released.push(slot);
+    }
 }
