@@ -47,7 +47,18 @@ def test_short_soak_passes(threads):
     ],
 )
 def test_soak_reports_a_deliberate_fault_with_its_seed(fault, reported):
-    result = soak("--minutes", "0", "--tasks", "1000", "--seed", "11", "--inject", fault)
+    result = soak(
+        "--minutes",
+        "0",
+        "--warmup-rounds",
+        "3",
+        "--tasks",
+        "1000",
+        "--seed",
+        "11",
+        "--inject",
+        fault,
+    )
     assert result.returncode == 1, result.stdout + result.stderr
     assert "soak: FAILED" in result.stdout and "(seed 11)" in result.stdout, result.stdout
     assert re.search(reported, result.stdout), result.stdout

@@ -32,6 +32,7 @@ import sys
 import threading
 import time
 import traceback
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,8 +46,10 @@ FD_BOUND = 0
 MIN_OPS_FOR_RSS = 150_000
 OBJECTS_BOUND = 2_000
 PER = 100_000
-#: The warm-up: at least this many rounds, and this share of the run's time.
-WARMUP_ROUNDS = 3
+#: The warm-up: at least this many rounds (--warmup-rounds), and this share of the run's
+#: time. Resident memory climbs for the first hundred thousand operations or so: the stack
+#: pool's slots are touched ever deeper, up to what a slot keeps resident.
+WARMUP_ROUNDS = 10
 WARMUP_SHARE = 0.25
 #: A round whose tasks have not all finished by then is reported as hung.
 ROUND_LIMIT_SECONDS = 300.0
@@ -176,13 +179,17 @@ class Runner:
     def more(self, rounds: int) -> bool:
         """Whether to run another round: until the time is up, and at least one round
         after the warm-up."""
-        return self.baseline is None or rounds <= WARMUP_ROUNDS or time.monotonic() < self.deadline
+        return (
+            self.baseline is None
+            or rounds <= self.args.warmup_rounds
+            or time.monotonic() < self.deadline
+        )
 
     def after_round(self, rounds: int) -> None:
         """Between rounds, with every loop closed: the baseline sample once the warm-up is
         over, a progress line with --verbose."""
         if self.baseline is None:
-            if rounds >= WARMUP_ROUNDS and time.monotonic() >= self.warmup_until:
+            if rounds >= self.args.warmup_rounds and time.monotonic() >= self.warmup_until:
                 self.baseline = sample(self.totals.ops)
                 if self.args.verbose:
                     self.progress(self.baseline, "baseline")
@@ -330,6 +337,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--replay", metavar="THREAD:ROUND:TASK", help="run one task's plan")
     parser.add_argument("--verbose", action="store_true", help="sample after every round")
     parser.add_argument(
+        "--warmup-rounds", type=int, default=WARMUP_ROUNDS, help="rounds before the baseline"
+    )
+    parser.add_argument(
         "--inject",
         choices=["wrong-result", "skip-finally", "leak-objects"],
         default="",
@@ -349,6 +359,9 @@ def main(argv: list[str] | None = None) -> int:
         unraisable.append(f"unraisable exception: {info.exc_value!r} in {info.object!r}")
 
     sys.unraisablehook = hook
+    # A warning (a coroutine never awaited, a resource left open) is a failure: raised where
+    # it is issued, or reported to the hook above from a finalizer.
+    warnings.simplefilter("error")
     print(
         f"soak: seed {args.seed}, {args.threads} thread(s), {args.tasks} tasks per round, "
         f"{args.minutes:g} min, Python {sys.version.split()[0]}",
