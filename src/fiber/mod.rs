@@ -39,6 +39,7 @@ use pyo3::types::{PyDict, PyTuple};
 use crate::pystate::{interpreter_finalizing, FiberPyState};
 
 mod stack_pool;
+mod valgrind;
 
 /// Machine stack reserved for each fiber: the size of a thread's default stack, which is
 /// what CPython's recursion limits are calibrated for before 3.14 (3.10-3.13 count calls,
@@ -157,6 +158,7 @@ pub struct Fiber {
     status: Status,
     thread: u64,
     canary: stack_pool::Canary,
+    valgrind_stack: valgrind::StackId,
 }
 
 impl Fiber {
@@ -167,6 +169,7 @@ impl Fiber {
             stack_pool::take(STACK_SIZE, crate::pystate::root_chunk_size()).map_err(|err| {
                 PyMemoryError::new_err(format!("cannot allocate a fiber stack: {err}"))
             })?;
+        let valgrind_stack = valgrind::register(stack.limit().get(), stack.base().get());
         let usable_low = stack.usable_low();
         let canary = stack.canary();
         let usable_size = stack.base().get() - usable_low;
@@ -184,6 +187,7 @@ impl Fiber {
         let pystate = match pystate {
             Ok(pystate) => pystate,
             Err(err) => {
+                valgrind::deregister(valgrind_stack);
                 stack_pool::give_back(stack);
                 return Err(err);
             }
@@ -228,6 +232,7 @@ impl Fiber {
             status: Status::NotStarted,
             thread: current_thread(),
             canary,
+            valgrind_stack,
         })
     }
 
@@ -356,6 +361,7 @@ impl Drop for Fiber {
                 drop(unsafe { Box::from_raw(self.shared.as_ptr()) });
                 // The interpreter state that used the slot's frames area is gone: the slot can
                 // serve another fiber.
+                valgrind::deregister(self.valgrind_stack);
                 stack_pool::give_back(stack);
             }
             // A suspended (or, impossibly, running) fiber still has CPython frames on its
