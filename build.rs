@@ -1,6 +1,7 @@
 //! Compiles `src/pystate/pystate.c` against the headers (internal ones included) of the
 //! exact interpreter this extension is being built for, so every private field it touches
-//! has the offset that interpreter uses.
+//! has the offset that interpreter uses; with the `valgrind` feature, also
+//! `src/fiber/valgrind.c`.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -52,4 +53,26 @@ fn main() {
     println!("cargo:rerun-if-changed=src/pystate/pystate.c");
     println!("cargo:rerun-if-changed=src/fiber/stack_root.c");
     println!("cargo:rerun-if-changed=build.rs");
+
+    if std::env::var_os("CARGO_FEATURE_VALGRIND").is_some() {
+        compile_valgrind_shim();
+    }
+}
+
+/// The `valgrind` feature's client requests (src/fiber/valgrind.c), which need valgrind's
+/// header.
+fn compile_valgrind_shim() {
+    println!("cargo:rerun-if-changed=src/fiber/valgrind.c");
+    let compiled = cc::Build::new()
+        .file("src/fiber/valgrind.c")
+        .warnings(true)
+        .opt_level(2)
+        .cargo_warnings(false)
+        .try_compile("awaitlet_valgrind");
+    if let Err(error) = compiled {
+        panic!(
+            "the `valgrind` feature needs valgrind's header <valgrind/valgrind.h> \
+             (Debian and Ubuntu: apt-get install valgrind): {error}"
+        );
+    }
 }

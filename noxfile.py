@@ -3,12 +3,15 @@
     nox                    # all versions
     nox -s tests-3.12      # one version
     nox -s tests-3.12 -- -k contextvars   # extra arguments go to pytest (our own tests)
+    nox -s soak-3.12 -- --minutes 30 --threads 4   # a long soak (arguments: tests/soak/run.py)
+    nox -s valgrind-3.11   # the soak and fault scenarios under memcheck (CPython 3.11)
 
-Each session builds the Rust extension from source for its interpreter
+Each ``tests`` session builds the Rust extension from source for its interpreter
 (``pip install .``), then, with no greenlet package installed (awaitlet's facade
 stands in), runs this repository's tests, the original ``awaitlet`` 0.0.1 test
-suite and SQLAlchemy's own asyncio tests (on SQLite and on a PostgreSQL server the
-tests start); then, with the real greenlet installed, the SQLAlchemy tests again.
+suite, SQLAlchemy's own asyncio tests (on SQLite and on a PostgreSQL server the
+tests start) and a short soak (tests/soak/run.py, one thread, then four); then, with
+the real greenlet installed, the SQLAlchemy tests again.
 PostgreSQL's server binaries must be installed (``apt-get install postgresql``).
 """
 
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from pathlib import Path
 
 import nox
@@ -35,22 +39,37 @@ nox.options.error_on_missing_interpreters = True
 # compare with the facade's: the newest 2.1 (3.11) and 2.0 (3.10).
 GREENLET_BASELINE_PYTHONS = {"3.10", "3.11"}
 COUNTS = re.compile(r"^(\S+): (\d+) passed, (\d+) failed, (\d+) skipped", re.MULTILINE)
+# The soak in each tests session: this long with one thread, and again with four (about a
+# minute per version in all). AWAITLET_SOAK_SEED repeats a run's plans.
+SOAK_MINUTES = "0.4"
+VALGRIND_PYTHON = "3.11"
+
+
+def _install(session: nox.Session, *build_args: str) -> None:
+    """Builds and installs the package, then the test requirements."""
+    env = {
+        # One target directory for every version, so the builds share the
+        # compiled dependencies that do not depend on the interpreter.
+        "CARGO_TARGET_DIR": os.environ.get("CARGO_TARGET_DIR", str(ROOT / "target")),
+    }
+    config = [f"--config-settings=build-args={' '.join(build_args)}"] if build_args else []
+    # --force-reinstall: a reused venv must get the freshly built extension.
+    session.install("--force-reinstall", "--no-deps", ".", *config, env=env)
+    session.install("-r", "tests/requirements.txt", "typing-extensions")
+    # The facade is under test: no greenlet package (SQLAlchemy 2.0 depends on it).
+    session.run("python", "-m", "pip", "uninstall", "--yes", "--quiet", "greenlet")
+
+
+def _soak_command(*args: str) -> list[str]:
+    seed = os.environ.get("AWAITLET_SOAK_SEED")
+    return ["python", "tests/soak/run.py", *args, *(["--seed", seed] if seed else [])]
 
 
 @nox.session(python=PYTHONS)
 def tests(session: nox.Session) -> None:
     """Build and install the package, then run every suite on the greenlet facade (and the
     SQLAlchemy ones on the real greenlet too)."""
-    env = {
-        # One target directory for every version, so the builds share the
-        # compiled dependencies that do not depend on the interpreter.
-        "CARGO_TARGET_DIR": os.environ.get("CARGO_TARGET_DIR", str(ROOT / "target")),
-    }
-    # --force-reinstall: a reused venv must get the freshly built extension.
-    session.install("--force-reinstall", "--no-deps", ".", env=env)
-    session.install("-r", "tests/requirements.txt", "typing-extensions")
-    # The facade is under test: no greenlet package (SQLAlchemy 2.0 depends on it).
-    session.run("python", "-m", "pip", "uninstall", "--yes", "--quiet", "greenlet")
+    _install(session)
     session.run("python", "-c", "import awaitlet; print('awaitlet from', awaitlet.__file__)")
 
     # One download cache per version: CI runs sessions in parallel.
@@ -93,6 +112,11 @@ def tests(session: nox.Session) -> None:
         ],
     )
     run_suite("SQLAlchemy's suites (facade)", [*sqlalchemy_suite, "--expect-greenlet", "facade"])
+    for threads in ("1", "4"):
+        run_suite(
+            f"soak ({threads} thread{'s' if threads != '1' else ''})",
+            _soak_command("--minutes", SOAK_MINUTES, "--threads", threads),
+        )
 
     # The same SQLAlchemy tests with the real greenlet installed: nothing is hijacked, and
     # awaitlet() still works inside SQLAlchemy's greenlets.
@@ -128,3 +152,22 @@ def _compare_counts(session: nox.Session, facade: str | None, real: str | None) 
             f"  {backend}: facade {'/'.join(facade_counts.get(backend, ('-',) * 3))}"
             f"  real greenlet {'/'.join(real_counts.get(backend, ('-',) * 3))}"
         )
+
+
+@nox.session(python=PYTHONS)
+def soak(session: nox.Session) -> None:
+    """A soak of any length: ``nox -s soak-3.12 -- --minutes 30 --threads 4`` (arguments go
+    to tests/soak/run.py; default: one minute, one thread)."""
+    _install(session)
+    session.run(*_soak_command(*(session.posargs or ["--minutes", "1"])))
+
+
+@nox.session(python=[VALGRIND_PYTHON])
+def valgrind(session: nox.Session) -> None:
+    """The soak and the fault-injection scenarios under valgrind's memcheck, on a build
+    that registers fiber stacks with valgrind (the cargo feature ``valgrind``). Needs
+    valgrind (``apt-get install valgrind``); arguments go to tests/soak/valgrind.py."""
+    if not shutil.which("valgrind"):
+        session.error("valgrind is not installed (Debian and Ubuntu: apt-get install valgrind)")
+    _install(session, "--features", "valgrind")
+    session.run("python", "tests/soak/valgrind.py", *session.posargs)

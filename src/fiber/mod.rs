@@ -43,6 +43,7 @@ use crate::pystate::{interpreter_finalizing, FiberPyState};
 
 pub mod owner;
 mod stack_pool;
+mod valgrind;
 
 use owner::FiberOwner;
 
@@ -320,6 +321,7 @@ pub struct Fiber {
     status: Status,
     owner: Py<FiberOwner>,
     canary: stack_pool::Canary,
+    valgrind_stack: valgrind::StackId,
 }
 
 /// A suspended fiber dropped where it could not be finished, on its way to its owner, which
@@ -329,6 +331,7 @@ pub struct Orphan {
     /// Never dropped: dropping a suspended machine would unwind its stack with a panic.
     machine: ManuallyDrop<Machine>,
     canary: stack_pool::Canary,
+    valgrind_stack: valgrind::StackId,
     /// The iterator its coroutine was delegating to, to close first.
     awaiting: Option<Py<PyAny>>,
 }
@@ -360,6 +363,7 @@ impl Fiber {
                 return Err(err);
             }
         }
+        let valgrind_stack = valgrind::register(stack.limit().get(), stack.base().get());
         let usable_low = stack.usable_low();
         let canary = stack.canary();
         let usable_size = stack.base().get() - usable_low;
@@ -377,6 +381,7 @@ impl Fiber {
         let pystate = match pystate {
             Ok(pystate) => pystate,
             Err(err) => {
+                valgrind::deregister(valgrind_stack);
                 stack_pool::give_back(stack);
                 return Err(err);
             }
@@ -386,6 +391,7 @@ impl Fiber {
         let Some(shared) = NonNull::new(unsafe { alloc(Layout::new::<Shared>()) }.cast::<Shared>())
         else {
             drop(pystate);
+            valgrind::deregister(valgrind_stack);
             stack_pool::give_back(stack);
             return Err(no_memory(py));
         };
@@ -433,6 +439,7 @@ impl Fiber {
             status: Status::NotStarted,
             owner,
             canary,
+            valgrind_stack,
         })
     }
 
@@ -623,6 +630,7 @@ impl Drop for Fiber {
                 drop(unsafe { Box::from_raw(self.shared.as_ptr()) });
                 // The interpreter state that used the slot's frames area is gone: the slot can
                 // serve another fiber.
+                valgrind::deregister(self.valgrind_stack);
                 stack_pool::give_back(stack);
             }
             // A suspended fiber still has CPython frames on its stack that only a Python
@@ -654,6 +662,7 @@ impl Fiber {
             // anything else touches the machine again.
             machine: ManuallyDrop::new(unsafe { ManuallyDrop::take(&mut self.machine) }),
             canary: self.canary,
+            valgrind_stack: self.valgrind_stack,
             awaiting,
         };
         self.owner.get().adopt(py, orphan);
@@ -668,6 +677,7 @@ impl Orphan {
             shared,
             machine,
             canary,
+            valgrind_stack,
             awaiting,
         } = self;
         let mut fiber = Fiber {
@@ -676,6 +686,7 @@ impl Orphan {
             status: Status::Suspended,
             owner: owner.clone_ref(py),
             canary,
+            valgrind_stack,
         };
         fiber.set_closing();
         let kind = fiber.shared().kind;
@@ -710,6 +721,7 @@ impl Orphan {
         let Orphan {
             shared,
             machine,
+            valgrind_stack,
             awaiting: _awaiting,
             ..
         } = self;
@@ -721,6 +733,7 @@ impl Orphan {
         // references, the closure's call) is leaked, not dropped: leaking is safe, and the
         // memory those frames point to (heap objects, the frames area) stays valid.
         unsafe { machine.force_reset() };
+        valgrind::deregister(valgrind_stack);
         stack_pool::retire(machine.into_stack());
         // SAFETY: allocated as a Box in `Fiber::new`; the only other user, the closure on the
         // retired stack, never runs again.
