@@ -276,6 +276,14 @@ struct Shared {
 }
 
 impl Shared {
+    /// Visits the references of the call the fiber makes, if it has not returned.
+    fn traverse_call(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        match self.call.try_borrow().ok().as_deref() {
+            Some(Some(call)) => call.traverse(visit),
+            _ => Ok(()),
+        }
+    }
+
     /// Makes the call stored in `self.call`, which keeps its references until it returns.
     fn run_call(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         let result = match &*self.call.borrow() {
@@ -561,15 +569,7 @@ impl Fiber {
         let shared = self.shared();
         match self.status {
             Status::NotStarted => {
-                if let Some(call) = shared
-                    .call
-                    .try_borrow()
-                    .ok()
-                    .as_deref()
-                    .and_then(Option::as_ref)
-                {
-                    call.traverse(visit)?;
-                }
+                shared.traverse_call(visit)?;
                 // SAFETY: GIL held (the collector runs with it), the fiber is not running.
                 unsafe { shared.pystate.traverse(visit) }
             }
@@ -582,15 +582,7 @@ impl Fiber {
                 }
                 // SAFETY: GIL held, the fiber is suspended.
                 unsafe { shared.pystate.traverse(visit) }?;
-                if let Some(call) = shared
-                    .call
-                    .try_borrow()
-                    .ok()
-                    .as_deref()
-                    .and_then(Option::as_ref)
-                {
-                    call.traverse(visit)?;
-                }
+                shared.traverse_call(visit)?;
                 // SAFETY: nothing writes the cell while the collector runs (no Python code runs
                 // and the fiber is suspended), so reading it in place is not a data race.
                 visit.call(unsafe { &*shared.first_yield.as_ptr() })?;
