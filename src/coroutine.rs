@@ -474,14 +474,9 @@ impl Drop for AsyncDefCoroutine {
 /// finalizer. PyO3 has no `__del__`, so the slot is set on the type object once it exists.
 pub fn install_finalizer(py: Python<'_>) {
     let class = py.get_type::<AsyncDefCoroutine>();
-    // SAFETY: GIL held; the class is a heap type this module created just now, which no
-    // instance or subclass uses yet, and tp_finalize is not otherwise set for it. The
-    // function has tp_finalize's signature; CPython reads the slot with the GIL held.
-    unsafe {
-        let class = class.as_type_ptr();
-        (*class).tp_finalize = Some(finalize_coroutine);
-        ffi::PyType_Modified(class);
-    }
+    // SAFETY: the class was created by this module just now: no instance or subclass uses it
+    // yet.
+    unsafe { crate::set_finalizer(&class, finalize_coroutine) };
 }
 
 unsafe extern "C" fn finalize_coroutine(object: *mut ffi::PyObject) {

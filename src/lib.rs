@@ -15,6 +15,23 @@ pub mod __bench {
     pub use crate::fiber::{ActiveFiber, Fiber, Kind, Resume, Step};
 }
 
+/// Sets the PEP 442 finalizer (`tp_finalize`) of a class PyO3 created: PyO3 has no `__del__`.
+///
+/// # Safety
+/// No instance or subclass of `class` exists yet, and its `tp_finalize` is not otherwise set.
+unsafe fn set_finalizer(
+    class: &Bound<'_, pyo3::types::PyType>,
+    finalize: unsafe extern "C" fn(*mut pyo3::ffi::PyObject),
+) {
+    // SAFETY: GIL held (the Bound proves it); a heap type whose slot nothing reads until an
+    // instance is finalized, with the GIL held; `finalize` has tp_finalize's signature.
+    unsafe {
+        let class = class.as_type_ptr();
+        (*class).tp_finalize = Some(finalize);
+        pyo3::ffi::PyType_Modified(class);
+    }
+}
+
 #[pymodule]
 fn _awaitlet(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
