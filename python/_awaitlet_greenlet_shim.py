@@ -1,34 +1,30 @@
 """Makes ``import greenlet`` give awaitlet's greenlet facade when greenlet is not installed.
 
-Installed at interpreter start by ``awaitlet-greenlet-shim.pth``; kept free of imports of
-the ``awaitlet`` package so that starting Python costs nothing until greenlet is imported.
-Set ``AWAITLET_GREENLET_SHIM=0`` to turn it off.
+Installed at interpreter start by ``awaitlet-greenlet-shim.pth`` (unless the environment
+variable ``AWAITLET_GREENLET_SHIM`` is ``0``, which the ``.pth`` line checks before it imports
+this module). It runs in every Python process of the environment, so it imports nothing the
+interpreter has not already loaded at start-up: the finder is a plain class, and the import
+machinery it needs is looked up only when ``greenlet`` is imported.
 """
 
-from __future__ import annotations
-
-import importlib.abc
-import importlib.machinery
-import os
 import sys
-from types import ModuleType
-
-ENVIRONMENT_VARIABLE = "AWAITLET_GREENLET_SHIM"
 
 
-class GreenletFacadeFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Finds ``greenlet`` as awaitlet's facade; it sits last on ``sys.meta_path``, so it is
-    asked only when no other finder found the real package."""
+class GreenletFacadeFinder:
+    """A meta path finder and loader for ``greenlet`` as awaitlet's facade; it sits last on
+    ``sys.meta_path``, so it is asked only when no other finder found the real package."""
 
-    def find_spec(self, fullname, path=None, target=None):  # type: ignore[no-untyped-def]
+    def find_spec(self, fullname: str, path: object = None, target: object = None) -> object:
         if fullname != "greenlet":
             return None
-        return importlib.machinery.ModuleSpec("greenlet", self, origin="awaitlet.greenlet")
+        from importlib.machinery import ModuleSpec
 
-    def create_module(self, spec):  # type: ignore[no-untyped-def]
+        return ModuleSpec("greenlet", self, origin="awaitlet.greenlet")
+
+    def create_module(self, spec: object) -> None:
         return None
 
-    def exec_module(self, module: ModuleType) -> None:
+    def exec_module(self, module: object) -> None:
         from awaitlet import greenlet as facade
 
         for name, value in vars(facade).items():
@@ -41,9 +37,3 @@ def install() -> None:
     """Puts the finder last on ``sys.meta_path`` (once)."""
     if not any(isinstance(finder, GreenletFacadeFinder) for finder in sys.meta_path):
         sys.meta_path.append(GreenletFacadeFinder())
-
-
-def install_from_pth() -> None:
-    """What the ``.pth`` file runs at interpreter start: install unless turned off."""
-    if os.environ.get(ENVIRONMENT_VARIABLE, "1").strip().lower() not in ("0", "false", "no", "off"):
-        install()
