@@ -1,10 +1,10 @@
 """Makes ``import greenlet`` give awaitlet's greenlet facade when greenlet is not installed.
 
-Installed at interpreter start by ``awaitlet-greenlet-shim.pth`` (unless the environment
-variable ``AWAITLET_GREENLET_SHIM`` is ``0``, which the ``.pth`` line checks before it imports
-this module). It runs in every Python process of the environment, so it imports nothing the
-interpreter has not already loaded at start-up: the finder is a plain class, and the import
-machinery it needs is looked up only when ``greenlet`` is imported.
+``awaitlet-greenlet-shim.pth`` runs in every Python process of the environment, so it imports
+nothing at start-up: unless the environment variable ``AWAITLET_GREENLET_SHIM`` is ``0``, it
+puts a finder of its own, defined in its one line, last on ``sys.meta_path``; only when
+``greenlet`` is imported and no other finder has it does that finder import this module and
+ask :func:`facade_spec`. :func:`install` does the same from code.
 """
 
 import sys
@@ -14,12 +14,11 @@ class GreenletFacadeFinder:
     """A meta path finder and loader for ``greenlet`` as awaitlet's facade; it sits last on
     ``sys.meta_path``, so it is asked only when no other finder found the real package."""
 
-    def find_spec(self, fullname: str, path: object = None, target: object = None) -> object:
-        if fullname != "greenlet":
-            return None
-        from importlib.machinery import ModuleSpec
+    #: What the .pth hook's finder is marked with too: install() adds no second one.
+    __awaitlet_greenlet_hook__ = True
 
-        return ModuleSpec("greenlet", self, origin="awaitlet.greenlet")
+    def find_spec(self, fullname: str, path: object = None, target: object = None) -> object:
+        return facade_spec() if fullname == "greenlet" else None
 
     def create_module(self, spec: object) -> None:
         return None
@@ -33,7 +32,14 @@ class GreenletFacadeFinder:
         setattr(module, "__awaitlet_facade__", True)  # noqa: B010 - a module's attribute
 
 
+def facade_spec() -> object:
+    """The module spec of ``greenlet`` as awaitlet's facade."""
+    from importlib.machinery import ModuleSpec
+
+    return ModuleSpec("greenlet", GreenletFacadeFinder(), origin="awaitlet.greenlet")
+
+
 def install() -> None:
-    """Puts the finder last on ``sys.meta_path`` (once)."""
-    if not any(isinstance(finder, GreenletFacadeFinder) for finder in sys.meta_path):
+    """Puts the finder last on ``sys.meta_path`` (unless the hook's is there already)."""
+    if not any(getattr(finder, "__awaitlet_greenlet_hook__", False) for finder in sys.meta_path):
         sys.meta_path.append(GreenletFacadeFinder())
