@@ -17,6 +17,7 @@ import time
 import traceback
 import warnings
 
+from _memory import address_space_in_use
 from awaitlet import async_def, awaitlet
 
 MiB = 1024 * 1024
@@ -36,19 +37,11 @@ def say(*parts):
 # --- address space: RLIMIT_AS ------------------------------------------------------------
 
 
-def _address_space_in_use():
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmSize:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmSize in /proc/self/status")
-
-
 def _limit_address_space(headroom):
     import resource
 
     _, hard = resource.getrlimit(resource.RLIMIT_AS)
-    resource.setrlimit(resource.RLIMIT_AS, (_address_space_in_use() + headroom, hard))
+    resource.setrlimit(resource.RLIMIT_AS, (address_space_in_use() + headroom, hard))
 
 
 def _unlimit_address_space():

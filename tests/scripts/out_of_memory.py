@@ -15,6 +15,7 @@ import gc
 import resource
 import sys
 
+from _memory import address_space_in_use
 from awaitlet import async_def, awaitlet
 
 
@@ -27,14 +28,6 @@ def deep(depth):
     if depth:
         return deep(depth - 1)
     return awaitlet(Yield())
-
-
-def address_space_in_use():
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmSize:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmSize")
 
 
 libc = ctypes.CDLL(None)
