@@ -36,6 +36,8 @@ unsafe fn set_finalizer(
 fn _awaitlet(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     pystate::check_interpreter(py)?;
+    // One version source: the crate's, which maturin also gives the distribution.
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<coroutine::AsyncDefCoroutine>()?;
     coroutine::install_finalizer(py);
     m.add_class::<coroutine::AsyncDefFunction>()?;

@@ -9,9 +9,7 @@ raises its exception) at the call site.  A drop-in replacement for the
 
 from __future__ import annotations
 
-from ._awaitlet import NoAwaitletContext, NoAwaitOccurred, async_def, awaitlet
-
-__version__ = "0.1.0"
+from ._awaitlet import NoAwaitletContext, NoAwaitOccurred, __version__, async_def, awaitlet
 
 __all__ = [
     "NoAwaitOccurred",

@@ -7,6 +7,8 @@ from typing import Any, Self, TypeVar, final, overload
 
 _T = TypeVar("_T")
 
+__version__: str
+
 class NoAwaitletContext(Exception):
     """awaitlet() was called outside a call stack started by async_def()."""
 
