@@ -46,3 +46,16 @@ def test_round_trip_through_async_def_and_awaitlet():
         return await async_def(sync_sum, 1, 2, 3)
 
     assert asyncio.run(main()) == 12
+
+
+def test_awaitlet_base_offers_what_the_original_module_did():
+    import awaitlet.base
+
+    assert awaitlet.base.async_def is awaitlet.async_def
+    assert awaitlet.base.awaitlet is awaitlet.awaitlet
+    assert awaitlet.base.NoAwaitletContext is awaitlet.NoAwaitletContext
+    assert awaitlet.base.NoAwaitOccurred is awaitlet.NoAwaitOccurred
+    assert awaitlet.base.is_exit_exception(KeyboardInterrupt())
+    assert awaitlet.base.is_exit_exception(asyncio.CancelledError())
+    assert awaitlet.base.is_exit_exception(asyncio.TimeoutError())
+    assert not awaitlet.base.is_exit_exception(ValueError())
