@@ -165,7 +165,7 @@ def busy_sync(ready):
     def body():
         awaitlet(asyncio.sleep(0))
         ready.set()
-        spin(20)
+        spin(60)  # until SIGINT arrives, which is much sooner
 
     _record("busy code", body)
 
@@ -175,7 +175,7 @@ async def busy_native(ready):
     try:
         await asyncio.sleep(0)
         ready.set()
-        spin(20)
+        spin(60)  # until SIGINT arrives, which is much sooner
         events.append("busy code returned")
     except KeyboardInterrupt as error:
         events.append(f"KeyboardInterrupt in busy code, raised in {_where(error)}")

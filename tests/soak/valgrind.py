@@ -44,11 +44,12 @@ JOBS: list[tuple[str, list[str], int]] = [
         [*SHORT_SOAK, "--tasks", "400", "--threads", "4", "--seed", "2"],
         0,
     ),
+    # Not the SIGINT scenarios whose sync code spins: valgrind runs one thread at a time, and
+    # the thread that sends the signal may not get the GIL back before the spin ends (seen
+    # on a loaded machine), which tells nothing about memory. pytest runs them natively.
     *(
         (scenario, [str(FAULTS), scenario, "awaitlet"], 0)
         for scenario in (
-            "sigint_while_sync_code_runs",
-            "sigint_while_nested_sync_code_runs",
             "sigint_while_sync_code_is_suspended",
             "sigint_while_sync_code_is_suspended_in_asyncio_run",
         )
