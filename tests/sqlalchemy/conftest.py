@@ -7,6 +7,10 @@
   server binaries are missing (``apt-get install postgresql``);
 * ``async_url``: parametrized over both.
 
+Tests that use PostgreSQL carry the ``postgresql`` marker. If any is selected and the
+server programs are missing, the run stops at once with one message saying what to install
+or to deselect them with ``-m "not postgresql"``.
+
 ``async def`` tests are run here with :func:`asyncio.run`, one event loop per test.
 Each test module checks ``AWAITLET_EXPECT_GREENLET`` when imported (see ``_sqla_support``).
 """
@@ -65,6 +69,35 @@ def postgres_url(postgres_server) -> str:
 @pytest.fixture(params=list(BACKENDS))
 def async_url(request: pytest.FixtureRequest) -> str:
     return request.getfixturevalue(BACKENDS[request.param])
+
+
+def _uses_postgresql(item: pytest.Item) -> bool:
+    fixtures = getattr(item, "fixturenames", ())
+    if "postgres_url" in fixtures or "postgres_server" in fixtures:
+        return True
+    callspec = getattr(item, "callspec", None)
+    return callspec is not None and callspec.params.get("async_url") == "postgresql"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Marks the tests that use PostgreSQL (before ``-m`` deselects any)."""
+    for item in items:
+        if _uses_postgresql(item):
+            item.add_marker(pytest.mark.postgresql)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Stops the run with one message if selected tests need PostgreSQL and it is missing."""
+    if not any(item.get_closest_marker("postgresql") for item in session.items):
+        return
+    try:
+        _postgres.find_bindir()
+    except _postgres.PostgresUnavailable as error:
+        pytest.exit(
+            f"{error}\nOr run without the PostgreSQL tests: pytest -m 'not postgresql'",
+            returncode=pytest.ExitCode.USAGE_ERROR,
+        )
 
 
 @pytest.hookimpl(tryfirst=True)
