@@ -9,6 +9,7 @@
 //! these.
 
 use std::ffi::CString;
+use std::sync::atomic::{AtomicPtr, Ordering};
 
 use pyo3::exceptions::{
     PyGeneratorExit, PyRuntimeError, PyRuntimeWarning, PyStopIteration, PyTypeError, PyValueError,
@@ -1088,7 +1089,8 @@ unsafe fn awaitlet_fastcall(
     // SAFETY: CPython passes `nargs` arguments at `args`, then one value for each name in
     // `kwnames` (a tuple of str, or NULL), all valid for the duration of the call.
     let (awaitable, count) = unsafe { single_argument(py, args, nargs, kwnames) }?;
-    awaitlet(py, &awaitable, ArgsEnd::of(args, count)).map(Py::into_ptr)
+    let call = ArgsEnd::of(args, count).with_callable(AWAITLET_FUNCTION.load(Ordering::Relaxed));
+    awaitlet(py, &awaitable, call).map(Py::into_ptr)
 }
 
 /// The one argument of `awaitlet(awaitable)` (positional or by name), borrowed from the
@@ -1176,8 +1178,14 @@ pub fn add_awaitlet(module: &Bound<'_, PyModule>) -> PyResult<()> {
             ),
         )
     }?;
+    // Kept for good (the module keeps it anyway): profile functions are told about calls of it
+    // at switches (see `ArgsEnd::with_callable`).
+    AWAITLET_FUNCTION.store(function.clone().into_ptr(), Ordering::Relaxed);
     module.add("awaitlet", function)
 }
+
+/// The `awaitlet()` function object (null until the module is initialized).
+static AWAITLET_FUNCTION: AtomicPtr<ffi::PyObject> = AtomicPtr::new(std::ptr::null_mut());
 
 /// The greenlet package, if this process has imported it (rather than awaitlet's facade).
 fn real_greenlet_module(py: Python<'_>) -> PyResult<Option<Bound<'_, PyAny>>> {

@@ -39,7 +39,9 @@ use pyo3::types::{PyDict, PyString, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::exceptions::GreenletExit;
-use crate::pystate::{interpreter_finalizing, FiberPyState};
+use crate::pystate::{
+    interpreter_finalizing, report_resume, report_suspend, switch_hooks_set, FiberPyState,
+};
 
 pub mod owner;
 mod stack_pool;
@@ -230,19 +232,35 @@ impl Call {
     }
 }
 
-/// Where the arguments of the call a fiber suspends in end, when Python code made that call
-/// with the vectorcall convention (see [`FiberPyState::leave`]).
+/// The call a fiber suspends in, as far as it is known: where its arguments end, when Python
+/// code made that call with the vectorcall convention (see [`FiberPyState::leave`]), and the C
+/// function called, which profile functions were told about (see
+/// [`crate::pystate::report_suspend`]).
 #[derive(Clone, Copy)]
-pub struct ArgsEnd(*const *mut ffi::PyObject);
+pub struct ArgsEnd {
+    end: *const *mut ffi::PyObject,
+    callable: *mut ffi::PyObject,
+}
 
 impl ArgsEnd {
     /// The call was not made from Python code, or its arguments are not known.
-    pub const UNKNOWN: Self = Self(ptr::null());
+    pub const UNKNOWN: Self = Self {
+        end: ptr::null(),
+        callable: ptr::null_mut(),
+    };
 
     /// The end of the `count` arguments at `args`. Only an address: it is compared with the
     /// innermost frame's value stack, and dereferenced only if it lies in it.
     pub fn of(args: *const *mut ffi::PyObject, count: usize) -> Self {
-        Self(args.wrapping_add(count))
+        Self {
+            end: args.wrapping_add(count),
+            callable: ptr::null_mut(),
+        }
+    }
+
+    /// The same, for a call of `callable`: a C function object that is never freed.
+    pub fn with_callable(self, callable: *mut ffi::PyObject) -> Self {
+        Self { callable, ..self }
     }
 }
 
@@ -862,7 +880,7 @@ impl ActiveFiber {
     /// while the fiber is suspended (see [`Fiber::traverse`]).
     pub fn suspend_in_call(
         &self,
-        _py: Python<'_>,
+        py: Python<'_>,
         awaitable: Py<PyAny>,
         args_end: ArgsEnd,
     ) -> Resume {
@@ -871,11 +889,31 @@ impl ActiveFiber {
         if yielder.is_null() {
             return Resume::Throw(PyRuntimeError::new_err("fiber has no resumer"));
         }
+        if switch_hooks_set(py) {
+            // SAFETY: on the fiber's stack, GIL held (token), before the switch begins; the
+            // callable is null or a function object that is never freed.
+            unsafe { report_suspend(py, args_end.callable) };
+        }
         // SAFETY: on the fiber's stack, GIL held (token), the switch follows immediately.
-        unsafe { shared.pystate.leave(args_end.0) };
+        unsafe { shared.pystate.leave(args_end.end) };
         // SAFETY: the yielder lives on this fiber's stack for as long as its closure runs,
         // which it does: we are in it.
-        unsafe { &*yielder }.suspend(awaitable)
+        let resumed = unsafe { &*yielder }.suspend(awaitable);
+        if switch_hooks_set(py) {
+            // SAFETY: as above, right after the switch back onto this stack.
+            if let Err(err) = unsafe { report_resume(py, args_end.callable) } {
+                // Raised where the fiber resumes, unless an exception is already thrown in
+                // (closing it, say), which must go on.
+                return match resumed {
+                    Resume::Value(_) => Resume::Throw(err),
+                    Resume::Throw(thrown) => {
+                        err.write_unraisable(py, None);
+                        Resume::Throw(thrown)
+                    }
+                };
+            }
+        }
+        resumed
     }
 }
 

@@ -48,6 +48,9 @@ extern "C" {
     fn awaitlet_check_layout() -> *const c_char;
     fn awaitlet_compiled_python_version() -> std::ffi::c_ulong;
     fn awaitlet_interpreter_finalizing() -> std::ffi::c_int;
+    fn awaitlet_switch_hooks_set() -> c_int;
+    fn awaitlet_report_suspend(callable: *mut ffi::PyObject) -> c_int;
+    fn awaitlet_report_resume(callable: *mut ffi::PyObject) -> c_int;
 }
 
 /// Interpreter state owned by one fiber; see the module documentation.
@@ -288,4 +291,45 @@ pub fn check_interpreter(py: Python<'_>) -> PyResult<()> {
 pub fn interpreter_finalizing(_py: Python<'_>) -> bool {
     // SAFETY: GIL held (the token proves it); reads a runtime flag.
     unsafe { awaitlet_interpreter_finalizing() != 0 }
+}
+
+/// Whether a trace or profile function is set on this thread (and not running): only then
+/// does a switch report anything to it (see [`report_suspend`]). Cheap enough for every switch.
+#[inline]
+pub fn switch_hooks_set(_py: Python<'_>) -> bool {
+    // SAFETY: GIL held (the token proves it); reads fields of the current thread state.
+    unsafe { awaitlet_switch_hooks_set() != 0 }
+}
+
+/// Reports to the thread's C-level trace and profile functions that the running fiber
+/// suspends, as CPython reports a suspended generator chain: a "return" event for each of its
+/// frames, innermost first (after the "c_return" of `callable`, the C function Python code
+/// called to suspend, if known, for a profile function). Python-level hooks (`sys.settrace`,
+/// `sys.setprofile`) are not told (see `pystate.c`). A hook's failure cannot be raised
+/// anywhere sensible: it is reported as unraisable.
+///
+/// # Safety
+/// GIL held, on the running fiber's stack, before [`FiberPyState::leave`]; `callable` is null
+/// or a valid object.
+pub unsafe fn report_suspend(py: Python<'_>, callable: *mut ffi::PyObject) {
+    // SAFETY: guaranteed by the caller.
+    if unsafe { awaitlet_report_suspend(callable) } < 0 {
+        PyErr::fetch(py).write_unraisable(py, None);
+    }
+}
+
+/// Reports to the thread's C-level trace and profile functions that the running fiber has
+/// just been resumed: a "call" event for each of its frames, outermost first (then the
+/// "c_call" of `callable`, if known, for a profile function). A hook's failure is returned,
+/// to be raised where the fiber resumes, as CPython raises it in a resumed generator.
+///
+/// # Safety
+/// GIL held, on the running fiber's stack, right after it was resumed; `callable` is null or
+/// a valid object.
+pub unsafe fn report_resume(py: Python<'_>, callable: *mut ffi::PyObject) -> PyResult<()> {
+    // SAFETY: guaranteed by the caller.
+    if unsafe { awaitlet_report_resume(callable) } < 0 {
+        return Err(PyErr::fetch(py));
+    }
+    Ok(())
 }

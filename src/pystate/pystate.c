@@ -921,3 +921,196 @@ awaitlet_interpreter_finalizing(void)
     return _Py_IsFinalizing();
 #endif
 }
+
+/* Trace and profile hooks across switches.
+ *
+ * C-level trace and profile functions (PyEval_SetTrace, PyEval_SetProfile: coverage.py's C
+ * tracer, cProfile before 3.12) keep a shadow stack of the frames they saw called: a "call"
+ * event pushes, a "return" pops, and "line" events are credited to the top.  A fiber's frames
+ * leave the thread's frame chain when it suspends and come back when it resumes, without
+ * returning or being called, so such a hook would go on crediting the resumer's lines to the
+ * sync function (and, after the resume, the sync function's lines to the resumer's frame, or
+ * to nothing).  So the switch is reported to them as CPython reports the suspension of a chain
+ * of generators awaiting one another: on the way out a "return" event for each of the fiber's
+ * frames, innermost first; on the way back a "call" event for each, outermost first.  A
+ * profile function also saw the call of the C function the fiber suspends in (awaitlet()),
+ * which is on top of its stack: it gets that function's "c_return" before the frames'
+ * returns, and its "c_call" after their calls.
+ *
+ * Python-level functions (sys.settrace, sys.setprofile) get none of this: debuggers follow
+ * frames by identity (pdb's "next" stops at the "return" of the frame it steps in, unless its
+ * code is a generator's), and a fiber's frame does not return at a switch.  They are told
+ * apart by the hook's C function: for a Python-level function it is one of CPython's own
+ * trampolines, which are part of the interpreter's image. */
+
+#include <dlfcn.h>
+
+/* Whether `hook` is a function of the interpreter itself (the trampoline of sys.settrace or
+ * sys.setprofile) rather than of an extension.  The last answer for each kind of hook is kept:
+ * a tracer is set once and called at every switch. */
+static int
+is_interpreter_hook(Py_tracefunc hook, int profile)
+{
+    static Py_tracefunc cached_hook[2];
+    static int cached_answer[2];
+    if (hook == cached_hook[profile]) {
+        return cached_answer[profile];
+    }
+    Dl_info of_hook;
+    Dl_info of_interpreter;
+    int answer = 0;
+    if (dladdr((void *)hook, &of_hook) != 0 &&
+        dladdr((void *)&PyEval_SetTrace, &of_interpreter) != 0) {
+        answer = of_hook.dli_fbase == of_interpreter.dli_fbase;
+    }
+    cached_hook[profile] = hook;
+    cached_answer[profile] = answer;
+    return answer;
+}
+
+/* Whether a trace or profile function is set and not running: the only case in which a
+ * switch has anything to report.  Cheap: read at every switch. */
+int
+awaitlet_switch_hooks_set(void)
+{
+    PyThreadState *ts = current_tstate();
+    return (ts->c_tracefunc != NULL || ts->c_profilefunc != NULL) && ts->tracing == 0;
+}
+
+/* Calls the thread's C-level trace (profile = 0) or profile (profile = 1) function, if one is
+ * set, with one event, as CPython calls it: with tracing paused so that the hook's own code is
+ * not traced.  Returns -1 with an exception set if the hook failed. */
+static int
+call_hook(PyThreadState *ts, int profile, PyFrameObject *frame, int what, PyObject *arg)
+{
+    Py_tracefunc hook = profile ? ts->c_profilefunc : ts->c_tracefunc;
+    PyObject *hook_object = profile ? ts->c_profileobj : ts->c_traceobj;
+    if (hook == NULL || ts->tracing != 0 || is_interpreter_hook(hook, profile)) {
+        return 0;
+    }
+    /* The hook may replace itself: its object stays alive until it returns. */
+    Py_XINCREF(hook_object);
+#if AWAITLET_PY311
+    PyThreadState_EnterTracing(ts);
+#else
+    ts->tracing++;
+    ts->cframe->use_tracing = 0;
+#endif
+    int result = hook(hook_object, frame, what, arg);
+#if AWAITLET_PY311
+    PyThreadState_LeaveTracing(ts);
+#else
+    ts->cframe->use_tracing = ts->c_tracefunc != NULL || ts->c_profilefunc != NULL;
+    ts->tracing--;
+#endif
+    Py_XDECREF(hook_object);
+    return result;
+}
+
+/* Calls both hooks with one event, trace first, as CPython does; keeps the first failure in
+ * *failed (its exception stays set) and clears later ones, so that every event is still
+ * delivered and the hooks' stacks stay balanced. */
+static void
+call_hooks(PyThreadState *ts, PyFrameObject *frame, int what, PyObject *arg, int *failed)
+{
+    for (int profile = 0; profile <= 1; profile++) {
+        PyObject *type, *value, *traceback;
+        if (*failed) {
+            PyErr_Fetch(&type, &value, &traceback);
+        }
+        int result = call_hook(ts, profile, frame, what, arg);
+        if (*failed) {
+            if (result < 0) {
+                PyErr_Clear();
+            }
+            PyErr_Restore(type, value, traceback);
+        }
+        else if (result < 0) {
+            *failed = 1;
+        }
+    }
+}
+
+/* Reports to C-level hooks that the running fiber suspends (see above); `callable`, if not
+ * NULL, is the C function it suspends in, as Python code called it.  Called on the fiber's
+ * stack with the GIL held, before awaitlet_leave_fiber (the hooks run Python code).  Returns -1
+ * with an exception set if a hook failed; every event is delivered regardless. */
+int
+awaitlet_report_suspend(PyObject *callable)
+{
+    PyThreadState *ts = current_tstate();
+    int failed = 0;
+    PyFrameObject *frame = PyThreadState_GetFrame(ts);
+    if (frame == NULL) {
+        return 0;
+    }
+    if (callable != NULL && call_hook(ts, 1, frame, PyTrace_C_RETURN, callable) < 0) {
+        failed = 1;
+    }
+    while (frame != NULL) {
+        call_hooks(ts, frame, PyTrace_RETURN, Py_None, &failed);
+        PyFrameObject *back = PyFrame_GetBack(frame);
+        Py_DECREF(frame);
+        frame = back;
+    }
+    /* Materializing a frame object can fail (out of memory): the walk then stops early. */
+    return failed || PyErr_Occurred() ? -1 : 0;
+}
+
+/* Reports to C-level hooks that the running fiber has just been resumed (see above): a "call"
+ * event for each of its frames, outermost first, then the "c_call" of `callable` if it is not
+ * NULL.  Called on the fiber's stack with the GIL held, after the switch.  Returns -1 with an
+ * exception set if a hook failed (or memory ran out); every event is delivered regardless. */
+int
+awaitlet_report_resume(PyObject *callable)
+{
+    PyThreadState *ts = current_tstate();
+    Py_ssize_t count = 0;
+    Py_ssize_t allocated = 0;
+    PyFrameObject **frames = NULL;
+    for (PyFrameObject *frame = PyThreadState_GetFrame(ts); frame != NULL;
+         frame = PyFrame_GetBack(frames[count - 1])) {
+        if (count == allocated) {
+            Py_ssize_t more = allocated == 0 ? 16 : allocated * 2;
+            PyFrameObject **grown = PyMem_Realloc(frames, (size_t)more * sizeof(*frames));
+            if (grown == NULL) {
+                Py_DECREF(frame);
+                for (Py_ssize_t i = 0; i < count; i++) {
+                    Py_DECREF(frames[i]);
+                }
+                PyMem_Free(frames);
+                PyErr_NoMemory();
+                return -1;
+            }
+            frames = grown;
+            allocated = more;
+        }
+        frames[count++] = frame;
+    }
+    /* Materializing a frame object can fail (out of memory): the walk then stops early. */
+    int failed = PyErr_Occurred() != NULL;
+    for (Py_ssize_t i = count - 1; i >= 0; i--) {
+        call_hooks(ts, frames[i], PyTrace_CALL, Py_None, &failed);
+    }
+    if (callable != NULL && count > 0) {
+        PyObject *type = NULL, *value = NULL, *traceback = NULL;
+        if (failed) {
+            PyErr_Fetch(&type, &value, &traceback);
+        }
+        int result = call_hook(ts, 1, frames[0], PyTrace_C_CALL, callable);
+        if (failed) {
+            if (result < 0) {
+                PyErr_Clear();
+            }
+            PyErr_Restore(type, value, traceback);
+        }
+        else if (result < 0) {
+            failed = 1;
+        }
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Py_DECREF(frames[i]);
+    }
+    PyMem_Free(frames);
+    return failed ? -1 : 0;
+}
