@@ -40,7 +40,8 @@ use pyo3::{PyTraverseError, PyVisit};
 
 use crate::exceptions::GreenletExit;
 use crate::pystate::{
-    interpreter_finalizing, report_resume, report_suspend, switch_hooks_set, FiberPyState,
+    interpreter_finalizing, report_resume, report_suspend, report_switched_back, switch_hooks_set,
+    FiberPyState,
 };
 
 pub mod owner;
@@ -522,6 +523,11 @@ impl Fiber {
         });
         if !self.canary.intact() {
             stack_overflow_detected();
+        }
+        if switch_hooks_set(py) {
+            // SAFETY: GIL held (token), on the resumer's stack right after the switch back,
+            // with the running fiber restored above.
+            unsafe { report_switched_back(py) };
         }
         match result {
             CoroutineResult::Yield(awaitable) => {

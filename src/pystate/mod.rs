@@ -51,6 +51,7 @@ extern "C" {
     fn awaitlet_switch_hooks_set() -> c_int;
     fn awaitlet_report_suspend(callable: *mut ffi::PyObject) -> c_int;
     fn awaitlet_report_resume(callable: *mut ffi::PyObject) -> c_int;
+    fn awaitlet_report_switched_back();
 }
 
 /// Interpreter state owned by one fiber; see the module documentation.
@@ -332,4 +333,16 @@ pub unsafe fn report_resume(py: Python<'_>, callable: *mut ffi::PyObject) -> PyR
         return Err(PyErr::fetch(py));
     }
     Ok(())
+}
+
+/// Tells the thread's C-level trace function, on the resumer's stack, that the fiber it
+/// resumed has suspended or finished, so that a tracer keeping a stack per greenlet looks up
+/// the current one again (see `pystate.c`).
+///
+/// # Safety
+/// GIL held, on the resumer's stack, right after the fiber switched back to it, with the
+/// thread's running fiber already restored.
+pub unsafe fn report_switched_back(_py: Python<'_>) {
+    // SAFETY: guaranteed by the caller.
+    unsafe { awaitlet_report_switched_back() }
 }

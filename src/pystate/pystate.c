@@ -1114,3 +1114,47 @@ awaitlet_report_resume(PyObject *callable)
     PyMem_Free(frames);
     return failed ? -1 : 0;
 }
+
+/* Tells a C-level trace function that the fiber it was told about last is no longer running:
+ * called on the resumer's stack when a fiber it resumed suspends or finishes.  A tracer that
+ * keeps a shadow stack per greenlet (coverage.py with concurrency=greenlet) looks up the
+ * current greenlet only on "call" and "return" events; without one the resumer's next lines
+ * would be credited to the fiber's stack until the resumer calls or returns from something.
+ * So the resumer's innermost frame is reported as called and returned at once: the stack is
+ * left as it was, and the tracer now knows whose it is.  Profile functions, which count calls,
+ * are not told.  A failing hook is reported as unraisable. */
+void
+awaitlet_report_switched_back(void)
+{
+    PyThreadState *ts = current_tstate();
+    if (ts->c_tracefunc == NULL || ts->tracing != 0 ||
+        is_interpreter_hook(ts->c_tracefunc, 0)) {
+        return;
+    }
+    PyFrameObject *frame = PyThreadState_GetFrame(ts);
+    if (frame == NULL) {
+        return;
+    }
+    int failed = 0;
+    if (call_hook(ts, 0, frame, PyTrace_CALL, Py_None) < 0) {
+        failed = 1;
+    }
+    PyObject *type = NULL, *value = NULL, *traceback = NULL;
+    if (failed) {
+        PyErr_Fetch(&type, &value, &traceback);
+    }
+    int result = call_hook(ts, 0, frame, PyTrace_RETURN, Py_None);
+    if (failed) {
+        if (result < 0) {
+            PyErr_Clear();
+        }
+        PyErr_Restore(type, value, traceback);
+    }
+    else if (result < 0) {
+        failed = 1;
+    }
+    if (failed) {
+        PyErr_WriteUnraisable((PyObject *)frame);
+    }
+    Py_DECREF(frame);
+}
