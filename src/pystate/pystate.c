@@ -925,25 +925,39 @@ awaitlet_interpreter_finalizing(void)
 /* Trace and profile hooks across switches.
  *
  * C-level trace and profile functions (PyEval_SetTrace, PyEval_SetProfile: coverage.py's C
- * tracer, cProfile before 3.12) keep a shadow stack of the frames they saw called: a "call"
- * event pushes, a "return" pops, and "line" events are credited to the top.  A fiber's frames
- * leave the thread's frame chain when it suspends and come back when it resumes, without
- * returning or being called, so such a hook would go on crediting the resumer's lines to the
- * sync function (and, after the resume, the sync function's lines to the resumer's frame, or
- * to nothing).  So the switch is reported to them as CPython reports the suspension of a chain
- * of generators awaiting one another: on the way out a "return" event for each of the fiber's
- * frames, innermost first; on the way back a "call" event for each, outermost first.  A
- * profile function also saw the call of the C function the fiber suspends in (awaitlet()),
- * which is on top of its stack: it gets that function's "c_return" before the frames'
- * returns, and its "c_call" after their calls.
+ * tracer, cProfile before 3.12) and profilers on sys.monitoring (cProfile since 3.12) keep a
+ * shadow stack of the frames they saw called: a "call" event pushes, a "return" pops, and
+ * "line" events (or time) are credited to the top.  A fiber's frames leave the thread's frame
+ * chain when it suspends and come back when it resumes, without returning or being called, so
+ * such a hook would go on crediting the resumer's lines to the sync function (and, after the
+ * resume, the sync function's lines to the resumer's frame, or to nothing).  So the switch is
+ * reported to them as CPython reports the suspension of a chain of generators awaiting one
+ * another: on the way out a "return" event (PY_YIELD) for each of the fiber's frames, innermost
+ * first; on the way back a "call" event (PY_RESUME) for each, outermost first.  A profiler also
+ * saw the call of the C function the fiber suspends in (awaitlet()), which is on top of its
+ * stack: it gets that function's "c_return" (C_RETURN) before the frames' returns, and its
+ * "c_call" (CALL) after their calls.
  *
- * Python-level functions (sys.settrace, sys.setprofile) get none of this: debuggers follow
- * frames by identity (pdb's "next" stops at the "return" of the frame it steps in, unless its
- * code is a generator's), and a fiber's frame does not return at a switch.  They are told
- * apart by the hook's C function: for a Python-level function it is one of CPython's own
- * trampolines, which are part of the interpreter's image. */
+ * Python-level functions (sys.settrace, sys.setprofile) and sys.monitoring tools other than
+ * the profiler's get none of this: debuggers follow frames by identity (pdb's "next" stops at
+ * the "return" of the frame it steps in, unless its code is a generator's), and a fiber's frame
+ * does not return at a switch; coverage.py's sys.monitoring core records lines per code object
+ * and needs nothing.  Python-level functions are told apart by the hook's C function: for them
+ * it is one of CPython's own trampolines, which are part of the interpreter's image. */
 
 #include <dlfcn.h>
+
+#if AWAITLET_PY312
+#  if AWAITLET_PY314
+#    include "internal/pycore_interp_structs.h"
+#  else
+/* Python.h, included before Py_BUILD_CORE was defined, made this a macro for the public
+ * function; the internal header defines it as an inline function of the same meaning. */
+#    undef _PyGC_FINALIZED
+#    include "internal/pycore_interp.h"
+#  endif
+#  include "internal/pycore_instruments.h"
+#endif
 
 /* Whether `hook` is a function of the interpreter itself (the trampoline of sys.settrace or
  * sys.setprofile) rather than of an extension.  The last answer for each kind of hook is kept:
@@ -968,96 +982,227 @@ is_interpreter_hook(Py_tracefunc hook, int profile)
     return answer;
 }
 
-/* Whether a trace or profile function is set and not running: the only case in which a
- * switch has anything to report.  Cheap: read at every switch. */
+#if AWAITLET_PY312
+/* Whether the profiler's sys.monitoring tool listens to `event` (set with set_events).  The
+ * events past the "ungrouped" ones (C_RETURN, C_RAISE) have no entry of their own: CALL turns
+ * them on. */
+static inline int
+profiler_listens(PyThreadState *ts, int event)
+{
+    int set_by = event < _PY_MONITORING_UNGROUPED_EVENTS ? event : PY_MONITORING_EVENT_CALL;
+    return (ts->interp->monitors.tools[set_by] & (1 << PY_MONITORING_PROFILER_ID)) != 0;
+}
+#endif
+
+/* Whether a trace or profile function, or a profiler on sys.monitoring, is set and not
+ * running: the only case in which a switch has anything to report.  Cheap: read at every
+ * switch. */
 int
 awaitlet_switch_hooks_set(void)
 {
     PyThreadState *ts = current_tstate();
-    return (ts->c_tracefunc != NULL || ts->c_profilefunc != NULL) && ts->tracing == 0;
-}
-
-/* Calls the thread's C-level trace (profile = 0) or profile (profile = 1) function, if one is
- * set, with one event, as CPython calls it: with tracing paused so that the hook's own code is
- * not traced.  Returns -1 with an exception set if the hook failed. */
-static int
-call_hook(PyThreadState *ts, int profile, PyFrameObject *frame, int what, PyObject *arg)
-{
-    Py_tracefunc hook = profile ? ts->c_profilefunc : ts->c_tracefunc;
-    PyObject *hook_object = profile ? ts->c_profileobj : ts->c_traceobj;
-    if (hook == NULL || ts->tracing != 0 || is_interpreter_hook(hook, profile)) {
+    if (ts->tracing != 0) {
         return 0;
     }
-    /* The hook may replace itself: its object stays alive until it returns. */
-    Py_XINCREF(hook_object);
+#if AWAITLET_PY312
+    if (profiler_listens(ts, PY_MONITORING_EVENT_PY_YIELD)) {
+        return 1;
+    }
+#endif
+    return ts->c_tracefunc != NULL || ts->c_profilefunc != NULL;
+}
+
+/* The first failure of a series of hook calls, kept while the later calls run, so that every
+ * event is still delivered (and the hooks' stacks stay balanced). */
+typedef struct {
+    int failed;
+    PyObject *type;
+    PyObject *value;
+    PyObject *traceback;
+} report_errors;
+
+static void
+errors_before_call(report_errors *errors)
+{
+    if (errors->failed) {
+        PyErr_Fetch(&errors->type, &errors->value, &errors->traceback);
+    }
+}
+
+static void
+errors_after_call(report_errors *errors, int result)
+{
+    if (errors->failed) {
+        if (result < 0) {
+            PyErr_Clear();
+        }
+        PyErr_Restore(errors->type, errors->value, errors->traceback);
+    }
+    else if (result < 0) {
+        errors->failed = 1;
+    }
+}
+
+static void
+pause_tracing(PyThreadState *ts)
+{
 #if AWAITLET_PY311
     PyThreadState_EnterTracing(ts);
 #else
     ts->tracing++;
     ts->cframe->use_tracing = 0;
 #endif
-    int result = hook(hook_object, frame, what, arg);
+}
+
+static void
+resume_tracing(PyThreadState *ts)
+{
 #if AWAITLET_PY311
     PyThreadState_LeaveTracing(ts);
 #else
     ts->cframe->use_tracing = ts->c_tracefunc != NULL || ts->c_profilefunc != NULL;
     ts->tracing--;
 #endif
-    Py_XDECREF(hook_object);
-    return result;
 }
 
-/* Calls both hooks with one event, trace first, as CPython does; keeps the first failure in
- * *failed (its exception stays set) and clears later ones, so that every event is still
- * delivered and the hooks' stacks stay balanced. */
+/* Calls the thread's C-level trace (profile = 0) or profile (profile = 1) function, if one is
+ * set, with one event, as CPython calls it: with tracing paused so that the hook's own code is
+ * not traced. */
 static void
-call_hooks(PyThreadState *ts, PyFrameObject *frame, int what, PyObject *arg, int *failed)
+call_hook(PyThreadState *ts, int profile, PyFrameObject *frame, int what, PyObject *arg,
+          report_errors *errors)
 {
-    for (int profile = 0; profile <= 1; profile++) {
-        PyObject *type, *value, *traceback;
-        if (*failed) {
-            PyErr_Fetch(&type, &value, &traceback);
+    Py_tracefunc hook = profile ? ts->c_profilefunc : ts->c_tracefunc;
+    PyObject *hook_object = profile ? ts->c_profileobj : ts->c_traceobj;
+    if (hook == NULL || ts->tracing != 0 || is_interpreter_hook(hook, profile)) {
+        return;
+    }
+    errors_before_call(errors);
+    /* The hook may replace itself: its object stays alive until it returns. */
+    Py_XINCREF(hook_object);
+    pause_tracing(ts);
+    int result = hook(hook_object, frame, what, arg);
+    resume_tracing(ts);
+    Py_XDECREF(hook_object);
+    errors_after_call(errors, result);
+}
+
+/* Calls the profiler's sys.monitoring callback for `event`, if it listens to it, with the code
+ * and instruction offset of `frame` followed by `extra` (count of them).  A no-op before 3.12. */
+static void
+call_profiler(PyThreadState *ts, int event, PyFrameObject *frame, PyObject *const *extra,
+              Py_ssize_t count, report_errors *errors)
+{
+#if AWAITLET_PY312
+    if (ts->tracing != 0 || !profiler_listens(ts, event)) {
+        return;
+    }
+    PyObject *callback = ts->interp->monitoring_callables[PY_MONITORING_PROFILER_ID][event];
+    if (callback == NULL) {
+        return;
+    }
+    errors_before_call(errors);
+    int result = -1;
+    PyObject *code = (PyObject *)PyFrame_GetCode(frame);
+    PyObject *offset = PyLong_FromLong(PyFrame_GetLasti(frame));
+    if (offset != NULL) {
+        PyObject *args[4] = {code, offset, NULL, NULL};
+        for (Py_ssize_t i = 0; i < count && i < 2; i++) {
+            args[2 + i] = extra[i];
         }
-        int result = call_hook(ts, profile, frame, what, arg);
-        if (*failed) {
-            if (result < 0) {
-                PyErr_Clear();
-            }
-            PyErr_Restore(type, value, traceback);
-        }
-        else if (result < 0) {
-            *failed = 1;
+        Py_INCREF(callback);
+        pause_tracing(ts);
+        PyObject *returned = PyObject_Vectorcall(callback, args, 2 + (count < 2 ? count : 2), NULL);
+        resume_tracing(ts);
+        Py_DECREF(callback);
+        /* What it returns (sys.monitoring.DISABLE, say) means nothing for these events. */
+        result = returned == NULL ? -1 : 0;
+        Py_XDECREF(returned);
+        Py_DECREF(offset);
+    }
+    Py_DECREF(code);
+    errors_after_call(errors, result);
+#else
+    (void)ts;
+    (void)event;
+    (void)frame;
+    (void)extra;
+    (void)count;
+    (void)errors;
+#endif
+}
+
+/* sys.monitoring.MISSING, what a CALL event passes when the call has no argument (borrowed;
+ * NULL with an exception set if it cannot be found). */
+static PyObject *
+monitoring_missing(void)
+{
+    static PyObject *missing;
+    if (missing == NULL) {
+        PyObject *sys = PyImport_ImportModule("sys");
+        PyObject *monitoring = sys == NULL ? NULL : PyObject_GetAttrString(sys, "monitoring");
+        missing = monitoring == NULL ? NULL : PyObject_GetAttrString(monitoring, "MISSING");
+        Py_XDECREF(monitoring);
+        Py_XDECREF(sys);
+    }
+    return missing;
+}
+
+/* Reports the "c_call" (what = PyTrace_C_CALL) or "c_return" of `callable`, made by `frame`,
+ * to a profiler. */
+static void
+report_c_event(PyThreadState *ts, PyFrameObject *frame, int what, PyObject *callable,
+               report_errors *errors)
+{
+    call_hook(ts, 1, frame, what, callable, errors);
+#if AWAITLET_PY312
+    int event = what == PyTrace_C_CALL ? PY_MONITORING_EVENT_CALL : PY_MONITORING_EVENT_C_RETURN;
+    if (profiler_listens(ts, event)) {
+        errors_before_call(errors);
+        PyObject *missing = monitoring_missing();
+        errors_after_call(errors, missing == NULL ? -1 : 0);
+        if (missing != NULL) {
+            PyObject *extra[2] = {callable, missing};
+            call_profiler(ts, event, frame, extra, 2, errors);
         }
     }
+#endif
 }
 
-/* Reports to C-level hooks that the running fiber suspends (see above); `callable`, if not
- * NULL, is the C function it suspends in, as Python code called it.  Called on the fiber's
- * stack with the GIL held, before awaitlet_leave_fiber (the hooks run Python code).  Returns -1
- * with an exception set if a hook failed; every event is delivered regardless. */
+/* Reports to the hooks that the running fiber suspends (see above); `callable`, if not NULL,
+ * is the C function it suspends in, as Python code called it.  Called on the fiber's stack
+ * with the GIL held, before awaitlet_leave_fiber (the hooks run Python code).  Returns -1 with
+ * an exception set if a hook failed; every event is delivered regardless. */
 int
 awaitlet_report_suspend(PyObject *callable)
 {
     PyThreadState *ts = current_tstate();
-    int failed = 0;
+    report_errors errors = {0, NULL, NULL, NULL};
     PyFrameObject *frame = PyThreadState_GetFrame(ts);
     if (frame == NULL) {
         return 0;
     }
-    if (callable != NULL && call_hook(ts, 1, frame, PyTrace_C_RETURN, callable) < 0) {
-        failed = 1;
+    if (callable != NULL) {
+        report_c_event(ts, frame, PyTrace_C_RETURN, callable, &errors);
     }
     while (frame != NULL) {
-        call_hooks(ts, frame, PyTrace_RETURN, Py_None, &failed);
+        call_hook(ts, 0, frame, PyTrace_RETURN, Py_None, &errors);
+        call_hook(ts, 1, frame, PyTrace_RETURN, Py_None, &errors);
+        PyObject *none = Py_None;
+#if AWAITLET_PY312
+        call_profiler(ts, PY_MONITORING_EVENT_PY_YIELD, frame, &none, 1, &errors);
+#else
+        (void)none;
+#endif
         PyFrameObject *back = PyFrame_GetBack(frame);
         Py_DECREF(frame);
         frame = back;
     }
     /* Materializing a frame object can fail (out of memory): the walk then stops early. */
-    return failed || PyErr_Occurred() ? -1 : 0;
+    return errors.failed || PyErr_Occurred() ? -1 : 0;
 }
 
-/* Reports to C-level hooks that the running fiber has just been resumed (see above): a "call"
+/* Reports to the hooks that the running fiber has just been resumed (see above): a "call"
  * event for each of its frames, outermost first, then the "c_call" of `callable` if it is not
  * NULL.  Called on the fiber's stack with the GIL held, after the switch.  Returns -1 with an
  * exception set if a hook failed (or memory ran out); every event is delivered regardless. */
@@ -1088,31 +1233,22 @@ awaitlet_report_resume(PyObject *callable)
         frames[count++] = frame;
     }
     /* Materializing a frame object can fail (out of memory): the walk then stops early. */
-    int failed = PyErr_Occurred() != NULL;
+    report_errors errors = {PyErr_Occurred() != NULL, NULL, NULL, NULL};
     for (Py_ssize_t i = count - 1; i >= 0; i--) {
-        call_hooks(ts, frames[i], PyTrace_CALL, Py_None, &failed);
+        call_hook(ts, 0, frames[i], PyTrace_CALL, Py_None, &errors);
+        call_hook(ts, 1, frames[i], PyTrace_CALL, Py_None, &errors);
+#if AWAITLET_PY312
+        call_profiler(ts, PY_MONITORING_EVENT_PY_RESUME, frames[i], NULL, 0, &errors);
+#endif
     }
     if (callable != NULL && count > 0) {
-        PyObject *type = NULL, *value = NULL, *traceback = NULL;
-        if (failed) {
-            PyErr_Fetch(&type, &value, &traceback);
-        }
-        int result = call_hook(ts, 1, frames[0], PyTrace_C_CALL, callable);
-        if (failed) {
-            if (result < 0) {
-                PyErr_Clear();
-            }
-            PyErr_Restore(type, value, traceback);
-        }
-        else if (result < 0) {
-            failed = 1;
-        }
+        report_c_event(ts, frames[0], PyTrace_C_CALL, callable, &errors);
     }
     for (Py_ssize_t i = 0; i < count; i++) {
         Py_DECREF(frames[i]);
     }
     PyMem_Free(frames);
-    return failed ? -1 : 0;
+    return errors.failed ? -1 : 0;
 }
 
 /* Tells a C-level trace function that the fiber it was told about last is no longer running:
@@ -1121,8 +1257,8 @@ awaitlet_report_resume(PyObject *callable)
  * current greenlet only on "call" and "return" events; without one the resumer's next lines
  * would be credited to the fiber's stack until the resumer calls or returns from something.
  * So the resumer's innermost frame is reported as called and returned at once: the stack is
- * left as it was, and the tracer now knows whose it is.  Profile functions, which count calls,
- * are not told.  A failing hook is reported as unraisable. */
+ * left as it was, and the tracer now knows whose it is.  Profilers, which count calls, are not
+ * told.  A failing hook is reported as unraisable. */
 void
 awaitlet_report_switched_back(void)
 {
@@ -1135,25 +1271,10 @@ awaitlet_report_switched_back(void)
     if (frame == NULL) {
         return;
     }
-    int failed = 0;
-    if (call_hook(ts, 0, frame, PyTrace_CALL, Py_None) < 0) {
-        failed = 1;
-    }
-    PyObject *type = NULL, *value = NULL, *traceback = NULL;
-    if (failed) {
-        PyErr_Fetch(&type, &value, &traceback);
-    }
-    int result = call_hook(ts, 0, frame, PyTrace_RETURN, Py_None);
-    if (failed) {
-        if (result < 0) {
-            PyErr_Clear();
-        }
-        PyErr_Restore(type, value, traceback);
-    }
-    else if (result < 0) {
-        failed = 1;
-    }
-    if (failed) {
+    report_errors errors = {0, NULL, NULL, NULL};
+    call_hook(ts, 0, frame, PyTrace_CALL, Py_None, &errors);
+    call_hook(ts, 0, frame, PyTrace_RETURN, Py_None, &errors);
+    if (errors.failed) {
         PyErr_WriteUnraisable((PyObject *)frame);
     }
     Py_DECREF(frame);
