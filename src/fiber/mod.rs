@@ -883,7 +883,9 @@ impl ActiveFiber {
 
     /// [`ActiveFiber::suspend`] from a function whose arguments, passed by the calling Python
     /// code, end at `args_end`: the references in the caller's value stack are then known
-    /// while the fiber is suspended (see [`Fiber::traverse`]).
+    /// while the fiber is suspended (see [`Fiber::traverse`]). Trace and profile functions that
+    /// keep a call stack are told that the fiber's frames leave and come back (see
+    /// [`crate::pystate::report_suspend`]).
     pub fn suspend_in_call(
         &self,
         py: Python<'_>,

@@ -294,19 +294,21 @@ pub fn interpreter_finalizing(_py: Python<'_>) -> bool {
     unsafe { awaitlet_interpreter_finalizing() != 0 }
 }
 
-/// Whether a trace or profile function is set on this thread (and not running): only then
-/// does a switch report anything to it (see [`report_suspend`]). Cheap enough for every switch.
+/// Whether a trace or profile function (or a profiler on `sys.monitoring`) is set on this
+/// thread and not running: only then does a switch report anything (see [`report_suspend`]).
+/// Cheap enough for every switch.
 #[inline]
 pub fn switch_hooks_set(_py: Python<'_>) -> bool {
     // SAFETY: GIL held (the token proves it); reads fields of the current thread state.
     unsafe { awaitlet_switch_hooks_set() != 0 }
 }
 
-/// Reports to the thread's C-level trace and profile functions that the running fiber
-/// suspends, as CPython reports a suspended generator chain: a "return" event for each of its
-/// frames, innermost first (after the "c_return" of `callable`, the C function Python code
-/// called to suspend, if known, for a profile function). Python-level hooks (`sys.settrace`,
-/// `sys.setprofile`) are not told (see `pystate.c`). A hook's failure cannot be raised
+/// Reports to the thread's C-level trace and profile functions, and to a profiler on
+/// `sys.monitoring`, that the running fiber suspends, as CPython reports a suspended generator
+/// chain: a "return" event (PY_YIELD) for each of its frames, innermost first (after the
+/// "c_return" of `callable`, the C function Python code called to suspend, if known, for a
+/// profiler). Python-level hooks (`sys.settrace`, `sys.setprofile`) and other monitoring tools
+/// are not told (see `pystate.c`). A hook's failure cannot be raised
 /// anywhere sensible: it is reported as unraisable.
 ///
 /// # Safety
@@ -319,9 +321,9 @@ pub unsafe fn report_suspend(py: Python<'_>, callable: *mut ffi::PyObject) {
     }
 }
 
-/// Reports to the thread's C-level trace and profile functions that the running fiber has
-/// just been resumed: a "call" event for each of its frames, outermost first (then the
-/// "c_call" of `callable`, if known, for a profile function). A hook's failure is returned,
+/// Reports to the same hooks that the running fiber has just been resumed: a "call" event
+/// (PY_RESUME) for each of its frames, outermost first (then the "c_call" of `callable`, if
+/// known, for a profiler). A hook's failure is returned,
 /// to be raised where the fiber resumes, as CPython raises it in a resumed generator.
 ///
 /// # Safety

@@ -1012,6 +1012,20 @@ awaitlet_switch_hooks_set(void)
     return ts->c_tracefunc != NULL || ts->c_profilefunc != NULL;
 }
 
+/* Whether any hook set is one a switch is reported to (see above): not when the only ones are
+ * Python-level functions, for which nothing is done (not even the frame objects made). */
+static int
+any_hook_told(PyThreadState *ts)
+{
+#if AWAITLET_PY312
+    if (profiler_listens(ts, PY_MONITORING_EVENT_PY_YIELD)) {
+        return 1;
+    }
+#endif
+    return (ts->c_tracefunc != NULL && !is_interpreter_hook(ts->c_tracefunc, 0)) ||
+           (ts->c_profilefunc != NULL && !is_interpreter_hook(ts->c_profilefunc, 1));
+}
+
 /* The first failure of a series of hook calls, kept while the later calls run, so that every
  * event is still delivered (and the hooks' stacks stay balanced). */
 typedef struct {
@@ -1177,6 +1191,9 @@ int
 awaitlet_report_suspend(PyObject *callable)
 {
     PyThreadState *ts = current_tstate();
+    if (!any_hook_told(ts)) {
+        return 0;
+    }
     report_errors errors = {0, NULL, NULL, NULL};
     PyFrameObject *frame = PyThreadState_GetFrame(ts);
     if (frame == NULL) {
@@ -1210,6 +1227,9 @@ int
 awaitlet_report_resume(PyObject *callable)
 {
     PyThreadState *ts = current_tstate();
+    if (!any_hook_told(ts)) {
+        return 0;
+    }
     Py_ssize_t count = 0;
     Py_ssize_t allocated = 0;
     PyFrameObject **frames = NULL;
