@@ -29,7 +29,7 @@ use crate::fiber::{
     current_thread, panic_to_pyerr, ActiveFiber, ArgsEnd, Fiber, Kind, Resume, Step,
 };
 use crate::gil_cell::GilCell;
-use crate::pystate::{current_context, set_current_context};
+use crate::pystate::{current_context, set_current_context, switch_hooks_set};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Role {
@@ -543,7 +543,17 @@ impl Greenlet {
             // To the parent of the running greenlet: whatever resumed its fiber.
             if stands_for(slf, fiber.resumer()) {
                 let value = pack(args, kwargs)?.into_bound(py);
-                return switch_to_resumer(py, fiber, &value, ArgsEnd::UNKNOWN);
+                // A profiler saw this method called: it is told that the call ends and starts
+                // again around the switch (see `ArgsEnd::with_callable`).
+                let method = switch_hooks_set(py)
+                    .then(|| slf.getattr(intern!(py, "switch")).ok())
+                    .flatten()
+                    // SAFETY: GIL held, valid object.
+                    .filter(|method| unsafe { ffi::PyCFunction_Check(method.as_ptr()) } != 0);
+                let call = method.as_ref().map_or(ArgsEnd::UNKNOWN, |method| {
+                    ArgsEnd::UNKNOWN.with_callable(method.as_ptr())
+                });
+                return switch_to_resumer(py, fiber, &value, call);
             }
         }
         Self::check_switch_into(slf, running, "switch")?;

@@ -19,6 +19,7 @@ from _support import CRASH_MARKERS, SCRIPTS_DIR, _subprocess_env
 COVERAGE_SCRIPT = "coverage_across_switches.py"
 PDB_SCRIPT = "pdb_across_switches.py"
 PROFILE_SCRIPT = "profile_across_switches.py"
+HOOK_SCRIPT = "hook_events_across_switches.py"
 
 
 def real_greenlet_installed() -> bool:
@@ -52,7 +53,7 @@ def describe(completed: subprocess.CompletedProcess) -> str:
     return f"exit {completed.returncode}\n{completed.stdout}\n{completed.stderr}"
 
 
-# (name, arguments of `coverage run`, COVERAGE_CORE, needs)
+# (arguments of `coverage run`, COVERAGE_CORE)
 COVERAGE_MODES = [
     pytest.param([], None, id="default"),
     pytest.param(["--concurrency=greenlet"], None, id="concurrency-greenlet"),
@@ -213,3 +214,10 @@ def test_cprofile_counts_sync_code_like_coroutines():
         assert (stats["calls"], stats["primitive"]) == (calls, calls), (name, stats)
         assert 0 <= stats["own"] <= stats["cumulative"] + 1e-6, (name, stats)
         assert stats["cumulative"] <= report["wall"], (name, stats, report["wall"])
+
+
+@pytest.mark.parametrize("kind", ["trace", "profile"])
+def test_c_level_hooks_see_calls_and_returns_that_nest(kind):
+    completed = run([HOOK_SCRIPT, kind], SCRIPTS_DIR)
+    assert completed.returncode == 0, describe(completed)
+    assert f"{kind} OK" in completed.stdout, describe(completed)

@@ -259,7 +259,8 @@ impl ArgsEnd {
         }
     }
 
-    /// The same, for a call of `callable`: a C function object that is never freed.
+    /// The same, for a call of `callable`, a C function object (`PyCFunction`) that stays
+    /// alive until the fiber is resumed.
     pub fn with_callable(self, callable: *mut ffi::PyObject) -> Self {
         Self { callable, ..self }
     }
@@ -899,7 +900,7 @@ impl ActiveFiber {
         }
         if switch_hooks_set(py) {
             // SAFETY: on the fiber's stack, GIL held (token), before the switch begins; the
-            // callable is null or a function object that is never freed.
+            // callable is null or a function object alive until the fiber is resumed.
             unsafe { report_suspend(py, args_end.callable) };
         }
         // SAFETY: on the fiber's stack, GIL held (token), the switch follows immediately.
