@@ -1101,13 +1101,13 @@ call_hook(PyThreadState *ts, int profile, PyFrameObject *frame, int what, PyObje
     errors_after_call(errors, result);
 }
 
+#if AWAITLET_PY312
 /* Calls the profiler's sys.monitoring callback for `event`, if it listens to it, with the code
- * and instruction offset of `frame` followed by `extra` (count of them).  A no-op before 3.12. */
+ * and instruction offset of `frame` followed by `extra` (count of them, at most 2). */
 static void
 call_profiler(PyThreadState *ts, int event, PyFrameObject *frame, PyObject *const *extra,
               Py_ssize_t count, report_errors *errors)
 {
-#if AWAITLET_PY312
     if (ts->tracing != 0 || !profiler_listens(ts, event)) {
         return;
     }
@@ -1136,14 +1136,6 @@ call_profiler(PyThreadState *ts, int event, PyFrameObject *frame, PyObject *cons
     }
     Py_DECREF(code);
     errors_after_call(errors, result);
-#else
-    (void)ts;
-    (void)event;
-    (void)frame;
-    (void)extra;
-    (void)count;
-    (void)errors;
-#endif
 }
 
 /* sys.monitoring.MISSING, what a CALL event passes when the call has no argument (borrowed;
@@ -1161,6 +1153,7 @@ monitoring_missing(void)
     }
     return missing;
 }
+#endif
 
 /* Reports the "c_call" (what = PyTrace_C_CALL) or "c_return" of `callable`, made by `frame`,
  * to a profiler. */
