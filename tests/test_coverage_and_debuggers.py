@@ -16,7 +16,7 @@ import sys
 import pytest
 from _support import CRASH_MARKERS, SCRIPTS_DIR, _subprocess_env
 
-COVERAGE_SCRIPT = "coverage_across_switches.py"
+COVERAGE_SCRIPTS = ["coverage_across_switches.py", "coverage_simple_switches.py"]
 PDB_SCRIPT = "pdb_across_switches.py"
 PROFILE_SCRIPT = "profile_across_switches.py"
 HOOK_SCRIPT = "hook_events_across_switches.py"
@@ -79,32 +79,35 @@ COVERAGE_MODES = [
     real_greenlet_installed(), reason="with greenlet installed, async_def runs on greenlet's stacks"
 )
 @pytest.mark.parametrize(("run_args", "core"), COVERAGE_MODES)
-def test_coverage_sees_every_line_after_switches(tmp_path, run_args, core):
+@pytest.mark.parametrize("target", COVERAGE_SCRIPTS)
+def test_coverage_sees_every_line_after_switches(tmp_path, target, run_args, core):
     if core is not None and sys.version_info < (3, 12):
         pytest.skip("COVERAGE_CORE choices are tested on 3.12+ (3.10/3.11 have only ctrace)")
     if (core == "ctrace" or run_args) and not coverage_has_c_tracer():
         pytest.skip("coverage.py was installed without its C tracer")
-    script = tmp_path / COVERAGE_SCRIPT
-    shutil.copy(SCRIPTS_DIR / COVERAGE_SCRIPT, script)
+    script = tmp_path / target
+    shutil.copy(SCRIPTS_DIR / target, script)
     env = _subprocess_env()
     env.pop("COVERAGE_CORE", None)
     env.pop("COVERAGE_PROCESS_START", None)
     if core is not None:
         env["COVERAGE_CORE"] = core
-    measured = run(["-m", "coverage", "run", *run_args, COVERAGE_SCRIPT], tmp_path, env)
+    measured = run(["-m", "coverage", "run", *run_args, target], tmp_path, env)
     assert measured.returncode == 0, describe(measured)
     assert "coverage target OK" in measured.stdout, describe(measured)
     assert "CoverageWarning" not in measured.stderr, describe(measured)
     reported = run(["-m", "coverage", "json", "-o", "report.json"], tmp_path, env)
     assert reported.returncode == 0, describe(reported)
     files = json.loads((tmp_path / "report.json").read_text())["files"]
-    measured_file = files[COVERAGE_SCRIPT]
+    measured_file = files[target]
     lines = script.read_text().splitlines()
     never_runs = {n for n, line in enumerate(lines, 1) if line.endswith("  # never runs")}
     executed = set(measured_file["executed_lines"])
     missing = set(measured_file["missing_lines"])
     assert missing == never_runs, f"missed: {sorted(missing - never_runs)}"
     assert executed == (executed | missing) - never_runs
+    if target != "coverage_across_switches.py":
+        return
     # The lines right after switches, on both sides, are among them.
     for text in (
         "        total += 1",

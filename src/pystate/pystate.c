@@ -73,12 +73,27 @@
 #  include "frameobject.h"
 #endif
 
+/* 3.12+: whether the profiler's sys.monitoring tool listens, and its callbacks, are in the
+ * private PyInterpreterState (see "Trace and profile hooks across switches"). */
+#if AWAITLET_PY312
+#  if AWAITLET_PY314
+#    include "internal/pycore_interp_structs.h"
+#  else
+/* Python.h, included before Py_BUILD_CORE was defined, made this a macro for the public
+ * function; the internal header defines it as an inline function of the same meaning. */
+#    undef _PyGC_FINALIZED
+#    include "internal/pycore_interp.h"
+#  endif
+#  include "internal/pycore_instruments.h"
+#endif
+
 #if AWAITLET_USE_CFRAME && AWAITLET_PY311
 typedef _PyCFrame awaitlet_cframe;
 #elif AWAITLET_USE_CFRAME
 typedef CFrame awaitlet_cframe;
 #endif
 
+#include <dlfcn.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -891,6 +906,15 @@ awaitlet_check_layout(void)
         return "PyThreadState.datastack_* are not where the headers say";
     }
 #endif
+#if AWAITLET_PY312
+    /* Read at every switch to know whether a profiler listens (see awaitlet_switch_hooks_set). */
+    for (int tool = 0; tool < PY_MONITORING_TOOL_IDS; tool++) {
+        PyObject *name = ts->interp->monitoring_tool_names[tool];
+        if (name != NULL && !PyUnicode_Check(name)) {
+            return "PyInterpreterState's sys.monitoring fields are not where the headers say";
+        }
+    }
+#endif
 #if AWAITLET_PY314
     {
         _PyThreadStateImpl *impl = tstate_impl(ts);
@@ -944,20 +968,6 @@ awaitlet_interpreter_finalizing(void)
  * does not return at a switch; coverage.py's sys.monitoring core records lines per code object
  * and needs nothing.  Python-level functions are told apart by the hook's C function: for them
  * it is one of CPython's own trampolines, which are part of the interpreter's image. */
-
-#include <dlfcn.h>
-
-#if AWAITLET_PY312
-#  if AWAITLET_PY314
-#    include "internal/pycore_interp_structs.h"
-#  else
-/* Python.h, included before Py_BUILD_CORE was defined, made this a macro for the public
- * function; the internal header defines it as an inline function of the same meaning. */
-#    undef _PyGC_FINALIZED
-#    include "internal/pycore_interp.h"
-#  endif
-#  include "internal/pycore_instruments.h"
-#endif
 
 /* Whether `hook` is a function of the interpreter itself (the trampoline of sys.settrace or
  * sys.setprofile) rather than of an extension.  The last answer for each kind of hook is kept:
