@@ -5,9 +5,22 @@ nothing at start-up: unless the environment variable ``AWAITLET_GREENLET_SHIM`` 
 puts a finder of its own, defined in its one line, last on ``sys.meta_path``; only when
 ``greenlet`` is imported and no other finder has it does that finder import this module and
 ask :func:`facade_spec`. :func:`install` does the same from code.
+
+The same line looks out for the original ``awaitlet`` distribution (on greenlet), which
+installs the same ``awaitlet`` package: with one stat, of a file only the original ships. If
+it is there, the line imports this module to put :class:`OriginalAwaitletWatcher` first on
+``sys.meta_path``, and the first ``import awaitlet`` warns, whichever of the two distributions
+was installed last (when the original was, its ``awaitlet/__init__.py`` replaced ours, and
+this hook is all of ours that still runs).
 """
 
+import os
 import sys
+import types
+
+#: A file that the original ``awaitlet`` distribution (0.0.1) installs and awaitlet-rs does
+#: not; finding it in our package means both distributions wrote into it.
+ORIGINAL_ONLY_FILE = ("awaitlet", "util", "typing.py")
 
 
 class GreenletFacadeFinder:
@@ -43,3 +56,71 @@ def install() -> None:
     """Puts the finder last on ``sys.meta_path`` (unless the hook's is there already)."""
     if not any(getattr(finder, "__awaitlet_greenlet_hook__", False) for finder in sys.meta_path):
         sys.meta_path.append(GreenletFacadeFinder())
+
+
+def coexistence_message(site_dir: str) -> str:
+    """The warning for an environment where both distributions are installed."""
+    return (
+        f"the original 'awaitlet' distribution is installed beside 'awaitlet-rs' (in {site_dir}):"
+        " both install the 'awaitlet' package, so the one installed last overwrote the other's"
+        " files, and uninstalling either breaks the other. They cannot coexist; to keep"
+        " awaitlet-rs, run 'pip uninstall awaitlet', then"
+        " 'pip install --force-reinstall awaitlet-rs'."
+    )
+
+
+def original_awaitlet_installed(site_dir: str) -> bool:
+    """Whether the original ``awaitlet`` distribution has files in ``site_dir``'s package."""
+    return os.path.exists(os.path.join(site_dir, *ORIGINAL_ONLY_FILE))
+
+
+_warned = False
+
+
+def warn_original_awaitlet(site_dir: str) -> None:
+    """Warn, once per process, that both distributions are installed in ``site_dir``."""
+    global _warned
+    if _warned:
+        return
+    _warned = True
+    import warnings
+
+    warnings.warn(coexistence_message(site_dir), RuntimeWarning, stacklevel=_importer_level())
+
+
+def _importer_level() -> int:
+    """The ``stacklevel`` that points a warning at the code importing awaitlet: past this
+    module and awaitlet's ``__init__``; ``warnings`` itself does not count the frames of the
+    import machinery."""
+    skipped = (os.path.normcase(__file__), os.path.join("awaitlet", "__init__.py"))
+    frame, level = sys._getframe(2), 2
+    while frame is not None and (
+        _is_import_machinery(frame) or frame.f_code.co_filename.endswith(skipped)
+    ):
+        frame = frame.f_back
+        if frame is not None and not _is_import_machinery(frame):
+            level += 1
+    return level
+
+
+def _is_import_machinery(frame: types.FrameType) -> bool:
+    filename = frame.f_code.co_filename
+    return "importlib" in filename and "_bootstrap" in filename
+
+
+class OriginalAwaitletWatcher:
+    """First on ``sys.meta_path`` where the original ``awaitlet`` is installed too: warns at
+    the first ``import awaitlet``; it finds nothing itself, so the import goes on as usual."""
+
+    def __init__(self, site_dir: str) -> None:
+        self.site_dir = site_dir
+
+    def find_spec(self, fullname: str, path: object = None, target: object = None) -> None:
+        if fullname == "awaitlet" and not _warned:
+            warn_original_awaitlet(self.site_dir)
+        return None
+
+
+def watch_original_awaitlet(site_dir: str) -> None:
+    """Put an :class:`OriginalAwaitletWatcher` for ``site_dir`` first on ``sys.meta_path``."""
+    sys.meta_path.insert(0, OriginalAwaitletWatcher(site_dir))

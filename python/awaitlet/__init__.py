@@ -59,3 +59,19 @@ def _describe_async_def() -> None:
 
 _describe_async_def()
 del _describe_async_def
+
+
+def _warn_if_original_installed() -> None:
+    # One stat, of a file that only the original awaitlet distribution installs: if it is in
+    # this package, both distributions wrote into it (see _awaitlet_greenlet_shim).
+    from os import path
+
+    package = path.dirname(__file__)
+    if path.exists(path.join(package, "util", "typing.py")):
+        import _awaitlet_greenlet_shim
+
+        _awaitlet_greenlet_shim.warn_original_awaitlet(path.dirname(package))
+
+
+_warn_if_original_installed()
+del _warn_if_original_installed
