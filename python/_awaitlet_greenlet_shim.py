@@ -8,10 +8,11 @@ ask :func:`facade_spec`. :func:`install` does the same from code.
 
 The same line looks out for the original ``awaitlet`` distribution (on greenlet), which
 installs the same ``awaitlet`` package: with one stat, of a file only the original ships. If
-it is there, the line imports this module to put :class:`OriginalAwaitletWatcher` first on
-``sys.meta_path``, and the first ``import awaitlet`` warns, whichever of the two distributions
-was installed last (when the original was, its ``awaitlet/__init__.py`` replaced ours, and
-this hook is all of ours that still runs).
+it is there, the line puts a second finder of its own first on ``sys.meta_path``, which finds
+nothing but calls :func:`warn_original_awaitlet` at the first ``import awaitlet``, whichever of
+the two distributions was installed last (when the original was, its ``awaitlet/__init__.py``
+replaced ours, and this hook is all of ours that still runs). awaitlet's ``__init__`` makes
+the same check, for when the hook is turned off.
 """
 
 import os
@@ -89,38 +90,23 @@ def warn_original_awaitlet(site_dir: str) -> None:
 
 
 def _importer_level() -> int:
-    """The ``stacklevel`` that points a warning at the code importing awaitlet: past this
-    module and awaitlet's ``__init__``; ``warnings`` itself does not count the frames of the
-    import machinery."""
-    skipped = (os.path.normcase(__file__), os.path.join("awaitlet", "__init__.py"))
-    frame, level = sys._getframe(2), 2
-    while frame is not None and (
-        _is_import_machinery(frame) or frame.f_code.co_filename.endswith(skipped)
-    ):
+    """The ``stacklevel`` that points a warning at the code importing awaitlet: past the
+    caller of :func:`warn_original_awaitlet` and awaitlet's ``__init__``; ``warnings`` itself
+    does not count the frames of the import machinery."""
+    init = os.path.join("awaitlet", "__init__.py")
+    # 0: this function, 1: warn_original_awaitlet, 2: its caller.
+    frame: types.FrameType | None = sys._getframe(2)
+    level = 2
+    while frame is not None:
         frame = frame.f_back
-        if frame is not None and not _is_import_machinery(frame):
-            level += 1
+        if frame is None or _is_import_machinery(frame):
+            continue
+        level += 1
+        if not frame.f_code.co_filename.endswith(init):
+            break
     return level
 
 
 def _is_import_machinery(frame: types.FrameType) -> bool:
     filename = frame.f_code.co_filename
     return "importlib" in filename and "_bootstrap" in filename
-
-
-class OriginalAwaitletWatcher:
-    """First on ``sys.meta_path`` where the original ``awaitlet`` is installed too: warns at
-    the first ``import awaitlet``; it finds nothing itself, so the import goes on as usual."""
-
-    def __init__(self, site_dir: str) -> None:
-        self.site_dir = site_dir
-
-    def find_spec(self, fullname: str, path: object = None, target: object = None) -> None:
-        if fullname == "awaitlet" and not _warned:
-            warn_original_awaitlet(self.site_dir)
-        return None
-
-
-def watch_original_awaitlet(site_dir: str) -> None:
-    """Put an :class:`OriginalAwaitletWatcher` for ``site_dir`` first on ``sys.meta_path``."""
-    sys.meta_path.insert(0, OriginalAwaitletWatcher(site_dir))

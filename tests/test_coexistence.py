@@ -1,6 +1,7 @@
-"""awaitlet-rs and the original ``awaitlet`` distribution in one environment, installed with
-pip in throwaway virtual environments in both orders: whichever came last, ``import awaitlet``
-warns, naming both distributions and the fix, and the fix works.
+"""Installs in throwaway virtual environments. awaitlet-rs and the original ``awaitlet``
+distribution in one environment, installed with pip in both orders: whichever came last,
+``import awaitlet`` warns, naming both distributions and the fix, and the fix works. And an
+editable install of this checkout (``pip install -e .``) has the greenlet hook too.
 
 The original 0.0.1 wheel and its dependencies are downloaded once per test session (with
 ``pip download``; ``AWAITLET_TEST_DOWNLOADS`` names a directory to keep them in across runs).
@@ -22,6 +23,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
 
 ORIGINAL = "awaitlet==0.0.1"
 ORIGINAL_WHEEL = "awaitlet-0.0.1-py3-none-any.whl"
@@ -191,3 +194,32 @@ def test_original_then_ours_fixed(venv: Venv, downloads: Path, our_wheel: Path) 
     install_original(venv, downloads)
     install_ours(venv, our_wheel)
     assert_fixed(venv, our_wheel)
+
+
+def test_editable_install_has_the_greenlet_hook(venv: Venv) -> None:
+    """``pip install -e .`` builds the extension into python/awaitlet (with the target
+    directory of the other builds, CARGO_TARGET_DIR or ./target, so it costs a link when the
+    same interpreter's release build is there) and installs the .pth hook as wheel data."""
+    if not (ROOT / "Cargo.toml").is_file():
+        pytest.skip("needs a source checkout")
+    before = set((ROOT / "python" / "awaitlet").glob("_awaitlet*.so"))
+    target = os.environ.get("CARGO_TARGET_DIR", str(ROOT / "target"))
+    command = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
+    command += ["--python", str(venv.python), "install", "--quiet", "--no-deps", "-e", str(ROOT)]
+    try:
+        build = subprocess.run(
+            command, capture_output=True, text=True, env={**os.environ, "CARGO_TARGET_DIR": target}
+        )
+        assert build.returncode == 0, build.stdout + build.stderr
+        result = venv.run(
+            "import awaitlet, greenlet; print(awaitlet.__file__); "
+            "print(greenlet.__awaitlet_facade__)"
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.splitlines() == [
+            str(ROOT / "python" / "awaitlet" / "__init__.py"),
+            "True",
+        ]
+    finally:
+        for built in set((ROOT / "python" / "awaitlet").glob("_awaitlet*.so")) - before:
+            built.unlink()
