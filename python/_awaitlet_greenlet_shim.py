@@ -20,8 +20,9 @@ import sys
 import types
 
 #: A file that the original ``awaitlet`` distribution (0.0.1) installs and awaitlet-rs does
-#: not; finding it in our package means both distributions wrote into it.
-ORIGINAL_ONLY_FILE = ("awaitlet", "util", "typing.py")
+#: not; finding it in our package means both distributions wrote into it. The .pth line and
+#: awaitlet's ``__init__`` look for it.
+ORIGINAL_ONLY_FILE = "awaitlet/util/typing.py"
 
 
 class GreenletFacadeFinder:
@@ -68,11 +69,6 @@ def coexistence_message(site_dir: str) -> str:
         " awaitlet-rs, run 'pip uninstall awaitlet', then"
         " 'pip install --force-reinstall awaitlet-rs'."
     )
-
-
-def original_awaitlet_installed(site_dir: str) -> bool:
-    """Whether the original ``awaitlet`` distribution has files in ``site_dir``'s package."""
-    return os.path.exists(os.path.join(site_dir, *ORIGINAL_ONLY_FILE))
 
 
 _warned = False
