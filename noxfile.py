@@ -5,6 +5,7 @@
     nox -s tests-3.12 -- -k contextvars   # extra arguments go to pytest (our own tests)
     nox -s soak-3.12 -- --minutes 30 --threads 4   # a long soak (arguments: tests/soak/run.py)
     nox -s valgrind-3.11   # the soak and fault scenarios under memcheck (CPython 3.11)
+    nox -s docs            # the documentation site, warnings as errors (into site/)
 
 Each ``tests`` session builds the Rust extension from source for its interpreter
 (``pip install .``), then, with no greenlet package installed (awaitlet's facade
@@ -43,6 +44,7 @@ COUNTS = re.compile(r"^(\S+): (\d+) passed, (\d+) failed, (\d+) skipped", re.MUL
 # minute per version in all). AWAITLET_SOAK_SEED repeats a run's plans.
 SOAK_MINUTES = "0.4"
 VALGRIND_PYTHON = "3.11"
+DOCS_PYTHON = "3.12"
 
 
 def _install(session: nox.Session, *build_args: str) -> None:
@@ -171,3 +173,12 @@ def valgrind(session: nox.Session) -> None:
         session.error("valgrind is not installed (Debian and Ubuntu: apt-get install valgrind)")
     _install(session, "--features", "valgrind")
     session.run("python", "tests/soak/valgrind.py", *session.posargs)
+
+
+@nox.session(python=[DOCS_PYTHON])
+def docs(session: nox.Session) -> None:
+    """Build the documentation site with MkDocs (``mkdocs build --strict``: any warning fails);
+    arguments go to ``mkdocs build`` (``-d DIR`` for another output directory than site/).
+    The API reference reads the sources and the stubs: nothing is compiled."""
+    session.install("-r", "docs/requirements.txt")
+    session.run("mkdocs", "build", "--strict", *session.posargs, env={"NO_MKDOCS_2_WARNING": "1"})
