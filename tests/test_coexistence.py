@@ -185,6 +185,9 @@ def test_ours_then_original(venv: Venv, downloads: Path, our_wheel: Path) -> Non
     assert_warns_once(result)
     assert result.stdout.strip() == "0.0.1"
     assert venv.run("pass").stderr == ""
+    # Finding the original costs the start-up no import: the watcher is defined in the line.
+    modules = "import sys; print(sorted(sys.modules))"
+    assert venv.run(modules).stdout == venv.run(modules, AWAITLET_GREENLET_SHIM="0").stdout
     # With the hook turned off, nothing of ours runs at all.
     assert venv.run(VERSION, AWAITLET_GREENLET_SHIM="0").stderr == ""
     assert_fixed(venv, our_wheel)
