@@ -987,6 +987,16 @@ pub struct AsyncDefFunction;
 
 #[pymethods]
 impl AsyncDefFunction {
+    /// `async_def` itself, unbound, as for a builtin function: being a (non-data) descriptor is
+    /// what makes `inspect.isroutine()` true of it, and so `help()` show its signature.
+    fn __get__<'py>(
+        slf: Bound<'py, Self>,
+        _instance: &Bound<'py, PyAny>,
+        _owner: Option<&Bound<'py, PyAny>>,
+    ) -> Bound<'py, Self> {
+        slf
+    }
+
     #[pyo3(signature = (r#fn, /, *args, assert_await_occurs = false, **kwargs))]
     fn __call__(
         &self,
