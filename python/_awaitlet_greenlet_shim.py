@@ -8,6 +8,13 @@ ask :func:`facade_spec`. :func:`install` does the same from code.
 """
 
 import sys
+from typing import TYPE_CHECKING, cast
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from importlib.abc import Loader
+    from importlib.machinery import ModuleSpec
+    from types import ModuleType
 
 
 class GreenletFacadeFinder:
@@ -17,13 +24,21 @@ class GreenletFacadeFinder:
     #: What the .pth hook's finder is marked with too: install() adds no second one.
     __awaitlet_greenlet_hook__ = True
 
-    def find_spec(self, fullname: str, path: object = None, target: object = None) -> object:
+    def find_spec(
+        self,
+        fullname: str,
+        path: "Sequence[str] | None" = None,
+        target: "ModuleType | None" = None,
+    ) -> "ModuleSpec | None":
+        """The facade's spec for ``greenlet``; None for any other module."""
         return facade_spec() if fullname == "greenlet" else None
 
-    def create_module(self, spec: object) -> None:
+    def create_module(self, spec: "ModuleSpec") -> None:
+        """None: the import system creates the module object."""
         return None
 
-    def exec_module(self, module: object) -> None:
+    def exec_module(self, module: "ModuleType") -> None:
+        """Fills ``module`` (``greenlet``) with the names of :mod:`awaitlet.greenlet`."""
         from awaitlet import greenlet as facade
 
         for name, value in vars(facade).items():
@@ -32,11 +47,13 @@ class GreenletFacadeFinder:
         setattr(module, "__awaitlet_facade__", True)  # noqa: B010 - a module's attribute
 
 
-def facade_spec() -> object:
+def facade_spec() -> "ModuleSpec":
     """The module spec of ``greenlet`` as awaitlet's facade."""
     from importlib.machinery import ModuleSpec
 
-    return ModuleSpec("greenlet", GreenletFacadeFinder(), origin="awaitlet.greenlet")
+    # The finder is its own loader (create_module, exec_module), by duck typing.
+    loader = cast("Loader", GreenletFacadeFinder())
+    return ModuleSpec("greenlet", loader, origin="awaitlet.greenlet")
 
 
 def install() -> None:
