@@ -5,6 +5,8 @@
     nox -s tests-3.12 -- -k contextvars   # extra arguments go to pytest (our own tests)
     nox -s soak-3.12 -- --minutes 30 --threads 4   # a long soak (arguments: tests/soak/run.py)
     nox -s valgrind-3.11   # the soak and fault scenarios under memcheck (CPython 3.11)
+    nox -s typecheck       # mypy --strict, pyright (strict) and stubtest on the Python part
+    nox -s lint            # ruff check, ruff format --check, cargo fmt --check
 
 Each ``tests`` session builds the Rust extension from source for its interpreter
 (``pip install .``), then, with no greenlet package installed (awaitlet's facade
@@ -43,6 +45,13 @@ COUNTS = re.compile(r"^(\S+): (\d+) passed, (\d+) failed, (\d+) skipped", re.MUL
 # minute per version in all). AWAITLET_SOAK_SEED repeats a run's plans.
 SOAK_MINUTES = "0.4"
 VALGRIND_PYTHON = "3.11"
+TYPECHECK_PYTHON = "3.11"
+# The checkers' versions, pinned so that a new release's new checks come in by a deliberate
+# change here, not in the middle of an unrelated one.
+MYPY = "mypy==2.4.1"
+PYRIGHT = "pyright[nodejs]==1.1.414"  # the extra brings node.js as a wheel: no download
+RUFF = "ruff==0.17.6"
+LINTED = ["python", "tests", "benches", "noxfile.py"]
 
 
 def _install(session: nox.Session, *build_args: str) -> None:
@@ -171,3 +180,41 @@ def valgrind(session: nox.Session) -> None:
         session.error("valgrind is not installed (Debian and Ubuntu: apt-get install valgrind)")
     _install(session, "--features", "valgrind")
     session.run("python", "tests/soak/valgrind.py", *session.posargs)
+
+
+@nox.session(python=[TYPECHECK_PYTHON])
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict and pyright (strict, as configured in pyproject.toml) on the Python part
+    and tests/typing, then stubtest: the stubs and annotations against the built package,
+    with stubtest-allowlist.txt."""
+    env = {"CARGO_TARGET_DIR": os.environ.get("CARGO_TARGET_DIR", str(ROOT / "target"))}
+    session.install("--force-reinstall", "--no-deps", ".", env=env)
+    # SQLAlchemy for the demo (__main__), greenlet's stubs for _real_greenlet; no greenlet
+    # itself, so that stubtest imports the facade for it, as the tests run.
+    session.install(MYPY, PYRIGHT, "types-greenlet", "typing-extensions", "sqlalchemy>=2.1")
+    session.run("python", "-m", "pip", "uninstall", "--yes", "--quiet", "greenlet")
+    session.run("mypy", "--strict")
+    # PYRIGHT_PYTHON_IGNORE_WARNINGS: no look-up of the newest pyright release.
+    python = shutil.which("python", path=session.bin)
+    session.run("pyright", "--pythonpath", str(python), env={"PYRIGHT_PYTHON_IGNORE_WARNINGS": "1"})
+    session.run(
+        "python",
+        "-m",
+        "mypy.stubtest",
+        "awaitlet",
+        "_awaitlet_greenlet_shim",
+        "--mypy-config-file",
+        "pyproject.toml",
+        "--allowlist",
+        "stubtest-allowlist.txt",
+    )
+
+
+@nox.session(python=[TYPECHECK_PYTHON])
+def lint(session: nox.Session) -> None:
+    """ruff check and ruff format --check on the Python files, cargo fmt --check on the Rust
+    ones (clippy is part of the build checks)."""
+    session.install(RUFF)
+    session.run("ruff", "check", *LINTED)
+    session.run("ruff", "format", "--check", *LINTED)
+    session.run("cargo", "fmt", "--check", external=True)
