@@ -43,6 +43,8 @@ use crate::pystate::{interpreter_finalizing, FiberPyState};
 
 pub mod owner;
 mod stack_pool;
+#[cfg(test)]
+pub(crate) mod tests;
 mod valgrind;
 
 use owner::FiberOwner;
