@@ -229,6 +229,11 @@ def waiter(record):
 
 def calls_native(function):
     return function()
+
+def shares_context(suspend, var):
+    var.set("set on the fiber")
+    suspend()
+    return var.get()
 "#;
 
 fn helpers(py: Python<'_>) -> Bound<'_, PyModule> {
@@ -583,5 +588,42 @@ fn a_suspended_fiber_whose_thread_state_is_gone_is_retired_not_resumed() {
         }
         // SAFETY: pairs the ensure above, on the same thread, with nothing of it left.
         unsafe { pyo3::ffi::PyGILState_Release(gil) };
+    });
+}
+
+#[test]
+fn a_fiber_runs_in_the_context_of_whoever_first_resumes_it() {
+    with_python(|py| {
+        let contextvars = py.import("contextvars").unwrap();
+        let var = contextvars
+            .getattr("ContextVar")
+            .unwrap()
+            .call1(("var",))
+            .unwrap();
+        let context = contextvars.getattr("Context").unwrap().call0().unwrap();
+        let previous = crate::pystate::current_context(py);
+        // SAFETY: a contextvars.Context.
+        unsafe { crate::pystate::set_current_context(&context) };
+
+        let mut fiber = fiber_calling(
+            py,
+            Kind::AsyncDef,
+            "shares_context",
+            std::slice::from_ref(&var),
+        );
+        assert!(fiber.context(py).is_none(), "chosen when it starts");
+        suspended_with(py, resume_value(py, &mut fiber, ()));
+        // The same Context object, not a copy: each side sees the other's changes.
+        assert!(fiber.context(py).is(&context));
+        assert_eq!(
+            var.call_method0("get").unwrap().to_string(),
+            "set on the fiber"
+        );
+        var.call_method1("set", ("set by the resumer",)).unwrap();
+        let step = resume_value(py, &mut fiber, ());
+        assert_eq!(finished_with(py, step).unwrap(), "'set by the resumer'");
+
+        // SAFETY: what was current before: a Context or None.
+        unsafe { crate::pystate::set_current_context(&previous) };
     });
 }
