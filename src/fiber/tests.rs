@@ -47,10 +47,10 @@ fn start_python() {
     static START: Once = Once::new();
     START.call_once(|| {
         Python::initialize();
-        Python::attach(crate::pystate::check_interpreter).expect(
-            "the embedded interpreter is not the one the crate was built for: put the \
-             directory of PYO3_PYTHON's libpython first on LD_LIBRARY_PATH",
-        );
+        Python::attach(|py| {
+            crate::pystate::tests::assert_running_the_compiled_release(py);
+            crate::pystate::check_interpreter(py).expect("the thread-state layout check");
+        });
     });
 }
 

@@ -291,11 +291,31 @@ pub fn interpreter_finalizing(_py: Python<'_>) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use pyo3::types::PyAnyMethods;
 
     use super::*;
     use crate::fiber::tests::with_python;
+
+    /// Panics unless the running interpreter is the release whose headers the crate was
+    /// compiled against. (Only the embedded one can differ: another libpython of the same
+    /// minor version found first by the loader.)
+    pub(crate) fn assert_running_the_compiled_release(py: Python<'_>) {
+        // SAFETY: returns a constant.
+        let compiled = unsafe { awaitlet_compiled_python_version() } as u32;
+        let running: u32 = py
+            .import("sys")
+            .and_then(|sys| sys.getattr("hexversion")?.extract())
+            .expect("sys.hexversion");
+        let release =
+            |hex: u32| format!("{}.{}.{}", hex >> 24, (hex >> 16) & 0xff, (hex >> 8) & 0xff);
+        assert_eq!(
+            release(running),
+            release(compiled),
+            "the embedded libpython is not the one of the interpreter the crate was built for \
+             (PYO3_PYTHON): put that interpreter's LIBDIR first on LD_LIBRARY_PATH"
+        );
+    }
 
     #[test]
     fn the_embedded_interpreter_has_the_layout_the_crate_was_built_for() {
