@@ -627,3 +627,67 @@ fn a_fiber_runs_in_the_context_of_whoever_first_resumes_it() {
         unsafe { crate::pystate::set_current_context(&previous) };
     });
 }
+
+/// Set in the child process of [`a_fiber_that_overflows_into_its_canary_aborts_at_its_next_switch`].
+const OVERFLOW_CHILD: &str = "AWAITLET_TEST_OVERFLOW_CHILD";
+
+/// Where the overflowing native function stops descending.
+static DESCEND_BELOW: AtomicUsize = AtomicUsize::new(0);
+
+/// Recurses with 1 KiB frames full of nonzero bytes until one lies below `stop_below`.
+fn descend(stop_below: usize, depth: usize) -> usize {
+    let mut frame = [0xa5u8; 1024];
+    std::hint::black_box(&mut frame);
+    let reached = if (frame.as_ptr() as usize) < stop_below {
+        depth
+    } else {
+        descend(stop_below, depth + 1)
+    };
+    // Uses the frame after the call, so that the recursion is not a tail call.
+    reached + usize::from(std::hint::black_box(frame[0]) == 0)
+}
+
+#[test]
+fn a_fiber_that_overflows_into_its_canary_aborts_at_its_next_switch() {
+    use std::os::unix::process::ExitStatusExt;
+
+    let name = "a_fiber_that_overflows_into_its_canary_aborts_at_its_next_switch";
+    if std::env::var_os(OVERFLOW_CHILD).is_some() {
+        // In the child, whose slots have no guard: a native function called on the fiber
+        // writes through the canary and returns; the switch back must abort.
+        with_python(|py| {
+            let overflow = PyCFunction::new_closure(
+                py,
+                None,
+                None,
+                |_: &Bound<'_, PyTuple>, _: Option<&Bound<'_, PyDict>>| -> PyResult<usize> {
+                    Ok(descend(DESCEND_BELOW.load(Ordering::Relaxed), 0))
+                },
+            )
+            .unwrap();
+            let function = helpers(py).getattr("calls_native").unwrap().unbind();
+            let args = PyTuple::new(py, [overflow]).unwrap().unbind();
+            let mut fiber = Fiber::calling(py, Kind::AsyncDef, function, args, None).unwrap();
+            let canary = stack_pool::tests::canary_address(fiber.canary)
+                .expect("an unguarded slot has a canary");
+            DESCEND_BELOW.store(canary, Ordering::Relaxed);
+            let _ = fiber.resume(py, Resume::Value(py.None()));
+            eprintln!("resume returned after the overflow");
+        });
+        return;
+    }
+    let test = format!("{}::{name}", module_path!().split_once("::").unwrap().1);
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", &test, "--nocapture", "--test-threads=1"])
+        .env(OVERFLOW_CHILD, "1")
+        .env("AWAITLET_STACK_GUARDS", "none")
+        .output()
+        .expect("run the test binary");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.signal(), Some(libc::SIGABRT), "{stderr}");
+    assert!(
+        stderr.contains("Fatal error in awaitlet: a fiber overflowed its 8 MiB stack"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("resume returned"), "{stderr}");
+}

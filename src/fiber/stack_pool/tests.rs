@@ -90,6 +90,11 @@ fn mapping_of(address: usize) -> (usize, usize, String) {
     panic!("{address:#x} is in no mapping");
 }
 
+/// The address of the canary a [`Canary`] checks (None: its slot has a guard instead).
+pub(in crate::fiber) fn canary_address(canary: Canary) -> Option<usize> {
+    canary.0.map(|canary| canary.as_ptr() as usize)
+}
+
 fn guard_mode() -> GuardMode {
     REGIONS.lock().unwrap().guard_mode
 }
