@@ -7,6 +7,7 @@
     nox -s valgrind-3.11   # the soak and fault scenarios under memcheck (CPython 3.11)
     nox -s typecheck       # mypy --strict, pyright (strict) and stubtest on the Python part
     nox -s lint            # ruff check, ruff format --check, cargo fmt --check
+    nox -s rust            # cargo fmt --check, clippy and the Rust tests of the engine
 
 Each ``tests`` session builds the Rust extension from source for its interpreter
 (``pip install .``), then, with no greenlet package installed (awaitlet's facade
@@ -22,6 +23,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import nox
@@ -52,6 +54,8 @@ MYPY = "mypy==2.4.1"
 PYRIGHT = "pyright[nodejs]==1.1.414"  # the extra brings node.js as a wheel: no download
 RUFF = "ruff==0.17.6"
 LINTED = ["python", "tests", "benches", "noxfile.py"]
+# The interpreter the Rust tests embed, unless PYO3_PYTHON names another.
+RUST_PYTHON = "3.11"
 
 
 def _install(session: nox.Session, *build_args: str) -> None:
@@ -218,3 +222,46 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "check", *LINTED)
     session.run("ruff", "format", "--check", *LINTED)
     session.run("cargo", "fmt", "--check", external=True)
+
+
+@nox.session(python=False)
+def rust(session: nox.Session) -> None:
+    """``cargo fmt --check``, clippy (the benchmark too) and ``cargo test``: the engine's Rust
+    tests, some of which embed CPython (``PYO3_PYTHON``, default python3.11). That
+    interpreter needs a shared libpython; its directory goes on the loader's path."""
+    python = os.environ.get("PYO3_PYTHON") or shutil.which(f"python{RUST_PYTHON}")
+    if not python:
+        session.error(f"python{RUST_PYTHON} is not on PATH (or set PYO3_PYTHON)")
+    config = session.run(
+        python,
+        "-c",
+        "import sysconfig; print(sysconfig.get_config_var('LIBDIR')); "
+        "print(sysconfig.get_config_var('Py_ENABLE_SHARED'))",
+        silent=True,
+        external=True,
+    )
+    libdir, shared = config.split()
+    if shared != "1":
+        session.error(f"{python} has no shared libpython to embed (built without --enable-shared)")
+    # The embedded interpreter must be this one: a libpython of the same version in a system
+    # directory (a distribution's python3.X beside pyenv's) would be found first otherwise.
+    loader_path = "DYLD_LIBRARY_PATH" if sys.platform == "darwin" else "LD_LIBRARY_PATH"
+    env = {
+        "PYO3_PYTHON": python,
+        loader_path: os.pathsep.join(filter(None, [libdir, os.environ.get(loader_path)])),
+        "CARGO_TARGET_DIR": os.environ.get("CARGO_TARGET_DIR", str(ROOT / "target")),
+    }
+    session.run("cargo", "fmt", "--check", external=True)
+    session.run(
+        "cargo",
+        "clippy",
+        "--all-targets",
+        "--features",
+        "bench",
+        "--",
+        "-D",
+        "warnings",
+        env=env,
+        external=True,
+    )
+    session.run("cargo", "test", env=env, external=True)
