@@ -17,7 +17,13 @@ the same check, for when the hook is turned off.
 
 import os
 import sys
-import types
+from typing import TYPE_CHECKING, cast
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from importlib.abc import Loader
+    from importlib.machinery import ModuleSpec
+    from types import FrameType, ModuleType
 
 #: A file that the original ``awaitlet`` distribution (0.0.1) installs and awaitlet-rs does
 #: not; finding it in our package means both distributions wrote into it. The .pth line and
@@ -32,13 +38,21 @@ class GreenletFacadeFinder:
     #: What the .pth hook's finder is marked with too: install() adds no second one.
     __awaitlet_greenlet_hook__ = True
 
-    def find_spec(self, fullname: str, path: object = None, target: object = None) -> object:
+    def find_spec(
+        self,
+        fullname: str,
+        path: "Sequence[str] | None" = None,
+        target: "ModuleType | None" = None,
+    ) -> "ModuleSpec | None":
+        """The facade's spec for ``greenlet``; None for any other module."""
         return facade_spec() if fullname == "greenlet" else None
 
-    def create_module(self, spec: object) -> None:
+    def create_module(self, spec: "ModuleSpec") -> None:
+        """None: the import system creates the module object."""
         return None
 
-    def exec_module(self, module: object) -> None:
+    def exec_module(self, module: "ModuleType") -> None:
+        """Fills ``module`` (``greenlet``) with the names of :mod:`awaitlet.greenlet`."""
         from awaitlet import greenlet as facade
 
         for name, value in vars(facade).items():
@@ -47,11 +61,13 @@ class GreenletFacadeFinder:
         setattr(module, "__awaitlet_facade__", True)  # noqa: B010 - a module's attribute
 
 
-def facade_spec() -> object:
+def facade_spec() -> "ModuleSpec":
     """The module spec of ``greenlet`` as awaitlet's facade."""
     from importlib.machinery import ModuleSpec
 
-    return ModuleSpec("greenlet", GreenletFacadeFinder(), origin="awaitlet.greenlet")
+    # The finder is its own loader (create_module, exec_module), by duck typing.
+    loader = cast("Loader", GreenletFacadeFinder())
+    return ModuleSpec("greenlet", loader, origin="awaitlet.greenlet")
 
 
 def install() -> None:
@@ -91,7 +107,7 @@ def _importer_level() -> int:
     does not count the frames of the import machinery."""
     init = os.path.join("awaitlet", "__init__.py")
     # 0: this function, 1: warn_original_awaitlet, 2: its caller.
-    frame: types.FrameType | None = sys._getframe(2)
+    frame: FrameType | None = sys._getframe(2)  # pyright: ignore[reportPrivateUsage]
     level = 2
     while frame is not None:
         frame = frame.f_back
@@ -103,6 +119,6 @@ def _importer_level() -> int:
     return level
 
 
-def _is_import_machinery(frame: types.FrameType) -> bool:
+def _is_import_machinery(frame: "FrameType") -> bool:
     filename = frame.f_code.co_filename
     return "importlib" in filename and "_bootstrap" in filename
