@@ -215,7 +215,7 @@ def declare_models() -> Models:
 
 def missing_sqlalchemy_requirement() -> str | None:
     """Say what part 2 lacks (SQLAlchemy 2 or aiosqlite), or None if nothing."""
-    missing = []
+    missing: list[str] = []
     for name in ("sqlalchemy", "aiosqlite"):
         try:
             importlib.import_module(name)
@@ -419,6 +419,16 @@ async def await_sleep0(count: int) -> None:
         await asyncio.sleep(0)
 
 
+def awaitlet_ready(count: int) -> Awaitable[None]:
+    """wait_ready() under async_def()."""
+    return async_def(wait_ready, count)
+
+
+def awaitlet_sleep0(count: int) -> Awaitable[None]:
+    """wait_sleep0() under async_def()."""
+    return async_def(wait_sleep0, count)
+
+
 async def spawn_sync(count: int) -> None:
     """``await async_def(f)`` of a sync ``f`` that never waits, ``count`` times."""
     for _ in range(count):
@@ -429,7 +439,7 @@ class SpeedCase(NamedTuple):
     """One operation timed natively and with awaitlet."""
 
     label: str
-    count: int  # operations per round
+    operations: int  # per round
     native: Callable[[int], Awaitable[None]]
     with_awaitlet: Callable[[int], Awaitable[None]]
 
@@ -439,13 +449,13 @@ SPEED_CASES = [
         "awaitlet() of a coroutine that returns at once",
         20_000,
         await_ready,
-        lambda count: async_def(wait_ready, count),
+        awaitlet_ready,
     ),
     SpeedCase(
         "awaitlet(asyncio.sleep(0)): a trip through the loop",
         2_000,
         await_sleep0,
-        lambda count: async_def(wait_sleep0, count),
+        awaitlet_sleep0,
     ),
     SpeedCase("await async_def(f), f never waits", 5_000, await_ready, spawn_sync),
 ]
@@ -478,15 +488,15 @@ async def measure_speed() -> dict[str, dict[str, float]]:
     """Time every case natively and with awaitlet; then, if the greenlet package is
     installed, import it and time the awaitlet calls again: once it is imported, async_def()
     runs sync code in its greenlets (as SQLAlchemy needs), the way the original awaitlet does."""
-    runs = {}
+    runs: dict[str, tuple[Callable[[int], Awaitable[None]], int]] = {}
     for case in SPEED_CASES:
-        runs[f"{case.label}\0native"] = (case.native, case.count)
-        runs[f"{case.label}\0awaitlet-rs"] = (case.with_awaitlet, case.count)
+        runs[f"{case.label}\0native"] = (case.native, case.operations)
+        runs[f"{case.label}\0awaitlet-rs"] = (case.with_awaitlet, case.operations)
     timings = await best_times(runs)
     if real_greenlet_installed():
         importlib.import_module("greenlet")
         on_greenlet = {
-            f"{case.label}\0greenlet": (case.with_awaitlet, case.count) for case in SPEED_CASES
+            f"{case.label}\0greenlet": (case.with_awaitlet, case.operations) for case in SPEED_CASES
         }
         timings.update(await best_times(on_greenlet))
     results: dict[str, dict[str, float]] = {case.label: {} for case in SPEED_CASES}
@@ -567,7 +577,7 @@ def report_failure(title: str, error: BaseException) -> None:
 async def main() -> int:
     """Run each part in turn; return the exit status (0 if all passed, 1 if one failed)."""
     print(f"awaitlet {__version__} demo, Python {platform.python_version()}", flush=True)
-    skipped = []
+    skipped: list[str] = []
     for number, (title, run_part) in enumerate(PARTS, 1):
         section(title)
         try:
