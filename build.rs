@@ -16,7 +16,7 @@ const INCLUDE_VARIABLE: &str = "AWAITLET_PYTHON_INCLUDE";
 fn main() {
     check_target();
     let config = pyo3_build_config::get();
-    let version = format!("{}.{}", config.version.major, config.version.minor);
+    let version = format!("{}.{}", config.version().major, config.version().minor);
     let Some(python) = config.executable().map(str::to_owned) else {
         fail(
             "pyo3 did not report which Python interpreter this build is for: set PYO3_PYTHON to it",
