@@ -5,9 +5,14 @@
     nox -s tests-3.12 -- -k contextvars   # extra arguments go to pytest (our own tests)
     nox -s soak-3.12 -- --minutes 30 --threads 4   # a long soak (arguments: tests/soak/run.py)
     nox -s valgrind-3.11   # the soak and fault scenarios under memcheck (CPython 3.11)
+    nox -s wheels          # the release: six wheels and the sdist in dist/, checked
+    nox -s sdist           # the sdist alone, and a build of it in an empty directory
+    nox -s wheel_tests-3.12   # our tests on the 3.12 wheel in dist/ (no PostgreSQL)
+    nox -s lint            # ruff, rustfmt and clippy (nox -s types: mypy and stubtest)
 
-Each ``tests`` session builds the Rust extension from source for its interpreter
-(``pip install .``), then, with no greenlet package installed (awaitlet's facade
+Each ``tests`` session builds the release wheel for its interpreter, as published
+(manylinux_2_28 on Linux, linked with zig, stripped, checked by auditwheel), installs it,
+then, with no greenlet package installed (awaitlet's facade
 stands in), runs this repository's tests, the original ``awaitlet`` 0.0.1 test
 suite, SQLAlchemy's own asyncio tests (on SQLite and on a PostgreSQL server the
 tests start) and a short soak (tests/soak/run.py, one thread, then four); then, with
@@ -20,6 +25,8 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import sys
+import time
 from pathlib import Path
 
 import nox
@@ -43,21 +50,92 @@ COUNTS = re.compile(r"^(\S+): (\d+) passed, (\d+) failed, (\d+) skipped", re.MUL
 # minute per version in all). AWAITLET_SOAK_SEED repeats a run's plans.
 SOAK_MINUTES = "0.4"
 VALGRIND_PYTHON = "3.11"
+# The interpreter of the sessions that only run tools (wheels, sdist, lint).
+TOOLS_PYTHON = "3.11"
+
+# Linux wheels: this manylinux tag, which zig's linker makes any glibc machine able to
+# build (it links against that glibc's symbol versions); `auditwheel show` checks it.
+MANYLINUX = "manylinux_2_28"
+WHEEL_TOOLS = ["maturin>=1.9,<2", "ziglang", "auditwheel"]
+# What a wheel installed in a fresh environment must do: run sync code that awaits.
+SMOKE_TEST = """
+import asyncio, awaitlet
+async def main():
+    return await awaitlet.async_def(lambda: awaitlet.awaitlet(asyncio.sleep(0, "ok")))
+assert asyncio.run(main()) == "ok"
+print("awaitlet", awaitlet.__version__, "works from", awaitlet.__file__)
+"""
+
+
+def _cargo_env() -> dict[str, str]:
+    # One target directory for every version, so the builds share the compiled
+    # dependencies that do not depend on the interpreter.
+    return {"CARGO_TARGET_DIR": os.environ.get("CARGO_TARGET_DIR", str(ROOT / "target"))}
 
 
 def _install(session: nox.Session, *build_args: str) -> None:
     """Builds and installs the package, then the test requirements."""
-    env = {
-        # One target directory for every version, so the builds share the
-        # compiled dependencies that do not depend on the interpreter.
-        "CARGO_TARGET_DIR": os.environ.get("CARGO_TARGET_DIR", str(ROOT / "target")),
-    }
     config = [f"--config-settings=build-args={' '.join(build_args)}"] if build_args else []
     # --force-reinstall: a reused venv must get the freshly built extension.
-    session.install("--force-reinstall", "--no-deps", ".", *config, env=env)
+    session.install("--force-reinstall", "--no-deps", ".", *config, env=_cargo_env())
+    _install_test_requirements(session)
+
+
+def _install_test_requirements(session: nox.Session) -> None:
     session.install("-r", "tests/requirements.txt", "typing-extensions")
     # The facade is under test: no greenlet package (SQLAlchemy 2.0 depends on it).
     session.run("python", "-m", "pip", "uninstall", "--yes", "--quiet", "greenlet")
+
+
+def _build_wheel(session: nox.Session, python: str, out: Path) -> Path:
+    """Builds the release wheel for the interpreter `python` into `out`, as published:
+    stripped, and on Linux manylinux_2_28 (zig links it); returns it. The session needs
+    WHEEL_TOOLS installed."""
+    linux = sys.platform.startswith("linux")
+    platform_args = ["--zig", "--compatibility", MANYLINUX] if linux else []
+    built_before = set(out.glob("*.whl"))
+    start = time.monotonic()
+    session.run(
+        "maturin",
+        "build",
+        "--release",
+        "--strip",
+        *platform_args,
+        "--interpreter",
+        python,
+        "--out",
+        str(out),
+        env=_cargo_env(),
+    )
+    built = sorted(set(out.glob("*.whl")) - built_before)
+    if len(built) != 1:
+        session.error(f"expected one new wheel in {out}, found {[w.name for w in built]}")
+    session.log(f"built {built[0].name} in {time.monotonic() - start:.0f} s")
+    return built[0]
+
+
+def _check_wheels(session: nox.Session, wheels: list[Path]) -> None:
+    """Stripped, and on Linux as compatible as its tag says (auditwheel show)."""
+    session.run("python", ".ci/check_wheel.py", *map(str, wheels))
+
+
+def _session_python(session: nox.Session) -> str:
+    bin_dir = "Scripts" if sys.platform == "win32" else "bin"
+    return str(Path(session.virtualenv.location) / bin_dir / "python")
+
+
+def _install_wheel(session: nox.Session) -> None:
+    """Builds the release wheel for the session's interpreter, checks it, installs it, then
+    the test requirements."""
+    session.install(*WHEEL_TOOLS)
+    out = Path(session.create_tmp()) / "wheel"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    wheel = _build_wheel(session, _session_python(session), out)
+    _check_wheels(session, [wheel])
+    # --force-reinstall: a reused venv must get the freshly built extension.
+    session.install("--force-reinstall", "--no-deps", str(wheel))
+    _install_test_requirements(session)
 
 
 def _soak_command(*args: str) -> list[str]:
@@ -67,9 +145,9 @@ def _soak_command(*args: str) -> list[str]:
 
 @nox.session(python=PYTHONS)
 def tests(session: nox.Session) -> None:
-    """Build and install the package, then run every suite on the greenlet facade (and the
-    SQLAlchemy ones on the real greenlet too)."""
-    _install(session)
+    """Build, check and install the release wheel, then run every suite on the greenlet
+    facade (and the SQLAlchemy ones on the real greenlet too)."""
+    _install_wheel(session)
     session.run("python", "-c", "import awaitlet; print('awaitlet from', awaitlet.__file__)")
 
     # One download cache per version: CI runs sessions in parallel.
@@ -171,3 +249,129 @@ def valgrind(session: nox.Session) -> None:
         session.error("valgrind is not installed (Debian and Ubuntu: apt-get install valgrind)")
     _install(session, "--features", "valgrind")
     session.run("python", "tests/soak/valgrind.py", *session.posargs)
+
+
+@nox.session(python=TOOLS_PYTHON)
+def wheels(session: nox.Session) -> None:
+    """The release artifacts in dist/: the wheel of every supported CPython (python3.10 ...
+    python3.15 on PATH) and the sdist, checked (stripped, auditwheel, twine check); each
+    wheel is installed in a fresh environment of its interpreter and run, and the sdist is
+    built in an empty directory."""
+    session.install(*WHEEL_TOOLS, "twine", "virtualenv")
+    dist = ROOT / "dist"
+    shutil.rmtree(dist, ignore_errors=True)
+    dist.mkdir()
+    built = {version: _build_wheel(session, f"python{version}", dist) for version in PYTHONS}
+    _check_wheels(session, list(built.values()))
+    venvs = Path(session.create_tmp()) / "venvs"
+    for version, wheel in built.items():
+        venv = venvs / version
+        shutil.rmtree(venv, ignore_errors=True)
+        session.run("python", "-m", "virtualenv", "--quiet", "-p", f"python{version}", str(venv))
+        python = str(venv / "bin" / "python")
+        session.run(python, "-m", "pip", "install", "--quiet", "--no-deps", str(wheel))
+        # From an empty directory, so that the checkout's python/ is not what is imported.
+        with session.chdir(venv):
+            session.run(python, "-c", SMOKE_TEST)
+    sdist = _build_sdist(session, dist)
+    session.run("twine", "check", "--strict", *map(str, [*built.values(), sdist]))
+    session.log("dist/: " + ", ".join(sorted(path.name for path in dist.iterdir())))
+
+
+@nox.session(python=PYTHONS)
+def wheel_tests(session: nox.Session) -> None:
+    """Our tests on the wheel in dist/ for the session's interpreter (from ``nox -s wheels``
+    or a CI build job), less those that start a PostgreSQL server; arguments go to pytest.
+    """
+    session.install(
+        "--force-reinstall",
+        "--no-deps",
+        "--no-index",
+        "--only-binary",
+        ":all:",
+        "--find-links",
+        str(ROOT / "dist"),
+        "awaitlet-rs",
+    )
+    _install_test_requirements(session)
+    session.run("python", "-c", SMOKE_TEST)
+    session.run(
+        "python",
+        "-m",
+        "pytest",
+        "tests",
+        "-p",
+        "no:cacheprovider",
+        "-m",
+        "not postgresql",
+        *session.posargs,
+        env={"AWAITLET_EXPECT_GREENLET": "facade"},
+    )
+
+
+@nox.session(python=TOOLS_PYTHON)
+def sdist(session: nox.Session) -> None:
+    """The sdist, built into dist/, then built into a wheel and installed in an empty
+    directory, away from the checkout."""
+    session.install("maturin>=1.9,<2", "twine")
+    dist = ROOT / "dist"
+    dist.mkdir(exist_ok=True)
+    _build_sdist(session, dist)
+
+
+def _build_sdist(session: nox.Session, dist: Path) -> Path:
+    for old in dist.glob("*.tar.gz"):
+        old.unlink()
+    session.run("maturin", "sdist", "--out", str(dist))
+    (sdist,) = dist.glob("*.tar.gz")
+    session.run("twine", "check", "--strict", str(sdist))
+    # The sdist alone: pip builds it in an isolated environment, from an empty directory.
+    empty = Path(session.create_tmp()) / "sdist-build"
+    shutil.rmtree(empty, ignore_errors=True)
+    empty.mkdir()
+    with session.chdir(empty):
+        session.run(
+            "python",
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--wheel-dir",
+            ".",
+            str(sdist),
+            env=_cargo_env(),
+        )
+        (wheel,) = empty.glob("*.whl")
+        session.install("--force-reinstall", "--no-deps", str(wheel))
+        session.run("python", "-c", SMOKE_TEST)
+    return sdist
+
+
+@nox.session(python=TOOLS_PYTHON)
+def lint(session: nox.Session) -> None:
+    """Formatting and lints of the Python and Rust code (ruff, rustfmt, clippy)."""
+    session.install("ruff")
+    paths = ["python", "tests", "benches", "noxfile.py", ".ci"]
+    session.run("ruff", "check", *paths)
+    session.run("ruff", "format", "--check", *paths)
+    session.run("cargo", "fmt", "--check", external=True)
+    session.run(
+        "cargo",
+        "clippy",
+        "--all-targets",
+        "--locked",
+        "--",
+        "-D",
+        "warnings",
+        env={**_cargo_env(), "PYO3_PYTHON": _session_python(session)},
+        external=True,
+    )
+
+
+@nox.session(python=TOOLS_PYTHON)
+def types(session: nox.Session) -> None:
+    """The Python code under mypy, and the type stub checked against the built extension
+    (mypy's stubtest)."""
+    session.install("mypy", "--force-reinstall", ".[sqlalchemy]", env=_cargo_env())
+    session.run("mypy", "python")
+    session.run("python", "-m", "mypy.stubtest", "awaitlet._awaitlet")
