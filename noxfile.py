@@ -22,11 +22,13 @@ PostgreSQL's server binaries must be installed (``apt-get install postgresql``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import nox
@@ -95,23 +97,39 @@ def _build_wheel(session: nox.Session, python: str, out: Path) -> Path:
     platform_args = ["--zig", "--compatibility", MANYLINUX] if linux else []
     built_before = set(out.glob("*.whl"))
     start = time.monotonic()
-    session.run(
-        "maturin",
-        "build",
-        "--release",
-        "--strip",
-        *platform_args,
-        "--interpreter",
-        python,
-        "--out",
-        str(out),
-        env=_cargo_env(),
-    )
+    with _build_lock():
+        session.run(
+            "maturin",
+            "build",
+            "--release",
+            "--strip",
+            *platform_args,
+            "--interpreter",
+            python,
+            "--out",
+            str(out),
+            env=_cargo_env(),
+        )
     built = sorted(set(out.glob("*.whl")) - built_before)
     if len(built) != 1:
         session.error(f"expected one new wheel in {out}, found {[w.name for w in built]}")
     session.log(f"built {built[0].name} in {time.monotonic() - start:.0f} s")
     return built[0]
+
+
+@contextlib.contextmanager
+def _build_lock() -> Iterator[None]:
+    """One wheel build at a time across concurrent nox runs (.ci/run runs two): cargo takes
+    turns on the shared target directory anyway, and maturin's zig wrappers, which it writes
+    before cargo starts, are shared files."""
+    target = Path(_cargo_env()["CARGO_TARGET_DIR"])
+    target.mkdir(parents=True, exist_ok=True)
+    with open(target / ".awaitlet-wheel-build.lock", "w") as lock:
+        if sys.platform != "win32":
+            import fcntl
+
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def _check_wheels(session: nox.Session, wheels: list[Path]) -> None:
