@@ -55,8 +55,8 @@ VALGRIND_PYTHON = "3.11"
 # The interpreter of the sessions that only run tools (wheels, sdist, lint).
 TOOLS_PYTHON = "3.11"
 
-# Linux wheels: this manylinux tag, which zig's linker makes any glibc machine able to
-# build (it links against that glibc's symbol versions); `auditwheel show` checks it.
+# Linux wheels: this manylinux tag. zig links them against glibc 2.28's symbol versions,
+# whatever the build machine's glibc; `auditwheel show` checks the result.
 MANYLINUX = "manylinux_2_28"
 WHEEL_TOOLS = ["maturin>=1.9,<2", "ziglang", "auditwheel"]
 # What a wheel installed in a fresh environment must do: run sync code that awaits.
