@@ -146,7 +146,7 @@ def _install_wheel(session: nox.Session) -> None:
     """Builds the release wheel for the session's interpreter, checks it, installs it, then
     the test requirements."""
     session.install(*WHEEL_TOOLS)
-    out = Path(session.create_tmp()) / "wheel"
+    out = Path(session.create_tmp()).resolve() / "wheel"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir()
     wheel = _build_wheel(session, _session_python(session), out)
@@ -281,16 +281,17 @@ def wheels(session: nox.Session) -> None:
     dist.mkdir()
     built = {version: _build_wheel(session, f"python{version}", dist) for version in PYTHONS}
     _check_wheels(session, list(built.values()))
-    venvs = Path(session.create_tmp()) / "venvs"
+    venvs = Path(session.create_tmp()).resolve() / "venvs"
     for version, wheel in built.items():
         venv = venvs / version
         shutil.rmtree(venv, ignore_errors=True)
         session.run("python", "-m", "virtualenv", "--quiet", "-p", f"python{version}", str(venv))
         python = str(venv / "bin" / "python")
-        session.run(python, "-m", "pip", "install", "--quiet", "--no-deps", str(wheel))
+        install = [python, "-m", "pip", "install", "--quiet", "--no-deps", str(wheel)]
+        session.run(*install, external=True)
         # From an empty directory, so that the checkout's python/ is not what is imported.
         with session.chdir(venv):
-            session.run(python, "-c", SMOKE_TEST)
+            session.run(python, "-c", SMOKE_TEST, external=True)
     sdist = _build_sdist(session, dist)
     session.run("twine", "check", "--strict", *map(str, [*built.values(), sdist]))
     session.log("dist/: " + ", ".join(sorted(path.name for path in dist.iterdir())))
@@ -344,7 +345,7 @@ def _build_sdist(session: nox.Session, dist: Path) -> Path:
     (sdist,) = dist.glob("*.tar.gz")
     session.run("twine", "check", "--strict", str(sdist))
     # The sdist alone: pip builds it in an isolated environment, from an empty directory.
-    empty = Path(session.create_tmp()) / "sdist-build"
+    empty = Path(session.create_tmp()).resolve() / "sdist-build"
     shutil.rmtree(empty, ignore_errors=True)
     empty.mkdir()
     with session.chdir(empty):
