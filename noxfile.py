@@ -5,10 +5,13 @@
     nox -s tests-3.12 -- -k contextvars   # extra arguments go to pytest (our own tests)
     nox -s soak-3.12 -- --minutes 30 --threads 4   # a long soak (arguments: tests/soak/run.py)
     nox -s valgrind-3.11   # the soak and fault scenarios under memcheck (CPython 3.11)
+    nox -s typecheck       # mypy --strict, pyright (strict) and stubtest on the Python part
+    nox -s lint            # ruff check, ruff format --check, cargo fmt --check
+    nox -s rust            # cargo fmt --check, clippy and the Rust tests of the engine
+    nox -s docs            # the documentation site, warnings as errors (into site/)
     nox -s wheels          # the release: six wheels and the sdist in dist/, checked
     nox -s sdist           # the sdist alone, and a build of it in an empty directory
     nox -s wheel_tests-3.12   # our tests on the 3.12 wheel in dist/ (no PostgreSQL)
-    nox -s lint            # ruff, rustfmt and clippy (nox -s types: mypy and stubtest)
 
 Each ``tests`` session builds the release wheel for its interpreter, as published
 (manylinux_2_28 on Linux, linked with zig, stripped, checked by auditwheel), installs it,
@@ -52,7 +55,17 @@ COUNTS = re.compile(r"^(\S+): (\d+) passed, (\d+) failed, (\d+) skipped", re.MUL
 # minute per version in all). AWAITLET_SOAK_SEED repeats a run's plans.
 SOAK_MINUTES = "0.4"
 VALGRIND_PYTHON = "3.11"
-# The interpreter of the sessions that only run tools (wheels, sdist, lint).
+TYPECHECK_PYTHON = "3.11"
+# The checkers' versions, pinned so that a new release's new checks come in by a deliberate
+# change here, not in the middle of an unrelated one.
+MYPY = "mypy==2.4.1"
+PYRIGHT = "pyright[nodejs]==1.1.414"  # the extra brings node.js as a wheel: no download
+RUFF = "ruff==0.17.6"
+LINTED = ["python", "tests", "benches", "noxfile.py", ".ci"]
+# The interpreter the Rust tests embed, unless PYO3_PYTHON names another.
+RUST_PYTHON = "3.11"
+DOCS_PYTHON = "3.12"
+# The interpreter of the sessions that only run tools (wheels, sdist).
 TOOLS_PYTHON = "3.11"
 
 # Linux wheels: this manylinux tag. zig links them against glibc 2.28's symbol versions,
@@ -269,6 +282,96 @@ def valgrind(session: nox.Session) -> None:
     session.run("python", "tests/soak/valgrind.py", *session.posargs)
 
 
+@nox.session(python=[TYPECHECK_PYTHON])
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict and pyright (strict, as configured in pyproject.toml) on the Python part
+    and tests/typing, then stubtest: the stubs and annotations against the built package,
+    with stubtest-allowlist.txt."""
+    env = {"CARGO_TARGET_DIR": os.environ.get("CARGO_TARGET_DIR", str(ROOT / "target"))}
+    session.install("--force-reinstall", "--no-deps", ".", env=env)
+    # SQLAlchemy for the demo (__main__), greenlet's stubs for _real_greenlet; no greenlet
+    # itself, so that stubtest imports the facade for it, as the tests run.
+    session.install(MYPY, PYRIGHT, "types-greenlet", "typing-extensions", "sqlalchemy>=2.1")
+    session.run("python", "-m", "pip", "uninstall", "--yes", "--quiet", "greenlet")
+    session.run("mypy", "--strict")
+    # PYRIGHT_PYTHON_IGNORE_WARNINGS: no look-up of the newest pyright release.
+    python = shutil.which("python", path=session.bin)
+    session.run("pyright", "--pythonpath", str(python), env={"PYRIGHT_PYTHON_IGNORE_WARNINGS": "1"})
+    session.run(
+        "python",
+        "-m",
+        "mypy.stubtest",
+        "awaitlet",
+        "_awaitlet_greenlet_shim",
+        "--mypy-config-file",
+        "pyproject.toml",
+        "--allowlist",
+        "stubtest-allowlist.txt",
+    )
+
+
+@nox.session(python=[TYPECHECK_PYTHON])
+def lint(session: nox.Session) -> None:
+    """ruff check and ruff format --check on the Python files, cargo fmt --check on the Rust
+    ones (clippy is part of the build checks)."""
+    session.install(RUFF)
+    session.run("ruff", "check", *LINTED)
+    session.run("ruff", "format", "--check", *LINTED)
+    session.run("cargo", "fmt", "--check", external=True)
+
+
+@nox.session(python=False)
+def rust(session: nox.Session) -> None:
+    """``cargo fmt --check``, clippy (the benchmark too) and ``cargo test``: the engine's Rust
+    tests, some of which embed CPython (``PYO3_PYTHON``, default python3.11). That
+    interpreter needs a shared libpython; its directory goes on the loader's path."""
+    python = os.environ.get("PYO3_PYTHON") or shutil.which(f"python{RUST_PYTHON}")
+    if not python:
+        session.error(f"python{RUST_PYTHON} is not on PATH (or set PYO3_PYTHON)")
+    config = session.run(
+        python,
+        "-c",
+        "import sysconfig; print(sysconfig.get_config_var('LIBDIR')); "
+        "print(sysconfig.get_config_var('Py_ENABLE_SHARED'))",
+        silent=True,
+        external=True,
+    )
+    libdir, shared = config.split()
+    if shared != "1":
+        session.error(f"{python} has no shared libpython to embed (built without --enable-shared)")
+    # The embedded interpreter must be this one: a libpython of the same version in a system
+    # directory (a distribution's python3.X beside pyenv's) would be found first otherwise.
+    loader_path = "DYLD_LIBRARY_PATH" if sys.platform == "darwin" else "LD_LIBRARY_PATH"
+    env = {
+        "PYO3_PYTHON": python,
+        loader_path: os.pathsep.join(filter(None, [libdir, os.environ.get(loader_path)])),
+        "CARGO_TARGET_DIR": os.environ.get("CARGO_TARGET_DIR", str(ROOT / "target")),
+    }
+    session.run("cargo", "fmt", "--check", external=True)
+    session.run(
+        "cargo",
+        "clippy",
+        "--all-targets",
+        "--features",
+        "bench",
+        "--",
+        "-D",
+        "warnings",
+        env=env,
+        external=True,
+    )
+    session.run("cargo", "test", env=env, external=True)
+
+
+@nox.session(python=[DOCS_PYTHON])
+def docs(session: nox.Session) -> None:
+    """Build the documentation site with MkDocs (``mkdocs build --strict``: any warning fails);
+    arguments go to ``mkdocs build`` (``-d DIR`` for another output directory than site/).
+    The API reference reads the sources and the stubs: nothing is compiled."""
+    session.install("-r", "docs/requirements.txt")
+    session.run("mkdocs", "build", "--strict", *session.posargs, env={"NO_MKDOCS_2_WARNING": "1"})
+
+
 @nox.session(python=TOOLS_PYTHON)
 def wheels(session: nox.Session) -> None:
     """The release artifacts in dist/: the wheel of every supported CPython (python3.10 ...
@@ -364,45 +467,3 @@ def _build_sdist(session: nox.Session, dist: Path) -> Path:
         session.install("--force-reinstall", "--no-deps", str(wheel))
         session.run("python", "-c", SMOKE_TEST)
     return sdist
-
-
-@nox.session(python=TOOLS_PYTHON)
-def lint(session: nox.Session) -> None:
-    """Formatting and lints of the Python and Rust code (ruff, rustfmt, clippy)."""
-    session.install("ruff")
-    paths = ["python", "tests", "benches", "noxfile.py", ".ci"]
-    session.run("ruff", "check", *paths)
-    session.run("ruff", "format", "--check", *paths)
-    session.run("cargo", "fmt", "--check", external=True)
-    session.run(
-        "cargo",
-        "clippy",
-        "--all-targets",
-        "--locked",
-        "--",
-        "-D",
-        "warnings",
-        env={**_cargo_env(), "PYO3_PYTHON": _session_python(session)},
-        external=True,
-    )
-
-
-@nox.session(python=TOOLS_PYTHON)
-def types(session: nox.Session) -> None:
-    """The Python code under mypy, and the type stub checked against the built extension
-    (mypy's stubtest)."""
-    session.install(
-        "mypy", "types-greenlet", "--force-reinstall", ".[sqlalchemy]", env=_cargo_env()
-    )
-    # Both checks run, so that one run reports everything.
-    failed = []
-    for name, command in [
-        ("mypy", ["mypy", "python"]),
-        ("stubtest", ["python", "-m", "mypy.stubtest", "awaitlet._awaitlet"]),
-    ]:
-        try:
-            session.run(*command)
-        except nox.command.CommandFailed:
-            failed.append(name)
-    if failed:
-        session.error("failed: " + ", ".join(failed))

@@ -1,7 +1,7 @@
 //! Criterion microbenchmarks of awaitlet's fiber switch, driven from Rust.
 //!
 //! ```text
-//! PYO3_PYTHON=python3.11 cargo bench --bench switch
+//! PYO3_PYTHON=python3.11 cargo bench --features bench --bench switch
 //! ```
 //!
 //! The benchmark embeds the interpreter it was built for: it links libpython, so that

@@ -973,8 +973,10 @@ fn not_an_exception(typ: &Bound<'_, PyAny>) -> PyErr {
     ))
 }
 
-/// `async_def(fn, /, *args, assert_await_occurs=False, **kwargs)`: a coroutine function
-/// that runs the sync callable `fn` on its own fiber.
+/// The type of `async_def`, a coroutine function implemented natively:
+/// `async_def(fn, /, *args, assert_await_occurs=False, **kwargs)` runs the sync callable
+/// `fn(*args, **kwargs)` on a fiber of its own, where it may call `awaitlet()`. (The package
+/// gives the `async_def` object its signature, annotations and docstring.)
 #[pyclass(
     module = "awaitlet._awaitlet",
     name = "async_def_function",
@@ -985,6 +987,16 @@ pub struct AsyncDefFunction;
 
 #[pymethods]
 impl AsyncDefFunction {
+    /// `async_def` itself, unbound, as for a builtin function: being a (non-data) descriptor is
+    /// what makes `inspect.isroutine()` true of it, and so `help()` show its signature.
+    fn __get__<'py>(
+        slf: Bound<'py, Self>,
+        _instance: &Bound<'py, PyAny>,
+        _owner: Option<&Bound<'py, PyAny>>,
+    ) -> Bound<'py, Self> {
+        slf
+    }
+
     #[pyo3(signature = (r#fn, /, *args, assert_await_occurs = false, **kwargs))]
     fn __call__(
         &self,
@@ -1153,9 +1165,26 @@ static AWAITLET_DEF: MethodDef = MethodDef(ffi::PyMethodDef {
         ),
     },
     ml_flags: ffi::METH_FASTCALL | ffi::METH_KEYWORDS,
-    ml_doc: c"awaitlet(awaitable)\n--\n\n`awaitlet(awaitable)`: from sync code running under \
-`async_def` (or under a greenlet\nthat declares `__sqlalchemy_greenlet_provider__`), wait for \
-`awaitable` and return its\nresult (or raise its exception)."
+    // The first lines give CPython the function's `__text_signature__` ("name(sig)\n--\n\n").
+    ml_doc: c"awaitlet(awaitable)
+--
+
+Wait for ``awaitable`` from sync code running under ``async_def()``; return its result.
+
+The stack that ``async_def()`` started is suspended here while the task awaiting the
+``async_def()`` coroutine awaits ``awaitable`` on the event loop, which meanwhile runs
+other tasks; then this call returns the awaitable's result, or raises its exception.
+It works in a greenlet that declares ``__sqlalchemy_greenlet_provider__`` too (the
+greenlets of SQLAlchemy's asyncio extension), whose parent does the awaiting.
+
+Args:
+    awaitable: a coroutine, task, future or any other object ``await`` accepts.
+
+Raises:
+    NoAwaitletContext: called outside ``async_def()`` (and outside such a greenlet);
+        a coroutine passed is closed, so that it does not warn it was never awaited.
+    BaseException: whatever awaiting ``awaitable`` raises, including
+        ``asyncio.CancelledError`` when the awaiting task is cancelled."
         .as_ptr(),
 });
 

@@ -7,23 +7,27 @@ create_exception!(
     awaitlet,
     NoAwaitletContext,
     PyException,
-    "awaitlet() was called outside a call stack started by async_def()."
+    "Raised by awaitlet() when it is called outside a call stack that async_def() started (or a\n\
+greenlet that provides for SQLAlchemy's await_only()): nothing there could await for it."
 );
 create_exception!(
     awaitlet,
     NoAwaitOccurred,
     PyException,
-    "async_def(..., assert_await_occurs=True) ran a function that never called awaitlet()."
+    "Raised by async_def(fn, ..., assert_await_occurs=True) when fn returned without calling\n\
+awaitlet()."
 );
 create_exception!(
     greenlet,
     GreenletError,
     PyException,
-    "A greenlet operation awaitlet's greenlet facade cannot perform."
+    "greenlet.error: a greenlet operation that failed, or that awaitlet's greenlet facade does\n\
+not support (switching to a greenlet other than the running one, its parent or a child)."
 );
 create_exception!(
     greenlet,
     GreenletExit,
     PyBaseException,
-    "Raised in a greenlet to kill it; a greenlet that does not catch it dies quietly."
+    "Raised in a greenlet to kill it (greenlet.throw() raises it by default); a greenlet that\n\
+does not catch it dies quietly, and the switch into it returns the exception."
 );

@@ -60,6 +60,10 @@ enum Phase {
 
 /// A function running on its own stack that switches with its parent (greenlet's
 /// `greenlet` class: `run`, `parent`, `switch`, `throw`, `dead`, `gr_context`, `gr_frame`).
+///
+/// `greenlet(run=None, parent=None)`: the first `switch()` into it calls `run` (or the
+/// subclass's `run` method) with the switch's arguments; `parent`, by default the running
+/// greenlet, is where it switches back to, with `run`'s result when it returns.
 #[pyclass(
     module = "awaitlet.greenlet",
     name = "greenlet",
@@ -337,7 +341,7 @@ pub fn getcurrent(py: Python<'_>) -> PyResult<Bound<'_, Greenlet>> {
 #[pymethods]
 impl Greenlet {
     #[new]
-    #[pyo3(signature = (*_args, **_kwargs))]
+    #[pyo3(signature = (*_args, **_kwargs), text_signature = "(run=None, parent=None)")]
     fn new(
         py: Python<'_>,
         _args: &Bound<'_, PyTuple>,

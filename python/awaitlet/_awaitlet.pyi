@@ -3,26 +3,44 @@
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from contextvars import Context
 from types import CodeType, FrameType, TracebackType
-from typing import Any, Self, TypeVar, final, overload
+from typing import Any, NoReturn, TypeVar, final, overload
+
+from typing_extensions import Self, disjoint_base
+
+__all__ = [
+    "__version__",
+    "async_def_coroutine",
+    "async_def_function",
+    "async_def",
+    "awaitlet",
+    "NoAwaitletContext",
+    "NoAwaitOccurred",
+    "greenlet",
+    "getcurrent",
+    "GreenletExit",
+    "GreenletError",
+]
 
 _T = TypeVar("_T")
 
 __version__: str
 
 class NoAwaitletContext(Exception):
-    """awaitlet() was called outside a call stack started by async_def()."""
+    """Raised by ``awaitlet()`` when it is called outside a call stack that ``async_def()``
+    (or a greenlet providing for SQLAlchemy's ``await_only()``) started."""
 
 class NoAwaitOccurred(Exception):
-    """async_def(..., assert_await_occurs=True) ran a function that never called awaitlet()."""
+    """Raised by ``async_def(fn, ..., assert_await_occurs=True)`` when ``fn`` returned
+    without calling ``awaitlet()``."""
 
 @final
 class async_def_coroutine(Coroutine[Any, Any, _T]):
-    """The coroutine returned by ``async_def()``."""
+    """The coroutine ``async_def()`` returns: awaiting it runs the sync function on its own
+    fiber stack and gives its result."""
 
-    @property
-    def __name__(self) -> str: ...
-    @property
-    def __qualname__(self) -> str: ...
+    __name__: str
+    __qualname__: str
+    def __new__(cls, *args: Any, **kwargs: Any) -> NoReturn: ...
     @property
     def cr_running(self) -> bool: ...
     @property
@@ -36,24 +54,38 @@ class async_def_coroutine(Coroutine[Any, Any, _T]):
     @property
     def cr_code(self) -> CodeType | None: ...
     @property
-    def cr_origin(self) -> None: ...
+    def cr_origin(self) -> tuple[tuple[str, int, str], ...] | None: ...
     def send(self, value: Any, /) -> Any: ...
     @overload
     def throw(
-        self, typ: type[BaseException], val: object = ..., tb: TracebackType | None = ..., /
+        self,
+        typ: type[BaseException],
+        val: BaseException | object = None,
+        tb: TracebackType | None = None,
+        /,
     ) -> Any: ...
     @overload
     def throw(
-        self, typ: BaseException, val: None = ..., tb: TracebackType | None = ..., /
+        self, typ: BaseException, val: None = None, tb: TracebackType | None = None, /
     ) -> Any: ...
     def close(self) -> Any: ...
     def __await__(self) -> Generator[Any, None, _T]: ...
+    def __iter__(self) -> Self: ...
     def __next__(self) -> Any: ...
 
 @final
 class async_def_function:
-    """The type of ``async_def``."""
+    """The type of ``async_def``: a coroutine function implemented natively."""
 
+    # Set on the one instance, async_def, by the package: what inspect reads of a function.
+    __name__: str
+    __qualname__: str
+    __code__: CodeType
+    __defaults__: tuple[Any, ...] | None
+    __kwdefaults__: dict[str, Any] | None
+    __annotations__: dict[str, Any]
+    __text_signature__: str | None
+    def __new__(cls, *args: Any, **kwargs: Any) -> NoReturn: ...
     def __call__(
         self,
         fn: Callable[..., _T],
@@ -61,15 +93,17 @@ class async_def_function:
         *args: Any,
         assert_await_occurs: bool = False,
         **kwargs: Any,
-    ) -> async_def_coroutine[_T]: ...
+    ) -> Coroutine[Any, Any, _T]: ...
+    def __get__(self, instance: object, owner: type | None = None, /) -> Self: ...
 
-def async_def(
-    fn: Callable[..., _T], /, *args: Any, assert_await_occurs: bool = False, **kwargs: Any
-) -> Coroutine[Any, Any, _T]:
-    """Run the sync callable ``fn(*args, **kwargs)`` so that it can call ``awaitlet()``."""
+async_def: async_def_function
 
-def awaitlet(awaitable: Awaitable[_T], /) -> _T:
-    """From sync code running under ``async_def``, wait for ``awaitable`` and return its result."""
+def awaitlet(awaitable: Awaitable[_T]) -> _T:
+    """Wait for ``awaitable`` from sync code running under ``async_def()``; return its result.
+
+    Raises what the awaitable raises, and :class:`NoAwaitletContext` if not called under
+    ``async_def()`` (nor in a greenlet that provides for SQLAlchemy's ``await_only()``).
+    """
 
 # The greenlet facade (awaitlet.greenlet).
 
@@ -79,6 +113,7 @@ class GreenletExit(BaseException):
 class GreenletError(Exception):
     """A greenlet operation awaitlet's greenlet facade cannot perform."""
 
+@disjoint_base
 class greenlet:
     """A function running on its own stack that switches with its parent."""
 
@@ -102,8 +137,19 @@ class greenlet:
     @gr_context.setter
     def gr_context(self, context: Context | None) -> None: ...
     def switch(self, *args: Any, **kwargs: Any) -> Any: ...
-    def throw(self, typ: Any = ..., val: Any = None, tb: TracebackType | None = None) -> Any: ...
+    @overload
+    def throw(
+        self,
+        typ: type[BaseException] | None = None,
+        val: BaseException | object = None,
+        tb: TracebackType | None = None,
+    ) -> Any: ...
+    @overload
+    def throw(
+        self, typ: BaseException, val: None = None, tb: TracebackType | None = None
+    ) -> Any: ...
     def __bool__(self) -> bool: ...
+    def __del__(self) -> None: ...
 
 def getcurrent() -> greenlet:
     """The running greenlet (the thread's main greenlet outside any fiber)."""

@@ -9,7 +9,6 @@ that sync code run by :func:`awaitlet.async_def` can use SQLAlchemy's sync API t
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -18,7 +17,7 @@ from greenlet import getcurrent, greenlet
 from ._awaitlet import NoAwaitOccurred
 
 
-class _SyncCodeGreenlet(greenlet):  # type: ignore[misc]
+class _SyncCodeGreenlet(greenlet):
     """Runs the sync code; its parent, the awaiting task, awaits on its behalf."""
 
     __sqlalchemy_greenlet_provider__ = True
@@ -39,8 +38,8 @@ async def async_def_on_greenlet(
         awaited = True
         try:
             value = await handed_over
-        except BaseException:
-            handed_over = sync_code.throw(*sys.exc_info())
+        except BaseException as exc:
+            handed_over = sync_code.throw(type(exc), exc, exc.__traceback__)
         else:
             handed_over = sync_code.switch(value)
     if assert_await_occurs and not awaited:

@@ -18,9 +18,10 @@ returns a greenlet that declares ``__sqlalchemy_greenlet_provider__``, so SQLAlc
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import NoReturn
 
-from . import _awaitlet
+from ._awaitlet import GreenletError as error
 from ._awaitlet import GreenletExit, getcurrent, greenlet
 
 __all__ = ["GreenletExit", "error", "getcurrent", "gettrace", "greenlet", "settrace"]
@@ -30,14 +31,16 @@ __awaitlet_facade__ = True
 #: The greenlet API level this facade follows.
 __version__ = "3.0.0+awaitlet"
 
-error = _awaitlet.GreenletError
-
 
 def gettrace() -> None:
-    """No greenlet switch tracing is installed (the facade does not support it)."""
+    """The switch tracing callback: always None, as the facade does not support tracing."""
     return None
 
 
-def settrace(callback: Any) -> None:
-    """Greenlet switch tracing is not supported by awaitlet's greenlet facade."""
+def settrace(callback: Callable[[str, tuple[greenlet, greenlet]], object] | None) -> NoReturn:
+    """Greenlet switch tracing is not supported by awaitlet's greenlet facade.
+
+    Raises:
+        error: always.
+    """
     raise error("awaitlet's greenlet does not support settrace()")

@@ -43,6 +43,8 @@ use crate::pystate::{interpreter_finalizing, FiberPyState};
 
 pub mod owner;
 mod stack_pool;
+#[cfg(test)]
+pub(crate) mod tests;
 mod valgrind;
 
 use owner::FiberOwner;
@@ -613,9 +615,12 @@ impl Drop for Fiber {
         match self.status {
             Status::NotStarted | Status::Finished => {
                 // SAFETY: taken exactly once, here; the handle is being dropped.
-                let machine = unsafe { ManuallyDrop::take(&mut self.machine) };
+                let mut machine = unsafe { ManuallyDrop::take(&mut self.machine) };
                 // The machine has not started or has returned: nothing on its stack needs
-                // unwinding. Taking the stack out drops the closure.
+                // unwinding. One that never started still holds its closure, which
+                // `into_stack` refuses: drop it without running it (nothing to do for one
+                // that returned).
+                machine.force_unwind();
                 let stack = machine.into_stack();
                 // SAFETY: allocated by Box::leak in `new`; the closure that also pointed to it
                 // was dropped just above.

@@ -58,6 +58,9 @@ use std::sync::Mutex;
 
 use corosensei::stack::{Stack, StackPointer};
 
+#[cfg(test)]
+pub(super) mod tests;
+
 /// Inaccessible bytes at the bottom of every slot: more than a page, so that a C function with
 /// a large frame cannot step over the guard without touching it.
 const GUARD_SIZE: usize = 64 * 1024;

@@ -289,3 +289,122 @@ pub fn interpreter_finalizing(_py: Python<'_>) -> bool {
     // SAFETY: GIL held (the token proves it); reads a runtime flag.
     unsafe { awaitlet_interpreter_finalizing() != 0 }
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use pyo3::types::PyAnyMethods;
+
+    use super::*;
+    use crate::fiber::tests::with_python;
+
+    /// Panics unless the running interpreter is the release whose headers the crate was
+    /// compiled against. (Only the embedded one can differ: another libpython of the same
+    /// minor version found first by the loader.)
+    pub(crate) fn assert_running_the_compiled_release(py: Python<'_>) {
+        // SAFETY: returns a constant.
+        let compiled = unsafe { awaitlet_compiled_python_version() } as u32;
+        let running: u32 = py
+            .import("sys")
+            .and_then(|sys| sys.getattr("hexversion")?.extract())
+            .expect("sys.hexversion");
+        let release =
+            |hex: u32| format!("{}.{}.{}", hex >> 24, (hex >> 16) & 0xff, (hex >> 8) & 0xff);
+        assert_eq!(
+            release(running),
+            release(compiled),
+            "the embedded libpython is not the one of the interpreter the crate was built for \
+             (PYO3_PYTHON): put that interpreter's LIBDIR first on LD_LIBRARY_PATH"
+        );
+    }
+
+    #[test]
+    fn the_embedded_interpreter_has_the_layout_the_crate_was_built_for() {
+        with_python(|py| {
+            check_interpreter(py).unwrap();
+            assert!(!interpreter_finalizing(py));
+            let minor: u32 = py
+                .import("sys")
+                .unwrap()
+                .getattr("version_info")
+                .unwrap()
+                .getattr("minor")
+                .unwrap()
+                .extract()
+                .unwrap();
+            // Frames live in a data stack from 3.11, and a fiber's first chunk in its slot.
+            let size = root_chunk_size();
+            if minor >= 11 {
+                assert!(size >= 16 * 1024 && size % 4096 == 0, "{size}");
+            } else {
+                assert_eq!(size, 0);
+            }
+        });
+    }
+
+    #[test]
+    fn the_current_context_can_be_read_and_replaced() {
+        with_python(|py| {
+            let contextvars = py.import("contextvars").unwrap();
+            let previous = current_context(py);
+            let context = contextvars.getattr("Context").unwrap().call0().unwrap();
+            // SAFETY: a contextvars.Context.
+            unsafe { set_current_context(&context) };
+            assert!(current_context(py).is(&context));
+            // Python code sees it as its context.
+            let var = contextvars
+                .getattr("ContextVar")
+                .unwrap()
+                .call1(("var",))
+                .unwrap();
+            var.call_method1("set", (7,)).unwrap();
+            assert_eq!(context.get_item(&var).unwrap().extract::<i32>().unwrap(), 7);
+            // SAFETY: what was current before: a Context or None.
+            unsafe { set_current_context(&previous) };
+            assert!(current_context(py).is(&previous));
+            assert!(
+                var.call_method1("get", (0,))
+                    .unwrap()
+                    .extract::<i32>()
+                    .unwrap()
+                    == 0
+            );
+        });
+    }
+
+    #[test]
+    fn generator_based_coroutines_are_told_from_other_objects() {
+        with_python(|py| {
+            let module = pyo3::types::PyModule::from_code(
+                py,
+                c"import types\n\
+                  def plain():\n    yield\n\
+                  @types.coroutine\ndef decorated():\n    yield\n\
+                  async def native():\n    pass\n",
+                c"pystate_tests.py",
+                c"pystate_tests",
+            )
+            .unwrap();
+            let make = |name: &str| module.getattr(name).unwrap().call0().unwrap();
+            assert!(is_iterable_coroutine(&make("decorated")));
+            assert!(!is_iterable_coroutine(&make("plain")));
+            let native = make("native");
+            assert!(!is_iterable_coroutine(&native));
+            native.call_method0("close").unwrap();
+            assert!(!is_iterable_coroutine(&py.None().into_bound(py)));
+        });
+    }
+
+    #[test]
+    fn the_coroutine_origin_tracking_depth_is_the_threads() {
+        with_python(|py| {
+            let sys = py.import("sys").unwrap();
+            assert_eq!(coroutine_origin_tracking_depth(py), 0);
+            sys.call_method1("set_coroutine_origin_tracking_depth", (5,))
+                .unwrap();
+            assert_eq!(coroutine_origin_tracking_depth(py), 5);
+            sys.call_method1("set_coroutine_origin_tracking_depth", (0,))
+                .unwrap();
+            assert_eq!(coroutine_origin_tracking_depth(py), 0);
+        });
+    }
+}

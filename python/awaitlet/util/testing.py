@@ -21,7 +21,7 @@ import asyncio
 import atexit
 import contextlib
 import sys
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Generator
 from typing import Any, Generic, ParamSpec, TypeVar
 
 __all__ = [
@@ -64,7 +64,7 @@ class ErrorContainer(Generic[_E]):
 @contextlib.contextmanager
 def expect_raises(
     except_cls: type[_E] | tuple[type[_E], ...], check_context: bool = True
-) -> Iterator[ErrorContainer[_E]]:
+) -> Generator[ErrorContainer[_E], None, None]:
     """Assert that the ``with`` block raises ``except_cls`` (or a subclass of it).
 
     The caught exception is stored on the yielded container's ``error``
