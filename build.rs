@@ -2,41 +2,60 @@
 //! exact interpreter this extension is being built for, so every private field it touches
 //! has the offset that interpreter uses; with the `valgrind` feature, also
 //! `src/fiber/valgrind.c`.
+//!
+//! What a source build lacks (the internal headers, most often) ends the build with one
+//! sentence naming what to install, through [`fail`], rather than a panic and its backtrace.
 
 use std::path::PathBuf;
 use std::process::Command;
 
+/// Overrides the interpreter's include directory (where `Python.h` and `internal/` are);
+/// by default, what the interpreter's `sysconfig` says.
+const INCLUDE_VARIABLE: &str = "AWAITLET_PYTHON_INCLUDE";
+
 fn main() {
-    pyo3_build_config::use_pyo3_cfgs();
+    check_target();
     let config = pyo3_build_config::get();
-    let python = config
-        .executable()
-        .map(str::to_owned)
-        .expect("pyo3 did not report the Python interpreter being built for");
+    let version = format!("{}.{}", config.version().major, config.version().minor);
+    let Some(python) = config.executable().map(str::to_owned) else {
+        fail(
+            "pyo3 did not report which Python interpreter this build is for: set PYO3_PYTHON to it",
+        );
+    };
     let output = Command::new(&python)
         .args([
             "-c",
             "import sysconfig; print(sysconfig.get_path('include')); print(sysconfig.get_config_var('Py_GIL_DISABLED') or 0)",
         ])
-        .output()
-        .expect("could not run the Python interpreter to find its headers");
-    assert!(
-        output.status.success(),
-        "asking {python} for its include directory failed"
-    );
-    let stdout = String::from_utf8(output.stdout).expect("non-UTF-8 include path");
+        .output();
+    let stdout = match output {
+        Ok(output) if output.status.success() => {
+            String::from_utf8_lossy(&output.stdout).into_owned()
+        }
+        _ => fail(&format!("could not ask {python} for its include directory")),
+    };
     let mut lines = stdout.lines();
-    let include = PathBuf::from(lines.next().expect("no include path printed"));
-    assert!(
-        include.join("internal").is_dir(),
-        "{} has no internal/ headers; install the interpreter's development headers",
-        include.display()
-    );
-    assert_eq!(
-        lines.next().map(str::trim),
-        Some("0"),
-        "free-threaded CPython builds are not supported"
-    );
+    let reported_include = lines.next().unwrap_or_default();
+    let free_threaded = lines.next().map(str::trim) != Some("0");
+    if free_threaded {
+        fail("awaitlet-rs does not support free-threaded CPython builds (python3.Xt) yet");
+    }
+    let include = match std::env::var_os(INCLUDE_VARIABLE) {
+        Some(include) => PathBuf::from(include),
+        None => PathBuf::from(reported_include),
+    };
+    if !include.join("Python.h").is_file() || !include.join("internal").is_dir() {
+        fail(&format!(
+            "awaitlet-rs compiles against CPython's internal headers, which {} lacks: \
+             install Python {version}'s development headers, internal ones included \
+             (Debian and Ubuntu: apt-get install python{version}-dev; Fedora: python3-devel), \
+             or install a prebuilt wheel instead of building from source",
+            include.display()
+        ));
+    }
+    // Printed after the checks, so that a failed check's message is all cargo shows.
+    println!("cargo:rerun-if-env-changed={INCLUDE_VARIABLE}");
+    pyo3_build_config::use_pyo3_cfgs();
 
     cc::Build::new()
         .file("src/pystate/pystate.c")
@@ -59,6 +78,26 @@ fn main() {
     }
 }
 
+/// Ends the build with `message`, one sentence for the person building: cargo shows it under
+/// the build script's `--- stderr`, with nothing else.
+fn fail(message: &str) -> ! {
+    eprintln!("error: {message}");
+    std::process::exit(1);
+}
+
+/// The fiber stacks are made with mmap and mprotect, and the stack root is written for
+/// System V platforms: Linux and macOS (see the README's "Supported platforms").
+fn check_target() {
+    let family = std::env::var("CARGO_CFG_TARGET_FAMILY").unwrap_or_default();
+    let os = std::env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
+    if !family.split(',').any(|family| family == "unix") {
+        fail(&format!(
+            "awaitlet-rs does not support {os} yet: its fiber stacks need mmap and mprotect \
+             (Linux and macOS are supported)"
+        ));
+    }
+}
+
 /// The `valgrind` feature's client requests (src/fiber/valgrind.c), which need valgrind's
 /// header.
 fn compile_valgrind_shim() {
@@ -69,10 +108,10 @@ fn compile_valgrind_shim() {
         .opt_level(2)
         .cargo_warnings(false)
         .try_compile("awaitlet_valgrind");
-    if let Err(error) = compiled {
-        panic!(
+    if compiled.is_err() {
+        fail(
             "the `valgrind` feature needs valgrind's header <valgrind/valgrind.h> \
-             (Debian and Ubuntu: apt-get install valgrind): {error}"
+             (Debian and Ubuntu: apt-get install valgrind)",
         );
     }
 }

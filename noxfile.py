@@ -9,9 +9,13 @@
     nox -s lint            # ruff check, ruff format --check, cargo fmt --check
     nox -s rust            # cargo fmt --check, clippy and the Rust tests of the engine
     nox -s docs            # the documentation site, warnings as errors (into site/)
+    nox -s wheels          # the release: six wheels and the sdist in dist/, checked
+    nox -s sdist           # the sdist alone, and a build of it in an empty directory
+    nox -s wheel_tests-3.12   # our tests on the 3.12 wheel in dist/ (no PostgreSQL)
 
-Each ``tests`` session builds the Rust extension from source for its interpreter
-(``pip install .``), then, with no greenlet package installed (awaitlet's facade
+Each ``tests`` session builds the release wheel for its interpreter, as published
+(manylinux_2_28 on Linux, linked with zig, stripped, checked by auditwheel), installs it,
+then, with no greenlet package installed (awaitlet's facade
 stands in), runs this repository's tests, the original ``awaitlet`` 0.0.1 test
 suite, SQLAlchemy's own asyncio tests (on SQLite and on a PostgreSQL server the
 tests start) and a short soak (tests/soak/run.py, one thread, then four); then, with
@@ -21,10 +25,13 @@ PostgreSQL's server binaries must be installed (``apt-get install postgresql``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import nox
@@ -54,25 +61,112 @@ TYPECHECK_PYTHON = "3.11"
 MYPY = "mypy==2.4.1"
 PYRIGHT = "pyright[nodejs]==1.1.414"  # the extra brings node.js as a wheel: no download
 RUFF = "ruff==0.17.6"
-LINTED = ["python", "tests", "benches", "noxfile.py"]
+LINTED = ["python", "tests", "benches", "noxfile.py", ".ci"]
 # The interpreter the Rust tests embed, unless PYO3_PYTHON names another.
 RUST_PYTHON = "3.11"
 DOCS_PYTHON = "3.12"
+# The interpreter of the sessions that only run tools (wheels, sdist).
+TOOLS_PYTHON = "3.11"
+
+# Linux wheels: this manylinux tag. zig links them against glibc 2.28's symbol versions,
+# whatever the build machine's glibc; `auditwheel show` checks the result.
+MANYLINUX = "manylinux_2_28"
+WHEEL_TOOLS = ["maturin>=1.9,<2", "ziglang", "auditwheel"]
+# What a wheel installed in a fresh environment must do: run sync code that awaits.
+SMOKE_TEST = """
+import asyncio, awaitlet
+async def main():
+    return await awaitlet.async_def(lambda: awaitlet.awaitlet(asyncio.sleep(0, "ok")))
+assert asyncio.run(main()) == "ok"
+print("awaitlet", awaitlet.__version__, "works from", awaitlet.__file__)
+"""
+
+
+def _cargo_env() -> dict[str, str]:
+    # One target directory for every version, so the builds share the compiled
+    # dependencies that do not depend on the interpreter.
+    return {"CARGO_TARGET_DIR": os.environ.get("CARGO_TARGET_DIR", str(ROOT / "target"))}
 
 
 def _install(session: nox.Session, *build_args: str) -> None:
     """Builds and installs the package, then the test requirements."""
-    env = {
-        # One target directory for every version, so the builds share the
-        # compiled dependencies that do not depend on the interpreter.
-        "CARGO_TARGET_DIR": os.environ.get("CARGO_TARGET_DIR", str(ROOT / "target")),
-    }
     config = [f"--config-settings=build-args={' '.join(build_args)}"] if build_args else []
     # --force-reinstall: a reused venv must get the freshly built extension.
-    session.install("--force-reinstall", "--no-deps", ".", *config, env=env)
+    session.install("--force-reinstall", "--no-deps", ".", *config, env=_cargo_env())
+    _install_test_requirements(session)
+
+
+def _install_test_requirements(session: nox.Session) -> None:
     session.install("-r", "tests/requirements.txt", "typing-extensions")
     # The facade is under test: no greenlet package (SQLAlchemy 2.0 depends on it).
     session.run("python", "-m", "pip", "uninstall", "--yes", "--quiet", "greenlet")
+
+
+def _build_wheel(session: nox.Session, python: str, out: Path) -> Path:
+    """Builds the release wheel for the interpreter `python` into `out`, as published:
+    stripped, and on Linux manylinux_2_28 (zig links it); returns it. The session needs
+    WHEEL_TOOLS installed."""
+    linux = sys.platform.startswith("linux")
+    platform_args = ["--zig", "--compatibility", MANYLINUX] if linux else []
+    built_before = set(out.glob("*.whl"))
+    start = time.monotonic()
+    with _build_lock():
+        session.run(
+            "maturin",
+            "build",
+            "--release",
+            "--strip",
+            *platform_args,
+            "--interpreter",
+            python,
+            "--out",
+            str(out),
+            env=_cargo_env(),
+        )
+    built = sorted(set(out.glob("*.whl")) - built_before)
+    if len(built) != 1:
+        session.error(f"expected one new wheel in {out}, found {[w.name for w in built]}")
+    session.log(f"built {built[0].name} in {time.monotonic() - start:.0f} s")
+    return built[0]
+
+
+@contextlib.contextmanager
+def _build_lock() -> Iterator[None]:
+    """One wheel build at a time across concurrent nox runs (.ci/run runs two): cargo takes
+    turns on the shared target directory anyway, and maturin's zig wrappers, which it writes
+    before cargo starts, are shared files."""
+    target = Path(_cargo_env()["CARGO_TARGET_DIR"])
+    target.mkdir(parents=True, exist_ok=True)
+    with open(target / ".awaitlet-wheel-build.lock", "w") as lock:
+        if sys.platform != "win32":
+            import fcntl
+
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _check_wheels(session: nox.Session, wheels: list[Path]) -> None:
+    """Stripped, and on Linux as compatible as its tag says (auditwheel show)."""
+    session.run("python", ".ci/check_wheel.py", *map(str, wheels))
+
+
+def _session_python(session: nox.Session) -> str:
+    bin_dir = "Scripts" if sys.platform == "win32" else "bin"
+    return str(Path(session.virtualenv.location) / bin_dir / "python")
+
+
+def _install_wheel(session: nox.Session) -> None:
+    """Builds the release wheel for the session's interpreter, checks it, installs it, then
+    the test requirements."""
+    session.install(*WHEEL_TOOLS)
+    out = Path(session.create_tmp()).resolve() / "wheel"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    wheel = _build_wheel(session, _session_python(session), out)
+    _check_wheels(session, [wheel])
+    # --force-reinstall: a reused venv must get the freshly built extension.
+    session.install("--force-reinstall", "--no-deps", str(wheel))
+    _install_test_requirements(session)
 
 
 def _soak_command(*args: str) -> list[str]:
@@ -82,9 +176,9 @@ def _soak_command(*args: str) -> list[str]:
 
 @nox.session(python=PYTHONS)
 def tests(session: nox.Session) -> None:
-    """Build and install the package, then run every suite on the greenlet facade (and the
-    SQLAlchemy ones on the real greenlet too)."""
-    _install(session)
+    """Build, check and install the release wheel, then run every suite on the greenlet
+    facade (and the SQLAlchemy ones on the real greenlet too)."""
+    _install_wheel(session)
     session.run("python", "-c", "import awaitlet; print('awaitlet from', awaitlet.__file__)")
 
     # One download cache per version: CI runs sessions in parallel.
@@ -276,3 +370,100 @@ def docs(session: nox.Session) -> None:
     The API reference reads the sources and the stubs: nothing is compiled."""
     session.install("-r", "docs/requirements.txt")
     session.run("mkdocs", "build", "--strict", *session.posargs, env={"NO_MKDOCS_2_WARNING": "1"})
+
+
+@nox.session(python=TOOLS_PYTHON)
+def wheels(session: nox.Session) -> None:
+    """The release artifacts in dist/: the wheel of every supported CPython (python3.10 ...
+    python3.15 on PATH) and the sdist, checked (stripped, auditwheel, twine check); each
+    wheel is installed in a fresh environment of its interpreter and run, and the sdist is
+    built in an empty directory."""
+    session.install(*WHEEL_TOOLS, "twine", "virtualenv")
+    dist = ROOT / "dist"
+    shutil.rmtree(dist, ignore_errors=True)
+    dist.mkdir()
+    built = {version: _build_wheel(session, f"python{version}", dist) for version in PYTHONS}
+    _check_wheels(session, list(built.values()))
+    venvs = Path(session.create_tmp()).resolve() / "venvs"
+    for version, wheel in built.items():
+        venv = venvs / version
+        shutil.rmtree(venv, ignore_errors=True)
+        session.run("python", "-m", "virtualenv", "--quiet", "-p", f"python{version}", str(venv))
+        python = str(venv / "bin" / "python")
+        install = [python, "-m", "pip", "install", "--quiet", "--no-deps", str(wheel)]
+        session.run(*install, external=True)
+        # From an empty directory, so that the checkout's python/ is not what is imported.
+        with session.chdir(venv):
+            session.run(python, "-c", SMOKE_TEST, external=True)
+    sdist = _build_sdist(session, dist)
+    session.run("twine", "check", "--strict", *map(str, [*built.values(), sdist]))
+    session.log("dist/: " + ", ".join(sorted(path.name for path in dist.iterdir())))
+
+
+@nox.session(python=PYTHONS)
+def wheel_tests(session: nox.Session) -> None:
+    """Our tests on the wheel in dist/ for the session's interpreter (from ``nox -s wheels``
+    or a CI build job), less those that start a PostgreSQL server; arguments go to pytest.
+    """
+    session.install(
+        "--force-reinstall",
+        "--no-deps",
+        "--no-index",
+        "--only-binary",
+        ":all:",
+        "--find-links",
+        str(ROOT / "dist"),
+        "awaitlet-rs",
+    )
+    _install_test_requirements(session)
+    session.run("python", "-c", SMOKE_TEST)
+    session.run(
+        "python",
+        "-m",
+        "pytest",
+        "tests",
+        "-p",
+        "no:cacheprovider",
+        "-m",
+        "not postgresql",
+        *session.posargs,
+        env={"AWAITLET_EXPECT_GREENLET": "facade"},
+    )
+
+
+@nox.session(python=TOOLS_PYTHON)
+def sdist(session: nox.Session) -> None:
+    """The sdist, built into dist/, then built into a wheel and installed in an empty
+    directory, away from the checkout."""
+    session.install("maturin>=1.9,<2", "twine")
+    dist = ROOT / "dist"
+    dist.mkdir(exist_ok=True)
+    _build_sdist(session, dist)
+
+
+def _build_sdist(session: nox.Session, dist: Path) -> Path:
+    for old in dist.glob("*.tar.gz"):
+        old.unlink()
+    session.run("maturin", "sdist", "--out", str(dist))
+    (sdist,) = dist.glob("*.tar.gz")
+    session.run("twine", "check", "--strict", str(sdist))
+    # The sdist alone: pip builds it in an isolated environment, from an empty directory.
+    empty = Path(session.create_tmp()).resolve() / "sdist-build"
+    shutil.rmtree(empty, ignore_errors=True)
+    empty.mkdir()
+    with session.chdir(empty):
+        session.run(
+            "python",
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--wheel-dir",
+            ".",
+            str(sdist),
+            env=_cargo_env(),
+        )
+        (wheel,) = empty.glob("*.whl")
+        session.install("--force-reinstall", "--no-deps", str(wheel))
+        session.run("python", "-c", SMOKE_TEST)
+    return sdist

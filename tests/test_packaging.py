@@ -2,9 +2,11 @@
 
 import importlib.metadata
 import json
+import os
 import pathlib
 import shutil
 import subprocess
+import sys
 
 import awaitlet
 import pytest
@@ -59,3 +61,40 @@ def test_rust_version_is_at_least_every_dependencys():
     }
     newest = max(declared.values(), key=_version_tuple)
     assert _version_tuple(ours["rust_version"]) >= _version_tuple(newest), declared
+
+
+def test_source_build_without_internal_headers_says_what_to_install(tmp_path):
+    """A source build where the interpreter's internal headers are missing (a development
+    package without them, or none) stops with one sentence naming what to install."""
+    cargo = shutil.which("cargo")
+    if cargo is None or not (ROOT / "build.rs").exists():
+        pytest.skip("needs cargo and a source checkout")
+    include = tmp_path / "include"
+    include.mkdir()
+    (include / "Python.h").write_text("/* the public headers, without internal/ */\n")
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    env = {
+        **os.environ,
+        "PYO3_PYTHON": sys.executable,
+        "AWAITLET_PYTHON_INCLUDE": str(include),
+        "CARGO_TARGET_DIR": os.environ.get("CARGO_TARGET_DIR", str(ROOT / "target")),
+        "CARGO_TERM_COLOR": "never",
+        "RUST_BACKTRACE": "1",
+    }
+    result = subprocess.run(
+        [cargo, "check", "--lib", "--locked", "--offline", "--quiet"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode != 0
+    messages = [line.strip() for line in result.stderr.splitlines() if "awaitlet-rs" in line]
+    ours = [line for line in messages if line.startswith("error: awaitlet-rs ")]
+    assert len(ours) == 1, result.stderr
+    sentence = ours[0]
+    assert str(include) in sentence
+    assert f"install Python {version}'s development headers, internal ones included" in sentence
+    assert f"apt-get install python{version}-dev" in sentence
+    assert sentence.count(". ") == 0 and sentence.endswith("source"), sentence
+    assert "panicked" not in result.stderr and "stack backtrace" not in result.stderr

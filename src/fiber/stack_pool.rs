@@ -45,6 +45,12 @@
 //! beyond those back to the system, so that a burst of fibers leaves no memory behind once
 //! it has finished.
 
+#[cfg(not(unix))]
+compile_error!(
+    "awaitlet-rs does not support this platform yet (Windows included): its fiber stacks \
+     need mmap and mprotect (Linux and macOS are supported)"
+);
+
 use std::cell::RefCell;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -420,9 +426,13 @@ fn reserve_region(slots: usize) -> Option<usize> {
         * PAGE_TABLE_SPAN
         + half_span;
     // Stacks touch a few pages each: huge pages would make every fiber cost 2 MiB. Best
-    // effort, the mapping is correct either way.
-    // SAFETY: advice on the mapping just created.
-    unsafe { libc::madvise(address, length, libc::MADV_NOHUGEPAGE) };
+    // effort, the mapping is correct either way. (Linux's transparent huge pages; macOS
+    // backs anonymous memory with small pages.)
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        // SAFETY: advice on the mapping just created.
+        unsafe { libc::madvise(address, length, libc::MADV_NOHUGEPAGE) };
+    }
     // SAFETY: the start of the mapping just created, below the first slot; nothing uses it.
     if unsafe { libc::mprotect(address, first_slot - address as usize, libc::PROT_NONE) } != 0 {
         // SAFETY: unmapping the mapping just created, which nothing uses.

@@ -17,6 +17,10 @@
  */
 #include <Python.h>
 
+#if defined(_WIN32)
+#  error "awaitlet-rs does not support Windows yet: its fiber stacks need mmap and mprotect (Linux and macOS are supported)"
+#endif
+
 /* The call, as src/fiber/mod.rs (RootCall) lays it out. */
 struct awaitlet_root_call {
     PyObject *callable;
