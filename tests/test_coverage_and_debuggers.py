@@ -92,7 +92,7 @@ def test_coverage_sees_every_line_after_switches(tmp_path, target, run_args, cor
     env.pop("COVERAGE_PROCESS_START", None)
     if core is not None:
         env["COVERAGE_CORE"] = core
-    measured = run(["-m", "coverage", "run", *run_args, target], tmp_path, env)
+    measured = run(["-m", "coverage", "run", "--source=.", *run_args, target], tmp_path, env)
     assert measured.returncode == 0, describe(measured)
     assert "coverage target OK" in measured.stdout, describe(measured)
     assert "CoverageWarning" not in measured.stderr, describe(measured)
