@@ -154,6 +154,9 @@ pub struct Greenlet {
     outgoing: GilCell<Option<(Py<Greenlet>, Payload)>>,
     /// Main only: the fibers' owner of its thread state, which says when that is gone.
     owner: Option<Py<FiberOwner>>,
+    /// The `run` given to the constructor or set before the start (a subclass's `run`
+    /// method is found on the class instead); dropped at the start.
+    run: GilCell<Option<Py<PyAny>>>,
     /// True once the object holds this value: the collector can visit an instance between
     /// its allocation (zeroed memory, already tracked) and the moment PyO3 moves the value in
     /// (creating the instance dict can run a collection), when no other field is valid yet.
@@ -191,6 +194,7 @@ impl Greenlet {
             final_context: GilCell::new(None),
             outgoing: GilCell::new(None),
             owner: None,
+            run: GilCell::new(None),
             initialized: true,
         }
     }
@@ -246,6 +250,7 @@ impl Greenlet {
             FiberSlot::NotStarted => {
                 // Looked up first, as greenlet does, even by a throw().
                 let run = take_run(slf)?;
+                check_parent_thread(py, this)?;
                 let (args, kwargs) = match payload {
                     // Killed before it started: it dies without running.
                     Payload::Throw(err) => {
@@ -302,6 +307,30 @@ fn step(py: Python<'_>, this: &Greenlet, slot: &mut FiberSlot, input: Resume) ->
         }
     }
     outcome
+}
+
+/// A greenlet starts only if its parent (which `run` may just have changed) is of its thread.
+fn check_parent_thread(py: Python<'_>, this: &Greenlet) -> PyResult<()> {
+    let Some(parent) = this.parent_bound(py) else {
+        return Ok(());
+    };
+    if parent.get().thread == current_thread() {
+        return Ok(());
+    }
+    let mut root = parent.clone();
+    while let Some(up) = root.get().parent_bound(py) {
+        root = up;
+    }
+    if root.get().thread_exited() {
+        return Err(GreenletError::new_err(
+            "cannot switch to a different thread (which happens to have exited)",
+        ));
+    }
+    Err(GreenletError::new_err(format!(
+        "Cannot switch to a different thread\n\tCurrent:  {}\n\tExpected: {}",
+        current_greenlet(py)?.repr()?,
+        parent.repr()?
+    )))
 }
 
 fn different_thread() -> PyErr {
@@ -709,6 +738,28 @@ impl Greenlet {
         gettrace(py)
     }
 
+    /// The callable the greenlet runs; gone once it started.
+    #[getter]
+    fn run(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.run
+            .try_borrow()
+            .and_then(|run| run.as_ref().map(|run| run.clone_ref(py)))
+            .ok_or_else(|| PyAttributeError::new_err("run"))
+    }
+
+    #[setter]
+    fn set_run(&self, run: Bound<'_, PyAny>) -> PyResult<()> {
+        if self.role != Role::Spawned || self.phase() != Phase::Pending {
+            return Err(PyAttributeError::new_err(
+                "run cannot be set after the start of the greenlet",
+            ));
+        }
+        if let Some(mut stored) = self.run.try_borrow_mut() {
+            *stored = Some(run.unbind());
+        }
+        Ok(())
+    }
+
     /// The running greenlet (the thread's main greenlet outside any fiber).
     #[staticmethod]
     #[pyo3(name = "getcurrent")]
@@ -741,7 +792,7 @@ impl Greenlet {
     fn set_parent(slf: &Bound<'_, Self>, parent: Bound<'_, PyAny>) -> PyResult<()> {
         let parent = parent.cast_into::<Greenlet>().map_err(|err| {
             PyTypeError::new_err(format!(
-                "parent must be a greenlet, not {}",
+                "GreenletChecker: Expected any type of greenlet, not {}",
                 err.into_inner()
                     .get_type()
                     .name()
@@ -770,7 +821,8 @@ impl Greenlet {
             }
             ancestor = greenlet.get().parent_bound(slf.py());
         }
-        if parent.get().thread != this.thread {
+        // An unstarted greenlet belongs to no thread yet: its parent's is checked at the start.
+        if this.phase() != Phase::Pending && parent.get().thread != this.thread {
             return Err(PyValueError::new_err(
                 "parent cannot be on a different thread",
             ));
@@ -1027,6 +1079,9 @@ impl Greenlet {
         if let Some(context) = self.final_context.try_borrow() {
             visit.call(&*context)?;
         }
+        if let Some(run) = self.run.try_borrow() {
+            visit.call(&*run)?;
+        }
         if let Some(slot) = self.fiber.try_borrow() {
             if let FiberSlot::Started(fiber) = &*slot {
                 fiber.traverse(&visit)?;
@@ -1051,6 +1106,9 @@ impl Greenlet {
         if let Some(mut outgoing) = self.outgoing.try_borrow_mut() {
             *outgoing = None;
         }
+        if let Some(mut run) = self.run.try_borrow_mut() {
+            *run = None;
+        }
     }
 }
 
@@ -1058,15 +1116,12 @@ impl Greenlet {
 /// the instance, as greenlet does, so that it does not outlive the start.
 fn take_run<'py>(slf: &Bound<'py, Greenlet>) -> PyResult<Bound<'py, PyAny>> {
     let py = slf.py();
-    let key = intern!(py, "run");
-    let dict = slf
-        .getattr(intern!(py, "__dict__"))?
-        .cast_into::<PyDict>()?;
-    if let Some(run) = dict.get_item(key)? {
-        dict.del_item(key)?;
-        return Ok(run);
+    // Looked up as an attribute, as greenlet does: a subclass may intercept it.
+    let run = slf.getattr(intern!(py, "run"))?;
+    if let Some(mut stored) = slf.get().run.try_borrow_mut() {
+        *stored = None;
     }
-    slf.getattr(key)
+    Ok(run)
 }
 
 /// Like greenlet: a suspended greenlet that is garbage is killed with GreenletExit, so its
