@@ -1,8 +1,8 @@
 //! The greenlet facade's class and `getcurrent()` (exported by `awaitlet.greenlet`).
 //!
-//! A greenlet here switches only with its parent (the greenlet running when it was created,
-//! which is the one that resumes it), which is all SQLAlchemy's and awaitlet's greenlet code
-//! needs. There are three kinds of greenlet objects:
+//! A greenlet here switches (or throws) into any greenlet of its thread, with greenlet's
+//! semantics (see [`switch_to`] for how that maps onto asymmetric fibers). There are three
+//! kinds of greenlet objects:
 //!
 //! - a thread's main greenlet (the thread's own stack), one per thread, kept in the thread
 //!   state's dict so that it goes away with the thread;
