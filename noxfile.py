@@ -467,3 +467,31 @@ def _build_sdist(session: nox.Session, dist: Path) -> Path:
         session.install("--force-reinstall", "--no-deps", str(wheel))
         session.run("python", "-c", SMOKE_TEST)
     return sdist
+
+
+# What the greenlet-family suites need besides the packages under test (installed with
+# --no-deps from their sdists by the runner, so that no greenlet comes with them).
+GREENLET_FAMILY_DEPS = ("outcome", "sniffio", "trio", "anyio", "psutil", "objgraph")
+GREENLET_FAMILY_GREENLET = "greenlet==3.5.6"
+
+
+@nox.session(name="greenlet-family", python=PYTHONS)
+def greenlet_family(session: nox.Session) -> None:
+    """greenback 1.3.0's and greenletio 0.11.0's test suites and greenlet 3.5.6's own
+    Python-API tests on the facade (no greenlet installed), then on the real greenlet for the
+    counts to compare (tests/upstream/run_greenlet_family.py; arguments go to it)."""
+    _install(session)
+    session.install(*GREENLET_FAMILY_DEPS)
+    cache = session.cache_dir / f"python{session.python}" / "greenlet-family"
+    runner = ["python", "tests/upstream/run_greenlet_family.py", "--cache-dir", str(cache)]
+    failed = []
+    for expect in ("facade", "real"):
+        if expect == "real":
+            session.install(GREENLET_FAMILY_GREENLET)
+        try:
+            session.run(*runner, "--expect-greenlet", expect, *session.posargs)
+        except nox.command.CommandFailed:
+            failed.append(expect)
+    session.run("python", "-m", "pip", "uninstall", "--yes", "--quiet", "greenlet")
+    if failed:
+        session.error("failed on: " + ", ".join(failed))

@@ -59,6 +59,9 @@ class GreenletFacadeFinder:
             if not name.startswith("__") or name in ("__all__", "__doc__", "__version__"):
                 setattr(module, name, value)
         setattr(module, "__awaitlet_facade__", True)  # noqa: B010 - a module's attribute
+        # greenlet's extension module, which some code imports by name: the facade itself.
+        setattr(module, "_greenlet", facade)  # noqa: B010 - a module's attribute
+        sys.modules.setdefault("greenlet._greenlet", facade)
 
 
 def facade_spec() -> "ModuleSpec":

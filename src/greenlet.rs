@@ -1,8 +1,8 @@
 //! The greenlet facade's class and `getcurrent()` (exported by `awaitlet.greenlet`).
 //!
-//! A greenlet here switches only with its parent (the greenlet running when it was created,
-//! which is the one that resumes it), which is all SQLAlchemy's and awaitlet's greenlet code
-//! needs. There are three kinds of greenlet objects:
+//! A greenlet here switches (or throws) into any greenlet of its thread, with greenlet's
+//! semantics (see [`switch_to`] for how that maps onto asymmetric fibers). There are three
+//! kinds of greenlet objects:
 //!
 //! - a thread's main greenlet (the thread's own stack), one per thread, kept in the thread
 //!   state's dict so that it goes away with the thread;
@@ -17,14 +17,16 @@
 //! that greenlet could never kill it.
 
 use std::cell::RefMut;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::exceptions::{PyAttributeError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 use pyo3::{ffi, intern, Borrowed, PyClassInitializer, PyTraverseError, PyVisit};
 
 use crate::coroutine::{exception_from_throw_args, switch_to_resumer};
 use crate::exceptions::{GreenletError, GreenletExit};
+use crate::fiber::owner::{current_owner, FiberOwner};
 use crate::fiber::{
     current_thread, panic_to_pyerr, ActiveFiber, ArgsEnd, Fiber, Kind, Resume, Step,
 };
@@ -52,14 +54,80 @@ enum FiberSlot {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Pending,
-    /// Running, or waiting for a greenlet it switched into.
+    /// Running, or below the running greenlet on its thread's chain of resumed fibers
+    /// (suspended, in greenlet's terms, inside a switch that resumed another fiber).
     Active,
     Suspended,
     Dead,
 }
 
-/// A function running on its own stack that switches with its parent (greenlet's
-/// `greenlet` class: `run`, `parent`, `switch`, `throw`, `dead`, `gr_context`, `gr_frame`).
+/// What a switch hands to the greenlet it goes to.
+enum Payload {
+    /// One value: `switch(value)`, or the result of a greenlet that finished.
+    Value(Py<PyAny>),
+    /// `switch(*args, **kwargs)` of any other shape.
+    Args(Py<PyTuple>, Option<Py<PyDict>>),
+    /// `throw()`, or the exception a greenlet finished with.
+    Throw(PyErr),
+}
+
+impl Payload {
+    fn from_call(args: Bound<'_, PyTuple>, kwargs: Option<Bound<'_, PyDict>>) -> PyResult<Self> {
+        let kwargs = kwargs.filter(|kwargs| !kwargs.is_empty());
+        Ok(match kwargs {
+            None if args.len() == 1 => Self::Value(args.get_item(0)?.unbind()),
+            kwargs => Self::Args(args.unbind(), kwargs.map(Bound::unbind)),
+        })
+    }
+
+    /// What a finished greenlet hands its parent: its result, or its exception, except that
+    /// GreenletExit (which kills a greenlet quietly) is handed over as a value.
+    fn from_finish(py: Python<'_>, result: PyResult<Py<PyAny>>) -> Self {
+        match result {
+            Ok(value) => Self::Value(value),
+            Err(err) if err.is_instance_of::<GreenletExit>(py) => {
+                Self::Value(err.into_value(py).into_any())
+            }
+            Err(err) => Self::Throw(err),
+        }
+    }
+
+    fn is_throw(&self) -> bool {
+        matches!(self, Self::Throw(_))
+    }
+
+    /// What the pending `switch()` of the greenlet receiving this returns (or raises), with
+    /// greenlet's convention: one argument as itself, else `args`, or `(args, kwargs)`.
+    fn into_result(self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        match self {
+            Self::Value(value) => Ok(value),
+            Self::Args(args, None) => Ok(args.into_any()),
+            Self::Args(args, Some(kwargs)) if args.bind(py).is_empty() => Ok(kwargs.into_any()),
+            Self::Args(args, Some(kwargs)) => {
+                Ok(PyTuple::new(py, [args.into_any(), kwargs.into_any()])?
+                    .into_any()
+                    .unbind())
+            }
+            Self::Throw(err) => Err(err),
+        }
+    }
+
+    fn into_resume(self, py: Python<'_>) -> Resume {
+        match self.into_result(py) {
+            Ok(value) => Resume::Value(value),
+            Err(err) => Resume::Throw(err),
+        }
+    }
+}
+
+/// How many main greenlets exist (greenlet's `get_total_main_greenlets()`).
+static MAIN_GREENLETS: AtomicUsize = AtomicUsize::new(0);
+/// How many thread states have a `settrace()` function: none, almost always, and then a
+/// switch does not look for one.
+static TRACERS: AtomicUsize = AtomicUsize::new(0);
+
+/// A function running on its own stack (greenlet's `greenlet` class: `run`, `parent`,
+/// `switch`, `throw`, `dead`, `gr_context`, `gr_frame`).
 ///
 /// `greenlet(run=None, parent=None)`: the first `switch()` into it calls `run` (or the
 /// subclass's `run` method) with the switch's arguments; `parent`, by default the running
@@ -78,11 +146,25 @@ pub struct Greenlet {
     thread: u64,
     /// Spawned: its parent; async_def: what resumed it, when last asked; main: None.
     parent: GilCell<Option<Py<Greenlet>>>,
-    /// Spawned only; borrowed for as long as the fiber runs, so that a re-entrant switch
-    /// into it is refused.
+    /// Spawned only; borrowed for as long as the fiber runs (or resumed another one and
+    /// waits for it), so that a re-entrant switch into it is refused.
     fiber: GilCell<FiberSlot>,
-    /// Before a spawned greenlet starts: the context to start in (None: the starter's).
+    /// Before a spawned greenlet starts: the context to start in (None: none, one is created
+    /// when first needed).
     initial_context: GilCell<Option<Py<PyAny>>>,
+    /// After a spawned greenlet finished: the context it finished in.
+    final_context: GilCell<Option<Py<PyAny>>>,
+    /// While this greenlet's fiber suspends: where the switch goes, and with what.
+    outgoing: GilCell<Option<(Py<Greenlet>, Payload)>>,
+    /// Main only: the fibers' owner of its thread state, which says when that is gone.
+    owner: Option<Py<FiberOwner>>,
+    /// The `run` given to the constructor or set before the start (a subclass's `run`
+    /// method is found on the class instead); dropped at the start.
+    run: GilCell<Option<Py<PyAny>>>,
+    /// True once the object holds this value: the collector can visit an instance between
+    /// its allocation (zeroed memory, already tracked) and the moment PyO3 moves the value in
+    /// (creating the instance dict can run a collection), when no other field is valid yet.
+    initialized: bool,
 }
 
 /// The greenlet `getcurrent()` returns in sync code run by `async_def`.
@@ -113,11 +195,23 @@ impl Greenlet {
             parent: GilCell::new(parent),
             fiber: GilCell::new(FiberSlot::NotStarted),
             initial_context: GilCell::new(None),
+            final_context: GilCell::new(None),
+            outgoing: GilCell::new(None),
+            owner: None,
+            run: GilCell::new(None),
+            initialized: true,
         }
     }
 
     fn is_main_of_this_thread(&self) -> bool {
         self.role == Role::Main && self.thread == current_thread()
+    }
+
+    /// A main greenlet whose thread state is gone.
+    fn thread_exited(&self) -> bool {
+        self.owner
+            .as_ref()
+            .is_some_and(|owner| !owner.get().is_alive())
     }
 
     fn phase(&self) -> Phase {
@@ -130,118 +224,117 @@ impl Greenlet {
         }
     }
 
+    fn is_dead(&self) -> bool {
+        match self.role {
+            Role::Spawned => self.phase() == Phase::Dead,
+            Role::Main => self.thread_exited(),
+            Role::AsyncDef => false,
+        }
+    }
+
     fn slot(&self) -> PyResult<RefMut<'_, FiberSlot>> {
         self.fiber
             .try_borrow_mut()
             .ok_or_else(|| GreenletError::new_err("greenlet is already running"))
     }
 
-    /// Whether this greenlet's parent is the running greenlet.
-    fn parent_is_running(&self, running: Option<ActiveFiber>) -> bool {
-        match self.parent.try_borrow().as_deref() {
-            Some(Some(parent)) => stands_for_active(parent.get(), parent.as_ptr(), running),
-            _ => false,
-        }
+    fn parent_bound<'py>(&self, py: Python<'py>) -> Option<Bound<'py, Greenlet>> {
+        self.parent
+            .try_borrow()
+            .and_then(|parent| parent.as_ref().map(|parent| parent.bind(py).clone()))
     }
 
-    /// Starts `run(*args, **kwargs)` on a new fiber; returns what it first switches to its
-    /// parent, or its result.
-    fn start(
-        &self,
-        owner: &Bound<'_, Greenlet>,
-        run: Bound<'_, PyAny>,
-        args: Bound<'_, PyTuple>,
-        kwargs: Option<Bound<'_, PyDict>>,
-    ) -> PyResult<Py<PyAny>> {
-        let py = owner.py();
-        let mut slot = self.slot()?;
-        if !matches!(*slot, FiberSlot::NotStarted) {
-            return Err(GreenletError::new_err("greenlet has already started"));
-        }
-        let kwargs = kwargs.filter(|kwargs| !kwargs.is_empty());
-        let fiber = Fiber::calling(
-            py,
-            Kind::Greenlet,
-            run.unbind(),
-            args.unbind(),
-            kwargs.map(Bound::unbind),
-        )?;
-        fiber.set_owner_greenlet(owner.as_ptr());
-        if let Some(context) = self
-            .initial_context
-            .try_borrow_mut()
-            .and_then(|mut c| c.take())
-        {
-            // SAFETY: the gr_context setter stores only Contexts here.
-            unsafe { fiber.set_context(context.bind(py)) }?;
-        }
-        *slot = FiberSlot::Started(fiber);
-        step(py, &mut slot, Resume::Value(py.None()))
-    }
-
-    /// Resumes the suspended fiber with `input`.
-    fn resume(&self, py: Python<'_>, input: Resume) -> PyResult<Py<PyAny>> {
-        let mut slot = self.slot()?;
-        match &*slot {
+    /// Hands `payload` to this suspended or not yet started greenlet and runs it until it
+    /// switches away or finishes.
+    fn transfer(slf: &Bound<'_, Self>, payload: Payload) -> PyResult<Step> {
+        let py = slf.py();
+        let this = slf.get();
+        let mut slot = this.slot()?;
+        let input = match &*slot {
+            FiberSlot::NotStarted => {
+                // Looked up first, as greenlet does, even by a throw().
+                let run = take_run(slf)?;
+                check_parent_thread(py, this)?;
+                let (args, kwargs) = match payload {
+                    // Killed before it started: it dies without running.
+                    Payload::Throw(err) => {
+                        *slot = FiberSlot::Dead;
+                        return Ok(Step::Finished(Err(err)));
+                    }
+                    Payload::Value(value) => (PyTuple::new(py, [value])?.unbind(), None),
+                    Payload::Args(args, kwargs) => (args, kwargs),
+                };
+                let fiber = Fiber::calling(py, Kind::Greenlet, run.unbind(), args, kwargs)?;
+                fiber.set_owner_greenlet(slf.as_ptr());
+                let context = this
+                    .initial_context
+                    .try_borrow_mut()
+                    .and_then(|mut c| c.take());
+                match context {
+                    // SAFETY: the gr_context setter stores only Contexts.
+                    Some(context) => unsafe { fiber.set_context(context.bind(py)) }?,
+                    // As in greenlet, a new greenlet starts with no context.
+                    None => fiber.start_without_context(),
+                }
+                *slot = FiberSlot::Started(fiber);
+                Resume::Value(py.None())
+            }
             FiberSlot::Started(fiber) if fiber.thread() != current_thread() => {
                 return Err(different_thread());
             }
-            FiberSlot::Started(fiber) if fiber.is_suspended() => {}
+            FiberSlot::Started(fiber) if fiber.is_suspended() => payload.into_resume(py),
             _ => return Err(GreenletError::new_err("greenlet is not suspended")),
-        }
-        step(py, &mut slot, input)
+        };
+        Ok(step(py, this, &mut slot, input))
     }
 
-    /// greenlet hands back the GreenletExit that killed a child instead of raising it.
-    fn exit_as_value(&self, py: Python<'_>, result: PyResult<Py<PyAny>>) -> PyResult<Py<PyAny>> {
-        match result {
-            Err(err) if err.is_instance_of::<GreenletExit>(py) && self.phase() == Phase::Dead => {
-                Ok(err.into_value(py).into_any())
-            }
-            other => other,
-        }
-    }
-
-    /// Checks that the running greenlet may switch into (or throw into) this one, its child.
-    fn check_switch_into(
-        slf: &Bound<'_, Self>,
-        running: Option<ActiveFiber>,
-        verb: &str,
-    ) -> PyResult<()> {
-        let this = slf.get();
-        if this.role == Role::Spawned && this.parent_is_running(running) {
-            return Ok(());
-        }
-        if this.thread != current_thread() {
+    /// Checks that the running greenlet may switch (or throw) into this one.
+    fn check_thread(&self) -> PyResult<()> {
+        if self.thread != current_thread() {
             return Err(different_thread());
         }
-        if this.role == Role::AsyncDef {
-            return Err(GreenletError::new_err(format!(
-                "awaitlet's greenlet cannot {verb} into async_def() code; use its coroutine"
-            )));
-        }
-        let current = current_greenlet(slf.py())?;
-        Err(GreenletError::new_err(format!(
-            "awaitlet's greenlet only switches between a greenlet and its parent; cannot {verb} \
-             from {} into {}",
-            current.repr()?,
-            slf.repr()?
-        )))
+        Ok(())
     }
 }
 
 /// Resumes the started fiber in `slot`; marks it dead when it finishes.
-fn step(py: Python<'_>, slot: &mut FiberSlot, input: Resume) -> PyResult<Py<PyAny>> {
+fn step(py: Python<'_>, this: &Greenlet, slot: &mut FiberSlot, input: Resume) -> Step {
     let FiberSlot::Started(fiber) = slot else {
-        return Err(GreenletError::new_err("greenlet is not suspended"));
+        return Step::Finished(Err(GreenletError::new_err("greenlet is not suspended")));
     };
-    match fiber.resume(py, input) {
-        Step::Suspended(value) => Ok(value),
-        Step::Finished(result) => {
-            *slot = FiberSlot::Dead;
-            result
+    let outcome = fiber.resume(py, input);
+    if let Step::Finished(_) = &outcome {
+        let context = fiber.take_final_context();
+        *slot = FiberSlot::Dead;
+        if let Some(mut saved) = this.final_context.try_borrow_mut() {
+            *saved = context;
         }
     }
+    outcome
+}
+
+/// A greenlet starts only if its parent (which `run` may just have changed) is of its thread.
+fn check_parent_thread(py: Python<'_>, this: &Greenlet) -> PyResult<()> {
+    let Some(parent) = this.parent_bound(py) else {
+        return Ok(());
+    };
+    if parent.get().thread == current_thread() {
+        return Ok(());
+    }
+    let mut root = parent.clone();
+    while let Some(up) = root.get().parent_bound(py) {
+        root = up;
+    }
+    if root.get().thread_exited() {
+        return Err(GreenletError::new_err(
+            "cannot switch to a different thread (which happens to have exited)",
+        ));
+    }
+    Err(GreenletError::new_err(format!(
+        "Cannot switch to a different thread\n\tCurrent:  {}\n\tExpected: {}",
+        current_greenlet(py)?.repr()?,
+        parent.repr()?
+    )))
 }
 
 fn different_thread() -> PyErr {
@@ -266,16 +359,273 @@ fn stands_for(slf: &Bound<'_, Greenlet>, active: Option<ActiveFiber>) -> bool {
     stands_for_active(slf.get(), slf.as_ptr(), active)
 }
 
-/// greenlet's convention for what a switch delivers.
-fn pack(args: Bound<'_, PyTuple>, kwargs: Option<Bound<'_, PyDict>>) -> PyResult<Py<PyAny>> {
-    let py = args.py();
-    match kwargs.filter(|kwargs| !kwargs.is_empty()) {
-        Some(kwargs) => Ok(PyTuple::new(py, [args.into_any(), kwargs.into_any()])?
-            .into_any()
-            .unbind()),
-        None if args.len() == 1 => Ok(args.get_item(0)?.unbind()),
-        None => Ok(args.into_any().unbind()),
+/// Whether `slf` stands for a fiber on the chain from the running one down to the thread's
+/// own stack.
+fn on_active_chain(slf: &Bound<'_, Greenlet>, running: Option<ActiveFiber>) -> bool {
+    let mut fiber = running;
+    while let Some(active) = fiber {
+        if active.greenlet_ptr() == slf.as_ptr() {
+            return true;
+        }
+        fiber = active.resumer();
     }
+    false
+}
+
+/// Switches from the running greenlet to `target` with `payload`, with greenlet's semantics,
+/// and returns what the running greenlet is handed when something switches back to it.
+///
+/// corosensei's coroutines are asymmetric: a fiber returns control only to the one that
+/// resumed it. So:
+/// - a target that is suspended (or not started) is resumed from here, on top of the running
+///   fiber, which waits inside this call;
+/// - a target below the running greenlet on the chain of resumed fibers is reached by
+///   suspending the running fiber with the switch as its request; each fiber in between
+///   receives it and passes it on by suspending too, staying suspended inside its own
+///   pending switch, which is where greenlet leaves a greenlet that switched away;
+/// - a fiber that finishes hands its result (or exception) to its parent (or the nearest
+///   live ancestor) from whichever fiber resumed it.
+///
+/// A switch that would go below `async_def` code goes to its driver instead, as `awaitlet()`
+/// does: the driver awaits what it is handed.
+fn switch_to<'py>(
+    py: Python<'py>,
+    mut target: Bound<'py, Greenlet>,
+    mut payload: Payload,
+    call: ArgsEnd,
+) -> PyResult<Py<PyAny>> {
+    let running = ActiveFiber::running();
+    loop {
+        // A dead greenlet passes what it is sent to its parent.
+        while target.get().role == Role::Spawned && target.get().phase() == Phase::Dead {
+            match target.get().parent_bound(py) {
+                Some(parent) => target = parent,
+                None => break,
+            }
+        }
+        if stands_for(&target, running) {
+            return payload.into_result(py);
+        }
+        let this = target.get();
+        this.check_thread()?;
+        let outcome = match (this.role, this.phase()) {
+            (Role::Spawned, Phase::Pending | Phase::Suspended) => {
+                Greenlet::transfer(&target, payload)?
+            }
+            (Role::AsyncDef, _) if !on_active_chain(&target, running) => {
+                return Err(GreenletError::new_err(
+                    "awaitlet's greenlet cannot switch into async_def() code that is not \
+                     running; use its coroutine",
+                ));
+            }
+            (Role::Main, _) if this.thread_exited() => {
+                return Err(GreenletError::new_err(
+                    "cannot switch to a main greenlet whose thread has exited",
+                ));
+            }
+            _ => return switch_down(py, running, target, payload, call),
+        };
+        match outcome {
+            Step::Suspended(value) => {
+                let request = this
+                    .outgoing
+                    .try_borrow_mut()
+                    .and_then(|mut out| out.take());
+                match request {
+                    Some((next, next_payload)) => {
+                        target = next.into_bound(py);
+                        payload = next_payload;
+                    }
+                    // Suspended by awaitlet() in a greenlet that awaits for its code: a switch
+                    // to the fiber that resumed it, this one.
+                    None => return Ok(value),
+                }
+            }
+            Step::Finished(result) => {
+                let dead = target;
+                target = match dead.get().parent_bound(py) {
+                    Some(parent) => parent,
+                    None => return result,
+                };
+                payload = Payload::from_finish(py, result);
+                payload = trace(py, &dead, &target, payload);
+            }
+        }
+    }
+}
+
+/// The bound `switch`/`throw` method a profiler saw called, when a trace or profile function
+/// is set: it is told that the call ends and starts again around the switch (see
+/// `ArgsEnd::with_callable`). Kept by the caller until the switch returns.
+fn profiled_method<'py>(
+    slf: &Bound<'py, Greenlet>,
+    name: &Bound<'py, pyo3::types::PyString>,
+) -> Option<Bound<'py, PyAny>> {
+    switch_hooks_set(slf.py())
+        .then(|| slf.getattr(name).ok())
+        .flatten()
+        // SAFETY: GIL held (slf is bound), valid object.
+        .filter(|method| unsafe { ffi::PyCFunction_Check(method.as_ptr()) } != 0)
+}
+
+/// What a switch from a method call passes to the fiber's suspension: see `profiled_method`.
+fn call_of(method: Option<&Bound<'_, PyAny>>) -> ArgsEnd {
+    method.map_or(ArgsEnd::UNKNOWN, |method| {
+        ArgsEnd::UNKNOWN.with_callable(method.as_ptr())
+    })
+}
+
+/// Takes the running greenlet out of the way of a switch to `target`, a greenlet below it on
+/// the chain of resumed fibers (see [`switch_to`]); returns what it is handed when resumed.
+fn switch_down(
+    py: Python<'_>,
+    running: Option<ActiveFiber>,
+    target: Bound<'_, Greenlet>,
+    payload: Payload,
+    call: ArgsEnd,
+) -> PyResult<Py<PyAny>> {
+    let Some(fiber) = running else {
+        return Err(GreenletError::new_err(format!(
+            "cannot switch to {}: it is not suspended",
+            target.repr()?
+        )));
+    };
+    match fiber.kind() {
+        Kind::Greenlet => {
+            if fiber.is_closing() {
+                return Err(PyRuntimeError::new_err(
+                    "greenlet ignored GreenletExit and switched again while being killed",
+                ));
+            }
+            {
+                // Dropped before the fiber suspends: a suspended stack must not keep its own
+                // greenlet alive, or dropping that greenlet could never kill it.
+                let current = fiber_greenlet(py, fiber)?;
+                let mut outgoing = current
+                    .get()
+                    .outgoing
+                    .try_borrow_mut()
+                    .ok_or_else(|| GreenletError::new_err("greenlet is busy"))?;
+                *outgoing = Some((target.unbind(), payload));
+            }
+            match fiber.suspend_in_call(py, py.None(), call) {
+                Resume::Value(value) => Ok(value),
+                Resume::Throw(err) => Err(err),
+            }
+        }
+        // async_def code: its driver receives what is switched (or thrown) below it.
+        Kind::AsyncDef => {
+            let value = payload.into_result(py)?;
+            switch_to_resumer(py, fiber, value.bind(py), call)
+        }
+    }
+}
+
+/// Calls the thread's `settrace()` function, if any, for a switch from `origin` to `target`;
+/// if it raises, tracing stops and its exception is what the target receives.
+fn trace(
+    py: Python<'_>,
+    origin: &Bound<'_, Greenlet>,
+    target: &Bound<'_, Greenlet>,
+    payload: Payload,
+) -> Payload {
+    if TRACERS.load(Ordering::Relaxed) == 0 {
+        return payload;
+    }
+    let tracer = match thread_tracer(py) {
+        Ok(Some(tracer)) => tracer,
+        Ok(None) => return payload,
+        Err(err) => return Payload::Throw(err),
+    };
+    let event = if payload.is_throw() {
+        "throw"
+    } else {
+        "switch"
+    };
+    match tracer.call1((event, (origin, target))) {
+        Ok(_) => payload,
+        Err(err) => {
+            let _ = set_thread_tracer(py, None);
+            Payload::Throw(err)
+        }
+    }
+}
+
+const TRACER_KEY: &str = "awaitlet.greenlet.trace";
+
+fn thread_dict(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    // SAFETY: GIL held, so this thread has a thread state; the dict is a borrowed
+    // reference, NULL only if it could not be created.
+    let dict = unsafe { Bound::from_borrowed_ptr_or_err(py, ffi::PyThreadState_GetDict()) }?;
+    Ok(dict.cast_into::<PyDict>()?)
+}
+
+fn thread_tracer(py: Python<'_>) -> PyResult<Option<Bound<'_, PyAny>>> {
+    thread_dict(py)?.get_item(intern!(py, TRACER_KEY))
+}
+
+/// Sets (None: removes) the calling thread's trace function; returns the previous one.
+fn set_thread_tracer<'py>(
+    py: Python<'py>,
+    tracer: Option<Bound<'py, PyAny>>,
+) -> PyResult<Option<Bound<'py, PyAny>>> {
+    let dict = thread_dict(py)?;
+    let key = intern!(py, TRACER_KEY);
+    let previous = dict.get_item(key)?;
+    match tracer {
+        Some(tracer) => {
+            dict.set_item(key, tracer)?;
+            if previous.is_none() {
+                TRACERS.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        None => {
+            if previous.is_some() {
+                dict.del_item(key)?;
+                TRACERS.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+    Ok(previous)
+}
+
+/// `greenlet.settrace(callback)`: calls `callback(event, (origin, target))` at every switch
+/// of the calling thread (`event` is "switch" or "throw"); None removes it. Returns the
+/// previous callback.
+#[pyfunction]
+#[pyo3(text_signature = "(callback)")]
+pub fn settrace<'py>(
+    py: Python<'py>,
+    callback: Bound<'py, PyAny>,
+) -> PyResult<Option<Bound<'py, PyAny>>> {
+    let callback = (!callback.is_none()).then_some(callback);
+    set_thread_tracer(py, callback)
+}
+
+/// `greenlet.gettrace()`: the calling thread's trace callback, or None.
+#[pyfunction]
+#[pyo3(text_signature = "()")]
+pub fn gettrace(py: Python<'_>) -> PyResult<Option<Bound<'_, PyAny>>> {
+    thread_tracer(py)
+}
+
+/// How many main greenlets exist (one per thread that used greenlets and still exists, or
+/// whose main greenlet is still referenced).
+#[pyfunction]
+#[pyo3(name = "_greenlet_total_main_greenlets")]
+pub fn get_total_main_greenlets() -> usize {
+    MAIN_GREENLETS.load(Ordering::Relaxed)
+}
+
+/// Sets `key` in the calling thread state's dict (greenlet's `set_thread_local()`).
+#[pyfunction]
+#[pyo3(name = "_greenlet_set_thread_local")]
+pub fn set_thread_local(
+    py: Python<'_>,
+    key: Bound<'_, PyAny>,
+    value: Bound<'_, PyAny>,
+) -> PyResult<()> {
+    thread_dict(py)?.set_item(key, value)
 }
 
 fn check_context(context: &Bound<'_, PyAny>) -> PyResult<()> {
@@ -307,15 +657,15 @@ fn greenlet_standing_for(
 
 /// The calling thread's main greenlet, created on first use.
 fn main_greenlet(py: Python<'_>) -> PyResult<Bound<'_, Greenlet>> {
-    // SAFETY: GIL held, so this thread has a thread state; the dict is a borrowed
-    // reference, NULL only if it could not be created.
-    let dict = unsafe { Bound::from_borrowed_ptr_or_err(py, ffi::PyThreadState_GetDict()) }?;
-    let dict = dict.cast_into::<PyDict>()?;
+    let dict = thread_dict(py)?;
     let key = intern!(py, "awaitlet.greenlet.main");
     if let Some(main) = dict.get_item(key)? {
         return Ok(main.cast_into::<Greenlet>()?);
     }
-    let main = Bound::new(py, Greenlet::with_role(Role::Main, None))?;
+    let mut greenlet = Greenlet::with_role(Role::Main, None);
+    greenlet.owner = Some(current_owner(py)?);
+    let main = Bound::new(py, greenlet)?;
+    MAIN_GREENLETS.fetch_add(1, Ordering::Relaxed);
     dict.set_item(key, &main)?;
     Ok(main)
 }
@@ -352,18 +702,89 @@ impl Greenlet {
     }
 
     /// `greenlet(run=None, parent=None)`: `run` is called by the first switch into it;
-    /// `parent` (by default the running greenlet) is where it switches back to.
-    #[pyo3(signature = (run = None, parent = None))]
+    /// `parent` (by default the running greenlet) is where its result goes.
+    #[pyo3(signature = (*args, **kwargs))]
     fn __init__(
         slf: &Bound<'_, Self>,
-        run: Option<Bound<'_, PyAny>>,
-        parent: Option<Bound<'_, PyAny>>,
+        args: &Bound<'_, PyTuple>,
+        kwargs: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<()> {
-        if let Some(run) = run {
-            slf.setattr(intern!(slf.py(), "run"), run)?;
+        let py = slf.py();
+        if args.len() > 2 {
+            return Err(PyTypeError::new_err(
+                "greenlet() takes at most 2 positional arguments",
+            ));
         }
-        if let Some(parent) = parent {
+        let mut run = args.get_item(0).ok();
+        let mut parent = args.get_item(1).ok();
+        if let Some(kwargs) = kwargs {
+            for (name, value) in kwargs.iter() {
+                match name.extract::<&str>()? {
+                    "run" if run.is_none() => run = Some(value),
+                    "parent" if parent.is_none() => parent = Some(value),
+                    other => {
+                        return Err(PyTypeError::new_err(format!(
+                            "greenlet() got an unexpected or repeated keyword argument '{other}'"
+                        )))
+                    }
+                }
+            }
+        }
+        // An explicit run=None is kept: the greenlet's `run` is None.
+        if let Some(run) = run {
+            slf.setattr(intern!(py, "run"), run)?;
+        }
+        if let Some(parent) = parent.filter(|parent| !parent.is_none()) {
             Self::set_parent(slf, parent)?;
+        }
+        Ok(())
+    }
+
+    #[classattr]
+    #[pyo3(name = "GreenletExit")]
+    fn greenlet_exit(py: Python<'_>) -> Py<PyAny> {
+        py.get_type::<GreenletExit>().into_any().unbind()
+    }
+
+    #[classattr]
+    #[pyo3(name = "error")]
+    fn error(py: Python<'_>) -> Py<PyAny> {
+        py.get_type::<GreenletError>().into_any().unbind()
+    }
+
+    #[staticmethod]
+    #[pyo3(name = "settrace")]
+    fn settrace_static<'py>(
+        py: Python<'py>,
+        callback: Bound<'py, PyAny>,
+    ) -> PyResult<Option<Bound<'py, PyAny>>> {
+        settrace(py, callback)
+    }
+
+    #[staticmethod]
+    #[pyo3(name = "gettrace")]
+    fn gettrace_static(py: Python<'_>) -> PyResult<Option<Bound<'_, PyAny>>> {
+        gettrace(py)
+    }
+
+    /// The callable the greenlet runs; gone once it started.
+    #[getter]
+    fn run(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.run
+            .try_borrow()
+            .and_then(|run| run.as_ref().map(|run| run.clone_ref(py)))
+            .ok_or_else(|| PyAttributeError::new_err("run"))
+    }
+
+    #[setter]
+    fn set_run(&self, run: Bound<'_, PyAny>) -> PyResult<()> {
+        if self.role != Role::Spawned || self.phase() != Phase::Pending {
+            return Err(PyAttributeError::new_err(
+                "run cannot be set after the start of the greenlet",
+            ));
+        }
+        if let Some(mut stored) = self.run.try_borrow_mut() {
+            *stored = Some(run.unbind());
         }
         Ok(())
     }
@@ -375,7 +796,7 @@ impl Greenlet {
         current_greenlet(py)
     }
 
-    /// The greenlet this one switches back to (None for a main greenlet).
+    /// The greenlet this one's result goes to (None for a main greenlet).
     #[getter]
     fn parent(slf: &Bound<'_, Self>) -> PyResult<Option<Py<Greenlet>>> {
         let py = slf.py();
@@ -398,24 +819,26 @@ impl Greenlet {
 
     #[setter]
     fn set_parent(slf: &Bound<'_, Self>, parent: Bound<'_, PyAny>) -> PyResult<()> {
-        let parent = parent
-            .cast_into::<Greenlet>()
-            .map_err(|_| PyTypeError::new_err("parent must be a greenlet"))?;
+        let parent = parent.cast_into::<Greenlet>().map_err(|err| {
+            PyTypeError::new_err(format!(
+                "GreenletChecker: Expected any type of greenlet, not {}",
+                err.into_inner()
+                    .get_type()
+                    .name()
+                    .map(|name| name.to_string())
+                    .unwrap_or_default()
+            ))
+        })?;
         let this = slf.get();
         match this.role {
             Role::Main => {
-                return Err(GreenletError::new_err(
-                    "awaitlet's greenlet cannot give a main greenlet a parent",
+                return Err(PyAttributeError::new_err(
+                    "cannot set the parent of a main greenlet",
                 ))
             }
             Role::AsyncDef => {
                 return Err(GreenletError::new_err(
                     "awaitlet's greenlet cannot change the parent of async_def() code",
-                ))
-            }
-            Role::Spawned if this.phase() != Phase::Pending => {
-                return Err(GreenletError::new_err(
-                    "awaitlet's greenlet cannot change the parent of a started greenlet",
                 ))
             }
             Role::Spawned => {}
@@ -425,11 +848,13 @@ impl Greenlet {
             if greenlet.is(slf) {
                 return Err(PyValueError::new_err("cyclic parent chain"));
             }
-            ancestor = greenlet
-                .get()
-                .parent
-                .try_borrow()
-                .and_then(|parent| parent.as_ref().map(|parent| parent.bind(slf.py()).clone()));
+            ancestor = greenlet.get().parent_bound(slf.py());
+        }
+        // An unstarted greenlet belongs to no thread yet: its parent's is checked at the start.
+        if this.phase() != Phase::Pending && parent.get().thread != this.thread {
+            return Err(PyValueError::new_err(
+                "parent cannot be on a different thread",
+            ));
         }
         let mut slot = this
             .parent
@@ -439,21 +864,23 @@ impl Greenlet {
         Ok(())
     }
 
-    /// True once the greenlet's `run` has finished (or it was killed).
+    /// True once the greenlet's `run` has finished (or it was killed); a main greenlet, once
+    /// its thread has exited.
     #[getter]
     fn dead(&self) -> bool {
-        self.role == Role::Spawned && self.phase() == Phase::Dead
+        self.is_dead()
     }
 
     /// Active: started and not dead (a main greenlet, and async_def code, always are).
     fn __bool__(&self) -> bool {
         match self.role {
-            Role::Main | Role::AsyncDef => true,
+            Role::Main => !self.thread_exited(),
+            Role::AsyncDef => true,
             Role::Spawned => matches!(self.phase(), Phase::Active | Phase::Suspended),
         }
     }
 
-    /// The innermost frame of a suspended greenlet.
+    /// The innermost frame of a suspended greenlet (None for a running one).
     #[getter]
     fn gr_frame<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
         match self.fiber.try_borrow().as_deref() {
@@ -462,7 +889,7 @@ impl Greenlet {
         }
     }
 
-    /// The `contextvars.Context` the greenlet runs in.
+    /// The `contextvars.Context` the greenlet runs in (None: none yet).
     #[getter]
     fn gr_context<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
@@ -470,19 +897,23 @@ impl Greenlet {
         if stands_for(slf, ActiveFiber::running()) {
             return Ok(current_context(py));
         }
+        let stored = |cell: &GilCell<Option<Py<PyAny>>>| {
+            cell.try_borrow()
+                .and_then(|context| context.as_ref().map(|c| c.bind(py).clone()))
+                .unwrap_or_else(|| py.None().into_bound(py))
+        };
         match this.role {
             Role::Main => Err(GreenletError::new_err(
                 "awaitlet's greenlet cannot read gr_context of a main greenlet that is not running",
             )),
             Role::AsyncDef => Ok(py.None().into_bound(py)),
             Role::Spawned => match this.fiber.try_borrow().as_deref() {
-                Some(FiberSlot::NotStarted) => Ok(this
-                    .initial_context
-                    .try_borrow()
-                    .and_then(|context| context.as_ref().map(|c| c.bind(py).clone()))
-                    .unwrap_or_else(|| py.None().into_bound(py))),
+                Some(FiberSlot::NotStarted) => Ok(stored(&this.initial_context)),
                 Some(FiberSlot::Started(fiber)) if fiber.is_suspended() => Ok(fiber.context(py)),
-                Some(FiberSlot::Dead) => Ok(py.None().into_bound(py)),
+                Some(FiberSlot::Dead) => Ok(stored(&this.final_context)),
+                _ if this.thread != current_thread() => Err(PyValueError::new_err(
+                    "cannot get the context of a greenlet that is running in a different thread",
+                )),
                 _ => Err(GreenletError::new_err(
                     "awaitlet's greenlet cannot read gr_context of a greenlet waiting for another",
                 )),
@@ -516,22 +947,26 @@ impl Greenlet {
                     }
                     Ok(())
                 }
-                Some(FiberSlot::Started(fiber))
-                    if fiber.is_suspended() && fiber.thread() == current_thread() =>
-                {
+                Some(FiberSlot::Started(fiber)) if fiber.is_suspended() => {
                     // SAFETY: checked to be a Context or None above.
                     unsafe { fiber.set_context(&context) }
                 }
-                Some(FiberSlot::Dead) => refused("a dead greenlet"),
-                _ => refused("a greenlet that is not suspended on this thread"),
+                Some(FiberSlot::Dead) => {
+                    if let Some(mut slot) = this.final_context.try_borrow_mut() {
+                        *slot = (!context.is_none()).then(|| context.unbind());
+                    }
+                    Ok(())
+                }
+                _ if this.thread != current_thread() => Err(PyValueError::new_err(
+                    "cannot set the context of a greenlet that is running in a different thread",
+                )),
+                _ => refused("a greenlet that waits for another"),
             },
         }
     }
 
-    /// Switches to this greenlet, handing it `args`/`kwargs`; returns what comes back.
-    ///
-    /// Supported: to the running greenlet itself, to its parent, and to a child (one whose
-    /// parent is the running greenlet).
+    /// Switches to this greenlet, handing it `args`/`kwargs`; returns what comes back when
+    /// something switches to the running greenlet again (or its child finishes).
     #[pyo3(signature = (*args, **kwargs))]
     fn switch(
         slf: &Bound<'_, Self>,
@@ -539,44 +974,16 @@ impl Greenlet {
         kwargs: Option<Bound<'_, PyDict>>,
     ) -> PyResult<Py<PyAny>> {
         let py = slf.py();
-        let running = ActiveFiber::running();
-        if stands_for(slf, running) {
-            return pack(args, kwargs);
+        let mut payload = Payload::from_call(args, kwargs)?;
+        if TRACERS.load(Ordering::Relaxed) != 0 {
+            payload = trace(py, &current_greenlet(py)?, slf, payload);
         }
-        if let Some(fiber) = running {
-            // To the parent of the running greenlet: whatever resumed its fiber.
-            if stands_for(slf, fiber.resumer()) {
-                let value = pack(args, kwargs)?.into_bound(py);
-                // A profiler saw this method called: it is told that the call ends and starts
-                // again around the switch (see `ArgsEnd::with_callable`).
-                let method = switch_hooks_set(py)
-                    .then(|| slf.getattr(intern!(py, "switch")).ok())
-                    .flatten()
-                    // SAFETY: GIL held, valid object.
-                    .filter(|method| unsafe { ffi::PyCFunction_Check(method.as_ptr()) } != 0);
-                let call = method.as_ref().map_or(ArgsEnd::UNKNOWN, |method| {
-                    ArgsEnd::UNKNOWN.with_callable(method.as_ptr())
-                });
-                return switch_to_resumer(py, fiber, &value, call);
-            }
-        }
-        Self::check_switch_into(slf, running, "switch")?;
-        let this = slf.get();
-        match this.phase() {
-            Phase::Dead => pack(args, kwargs),
-            Phase::Pending => {
-                let run = take_run(slf)?;
-                this.exit_as_value(py, this.start(slf, run, args, kwargs))
-            }
-            Phase::Active | Phase::Suspended => {
-                let value = pack(args, kwargs)?;
-                this.exit_as_value(py, this.resume(py, Resume::Value(value)))
-            }
-        }
+        let method = profiled_method(slf, intern!(py, "switch"));
+        switch_to(py, slf.clone(), payload, call_of(method.as_ref()))
     }
 
     /// Raises an exception in this greenlet where it switched away (GreenletExit by
-    /// default, which kills it: its GreenletExit comes back as the result).
+    /// default, which kills it quietly: the GreenletExit comes back as the result).
     #[pyo3(signature = (typ = None, val = None, tb = None))]
     fn throw(
         slf: &Bound<'_, Self>,
@@ -586,49 +993,98 @@ impl Greenlet {
     ) -> PyResult<Py<PyAny>> {
         let py = slf.py();
         let typ = typ.unwrap_or_else(|| py.get_type::<GreenletExit>().into_any());
+        let throwable = match typ.cast::<pyo3::types::PyType>() {
+            Ok(class) => class.is_subclass_of::<pyo3::exceptions::PyBaseException>()?,
+            Err(_) => typ.is_instance_of::<pyo3::exceptions::PyBaseException>(),
+        };
+        if !throwable {
+            return Err(PyTypeError::new_err(format!(
+                "exceptions must be classes, or instances, not {}",
+                typ.get_type().name()?
+            )));
+        }
         let exc = exception_from_throw_args(py, typ, val, tb)?;
-        let running = ActiveFiber::running();
-        if stands_for(slf, running) {
-            return Err(exc);
-        }
-        Self::check_switch_into(slf, running, "throw")?;
         let this = slf.get();
-        match this.phase() {
-            Phase::Pending | Phase::Dead => {
-                if let Some(mut slot) = this.fiber.try_borrow_mut() {
-                    *slot = FiberSlot::Dead;
+        // GreenletExit thrown into a dead greenlet comes back as it is.
+        if this.is_dead() && exc.is_instance_of::<GreenletExit>(py) {
+            return Ok(exc.into_value(py).into_any());
+        }
+        let mut payload = Payload::Throw(exc);
+        if TRACERS.load(Ordering::Relaxed) != 0 {
+            payload = trace(py, &current_greenlet(py)?, slf, payload);
+        }
+        let method = profiled_method(slf, intern!(py, "throw"));
+        switch_to(py, slf.clone(), payload, call_of(method.as_ref()))
+    }
+
+    /// Sets an attribute as `object.__setattr__` does (defined because `__delattr__` is).
+    fn __setattr__(
+        slf: &Bound<'_, Self>,
+        name: Bound<'_, PyAny>,
+        value: Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        // SAFETY: GIL held, valid objects.
+        let status =
+            unsafe { ffi::PyObject_GenericSetAttr(slf.as_ptr(), name.as_ptr(), value.as_ptr()) };
+        if status < 0 {
+            return Err(PyErr::fetch(slf.py()));
+        }
+        Ok(())
+    }
+
+    /// `parent` and `gr_context` cannot be deleted; other attributes are instance attributes.
+    fn __delattr__(slf: &Bound<'_, Self>, name: Bound<'_, PyAny>) -> PyResult<()> {
+        if let Ok(text) = name.extract::<&str>() {
+            match text {
+                "gr_context" => {
+                    return Err(PyAttributeError::new_err("can't delete context attribute"))
                 }
-                if exc.is_instance_of::<GreenletExit>(py) {
-                    Ok(exc.into_value(py).into_any())
-                } else {
-                    Err(exc)
-                }
-            }
-            Phase::Active | Phase::Suspended => {
-                this.exit_as_value(py, this.resume(py, Resume::Throw(exc)))
+                "parent" => return Err(PyAttributeError::new_err("can't delete attribute")),
+                "__dict__" => return Err(PyTypeError::new_err("can't delete __dict__")),
+                _ => {}
             }
         }
+        // SAFETY: GIL held, valid objects; a NULL value deletes the attribute.
+        let status = unsafe {
+            ffi::PyObject_GenericSetAttr(slf.as_ptr(), name.as_ptr(), std::ptr::null_mut())
+        };
+        if status < 0 {
+            return Err(PyErr::fetch(slf.py()));
+        }
+        Ok(())
+    }
+
+    /// greenlets cannot be pickled.
+    fn __getstate__(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Err(PyTypeError::new_err(format!(
+            "cannot serialize '{}' object",
+            slf.get_type().qualname()?
+        )))
     }
 
     fn __repr__(slf: &Bound<'_, Self>) -> PyResult<String> {
         let this = slf.get();
+        let running = stands_for(slf, ActiveFiber::running());
         let state = match this.role {
-            Role::Main => "main",
-            Role::AsyncDef => "async_def",
+            Role::Main if this.thread_exited() => "(thread exited) dead",
+            Role::Main if running => "current active started main",
+            Role::Main => "suspended active started main",
+            Role::AsyncDef if running => "current active started async_def",
+            Role::AsyncDef => "suspended active started async_def",
             Role::Spawned => match this.phase() {
                 Phase::Pending => "pending",
                 Phase::Dead => "dead",
-                Phase::Suspended => "suspended",
-                Phase::Active if stands_for(slf, ActiveFiber::running()) => "current active",
-                Phase::Active => "active",
+                _ if running => "current active started",
+                _ => "suspended active started",
             },
         };
         let class = slf.get_type();
         Ok(format!(
-            "<{}.{} object at {:#x} ({state})>",
+            "<{}.{} object at {:#x} (otid={:#x}) {state}>",
             class.module()?,
             class.qualname()?,
-            slf.as_ptr() as usize
+            slf.as_ptr() as usize,
+            this.thread
         ))
     }
 
@@ -640,11 +1096,22 @@ impl Greenlet {
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        // SAFETY: the field is read through a volatile load: in zeroed memory (see the field),
+        // it is false, and nothing else is read.
+        if !unsafe { std::ptr::read_volatile(&self.initialized) } {
+            return Ok(());
+        }
         if let Some(parent) = self.parent.try_borrow() {
             visit.call(&*parent)?;
         }
         if let Some(context) = self.initial_context.try_borrow() {
             visit.call(&*context)?;
+        }
+        if let Some(context) = self.final_context.try_borrow() {
+            visit.call(&*context)?;
+        }
+        if let Some(run) = self.run.try_borrow() {
+            visit.call(&*run)?;
         }
         if let Some(slot) = self.fiber.try_borrow() {
             if let FiberSlot::Started(fiber) = &*slot {
@@ -664,6 +1131,15 @@ impl Greenlet {
         if let Some(mut context) = self.initial_context.try_borrow_mut() {
             *context = None;
         }
+        if let Some(mut context) = self.final_context.try_borrow_mut() {
+            *context = None;
+        }
+        if let Some(mut outgoing) = self.outgoing.try_borrow_mut() {
+            *outgoing = None;
+        }
+        if let Some(mut run) = self.run.try_borrow_mut() {
+            *run = None;
+        }
     }
 }
 
@@ -671,29 +1147,33 @@ impl Greenlet {
 /// the instance, as greenlet does, so that it does not outlive the start.
 fn take_run<'py>(slf: &Bound<'py, Greenlet>) -> PyResult<Bound<'py, PyAny>> {
     let py = slf.py();
-    let key = intern!(py, "run");
-    let dict = slf
-        .getattr(intern!(py, "__dict__"))?
-        .cast_into::<PyDict>()?;
-    if let Some(run) = dict.get_item(key)? {
-        dict.del_item(key)?;
-        return Ok(run);
+    // Looked up as an attribute, as greenlet does: a subclass may intercept it.
+    let run = slf.getattr(intern!(py, "run"))?;
+    if let Some(mut stored) = slf.get().run.try_borrow_mut() {
+        *stored = None;
     }
-    slf.getattr(key)
+    Ok(run)
 }
 
 /// Like greenlet: a suspended greenlet that is garbage is killed with GreenletExit, so its
 /// `finally` blocks run; the exception in flight, if any, survives. A fiber that cannot be
 /// finished here is left to Fiber's Drop, which hands it to its owner.
-fn kill_abandoned(py: Python<'_>, slot: &mut FiberSlot) {
+fn kill_abandoned(py: Python<'_>, this: &Greenlet, slot: &mut FiberSlot) {
     match slot {
         FiberSlot::Started(fiber) if fiber.can_be_finished_here(py) => fiber.set_closing(),
         _ => return,
     }
     let pending = PyErr::take(py);
-    if let Err(err) = step(py, slot, Resume::Throw(GreenletExit::new_err(()))) {
-        if !err.is_instance_of::<GreenletExit>(py) {
+    match step(py, this, slot, Resume::Throw(GreenletExit::new_err(()))) {
+        Step::Finished(Err(err)) if !err.is_instance_of::<GreenletExit>(py) => {
             err.write_unraisable(py, None);
+        }
+        Step::Finished(_) => {}
+        // A closing greenlet cannot switch away (its switches raise instead).
+        Step::Suspended(_) => {
+            if let Some(mut outgoing) = this.outgoing.try_borrow_mut() {
+                *outgoing = None;
+            }
         }
     }
     if let Some(pending) = pending {
@@ -705,13 +1185,16 @@ impl Drop for Greenlet {
     fn drop(&mut self) {
         // SAFETY: pyclass values are dropped from tp_dealloc, with the GIL held.
         let py = unsafe { Python::assume_attached() };
-        let slot = self.fiber.get_mut();
-        let FiberSlot::Started(fiber) = slot else {
+        if self.role == Role::Main {
+            MAIN_GREENLETS.fetch_sub(1, Ordering::Relaxed);
+        }
+        let mut slot = std::mem::replace(self.fiber.get_mut(), FiberSlot::Dead);
+        let FiberSlot::Started(fiber) = &slot else {
             return;
         };
         // The pointer to this object must not outlive it, whatever happens to the fiber.
         fiber.set_owner_greenlet(std::ptr::null_mut());
-        kill_abandoned(py, slot);
+        kill_abandoned(py, self, &mut slot);
     }
 }
 
@@ -721,7 +1204,7 @@ impl Greenlet {
     fn finalize(&self, py: Python<'_>) {
         // Borrowed: the greenlet is running, so it is not garbage after all.
         if let Some(mut slot) = self.fiber.try_borrow_mut() {
-            kill_abandoned(py, &mut slot);
+            kill_abandoned(py, self, &mut slot);
         }
     }
 }

@@ -55,6 +55,10 @@ fn _awaitlet(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<greenlet::Greenlet>()?;
     greenlet::install_finalizer(py);
     m.add_function(wrap_pyfunction!(greenlet::getcurrent, m)?)?;
+    m.add_function(wrap_pyfunction!(greenlet::settrace, m)?)?;
+    m.add_function(wrap_pyfunction!(greenlet::gettrace, m)?)?;
+    m.add_function(wrap_pyfunction!(greenlet::get_total_main_greenlets, m)?)?;
+    m.add_function(wrap_pyfunction!(greenlet::set_thread_local, m)?)?;
     m.add("GreenletExit", py.get_type::<exceptions::GreenletExit>())?;
     m.add("GreenletError", py.get_type::<exceptions::GreenletError>())?;
     Ok(())

@@ -17,6 +17,10 @@ __all__ = [
     "NoAwaitOccurred",
     "greenlet",
     "getcurrent",
+    "settrace",
+    "gettrace",
+    "_greenlet_total_main_greenlets",
+    "_greenlet_set_thread_local",
     "GreenletExit",
     "GreenletError",
 ]
@@ -113,10 +117,14 @@ class GreenletExit(BaseException):
 class GreenletError(Exception):
     """A greenlet operation awaitlet's greenlet facade cannot perform."""
 
+_TraceCallback = Callable[[str, tuple["greenlet", "greenlet"]], object]
+
 @disjoint_base
 class greenlet:
-    """A function running on its own stack that switches with its parent."""
+    """A function running on its own stack, switching with any greenlet of its thread."""
 
+    GreenletExit: type[GreenletExit]
+    error: type[GreenletError]
     run: Callable[..., Any]
     def __new__(cls, *args: Any, **kwargs: Any) -> Self: ...
     def __init__(
@@ -124,6 +132,10 @@ class greenlet:
     ) -> None: ...
     @staticmethod
     def getcurrent() -> greenlet: ...
+    @staticmethod
+    def settrace(callback: _TraceCallback | None) -> _TraceCallback | None: ...
+    @staticmethod
+    def gettrace() -> _TraceCallback | None: ...
     @property
     def parent(self) -> greenlet | None: ...
     @parent.setter
@@ -153,3 +165,13 @@ class greenlet:
 
 def getcurrent() -> greenlet:
     """The running greenlet (the thread's main greenlet outside any fiber)."""
+
+def settrace(callback: _TraceCallback | None) -> _TraceCallback | None:
+    """Sets the calling thread's switch trace callback (None removes it); returns the
+    previous one."""
+
+def gettrace() -> _TraceCallback | None:
+    """The calling thread's switch trace callback, or None."""
+
+def _greenlet_total_main_greenlets() -> int: ...
+def _greenlet_set_thread_local(key: Any, value: Any) -> None: ...

@@ -295,6 +295,11 @@ struct Shared {
     greenlet: RefCell<GreenletRef>,
     /// The call the fiber makes, until it returns (see [`Call`]).
     call: RefCell<Option<Call>>,
+    /// A greenlet's context when its function returned (greenlet's `gr_context` of a dead
+    /// greenlet).
+    final_context: Cell<Option<Py<PyAny>>>,
+    /// Start with no context rather than the resumer's (greenlet's new greenlets).
+    start_without_context: Cell<bool>,
 }
 
 impl Shared {
@@ -436,6 +441,8 @@ impl Fiber {
                 first_yield: Cell::new(None),
                 greenlet: RefCell::new(GreenletRef::None),
                 call: RefCell::new(Some(call)),
+                final_context: Cell::new(None),
+                start_without_context: Cell::new(false),
             })
         };
         let shared_addr = shared.as_ptr() as usize;
@@ -449,6 +456,10 @@ impl Fiber {
                 // SAFETY: fibers are resumed only by code holding the GIL, and it stays held
                 // across the switch onto this stack.
                 let py = unsafe { Python::assume_attached() };
+                if shared.start_without_context.get() {
+                    // SAFETY: GIL held, on the fiber's stack; None is allowed.
+                    unsafe { crate::pystate::set_current_context(&py.None().into_bound(py)) };
+                }
                 // A panic must not unwind out of this stack: corosensei would carry it through
                 // the resumer's CPython frames.
                 let result = match catch_unwind(AssertUnwindSafe(|| shared.run_call(py))) {
@@ -457,6 +468,10 @@ impl Fiber {
                 };
                 // Finalizers run while the fiber's state is released must not suspend it.
                 shared.closing.set(true);
+                if shared.kind == Kind::Greenlet {
+                    let context = crate::pystate::current_context(py).unbind();
+                    shared.final_context.set(Some(context));
+                }
                 // SAFETY: on the fiber's stack, GIL held, the function has returned, and the
                 // fiber returns right after.
                 unsafe { shared.pystate.finish() };
@@ -548,6 +563,17 @@ impl Fiber {
     /// step ran on the fiber.
     pub fn take_first_yield(&self) -> Option<Py<PyAny>> {
         self.shared().first_yield.take()
+    }
+
+    /// Makes a fiber that has not started start with no context (one is created when first
+    /// needed) instead of its resumer's.
+    pub fn start_without_context(&self) {
+        self.shared().start_without_context.set(true);
+    }
+
+    /// The context a greenlet's fiber ran in when its function returned.
+    pub fn take_final_context(&self) -> Option<Py<PyAny>> {
+        self.shared().final_context.take()
     }
 
     /// Records `owner` as the greenlet object that owns this fiber (null to forget it).

@@ -49,6 +49,11 @@ impl FiberOwner {
         self.thread_state
     }
 
+    /// Whether the owner's thread state still exists.
+    pub fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Relaxed)
+    }
+
     /// Whether suspended fibers wait to be finished by this owner.
     #[inline]
     pub fn has_orphans(&self) -> bool {

@@ -4,7 +4,7 @@ pyright in ``nox -s typecheck``: what the stubs give each call must be what it r
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from awaitlet import NoAwaitletContext, NoAwaitOccurred, async_def, awaitlet, base
@@ -50,8 +50,7 @@ def facade() -> None:
     assert_type(worker.parent, greenlet | None)
     assert_type(worker.throw(), Any)
     assert_type(worker.throw(GreenletExit()), Any)
-    try:
-        facade_module.settrace(None)
-    except error:
-        pass
-    assert_type(facade_module.gettrace(), None)
+    assert issubclass(error, Exception)
+    previous = facade_module.settrace(None)
+    assert previous is None
+    assert_type(facade_module.gettrace(), Callable[[str, tuple[greenlet, greenlet]], object] | None)

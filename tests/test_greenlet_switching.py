@@ -1,0 +1,398 @@
+"""Every shape of switch of the greenlet facade, with greenlet's semantics: to siblings,
+ancestors, descendants, the main greenlet, into and out of async_def code, with exceptions,
+garbage collection and threads."""
+
+import asyncio
+import contextvars
+import gc
+import sys
+import threading
+import weakref
+
+import pytest
+from awaitlet import async_def, awaitlet
+from awaitlet import greenlet as facade
+from awaitlet.greenlet import GreenletExit, error, getcurrent, greenlet
+
+
+def test_sibling_switches_resume_where_each_switched_away():
+    main = getcurrent()
+    trail = []
+
+    def ping():
+        got = main.switch("ping ready")
+        for _ in range(3):
+            trail.append(("ping", got))
+            got = pong.switch(got + 1)
+        return "ping done"
+
+    def pong():
+        got = main.switch("pong ready")
+        while True:
+            trail.append(("pong", got))
+            got = ping.switch(got * 10)
+
+    ping, pong = greenlet(ping), greenlet(pong)
+    assert ping.switch() == "ping ready" and pong.switch() == "pong ready"
+    assert ping.switch(1) == "ping done"
+    assert trail == [
+        ("ping", 1),
+        ("pong", 2),
+        ("ping", 20),
+        ("pong", 21),
+        ("ping", 210),
+        ("pong", 211),
+    ]
+    assert ping.dead and not pong.dead
+    pong.throw()
+    assert pong.dead
+
+
+def test_grandchild_switches_to_main_and_back():
+    main = getcurrent()
+
+    def grandchild():
+        return main.switch("from grandchild") + "!"
+
+    def child():
+        inner = greenlet(grandchild)
+        return ("child got", inner.switch())
+
+    outer = greenlet(child)
+    assert outer.switch() == "from grandchild"
+    # outer waits inside inner.switch(): that call returns what main sends; the grandchild
+    # stays suspended in main.switch().
+    assert outer.switch("back") == ("child got", "back")
+    assert outer.dead and not getcurrent().dead
+
+
+def test_switch_to_a_descendant_suspended_deeper():
+    main = getcurrent()
+    inner_holder = []
+
+    def inner():
+        value = main.switch("inner waiting")
+        return value * 2
+
+    def middle():
+        child = greenlet(inner)
+        inner_holder.append(child)
+        child.switch()
+        return "middle never resumes the child itself"
+
+    middle_glet = greenlet(middle)
+    assert middle_glet.switch() == "inner waiting"
+    # main switches straight to the grandchild; its result goes to its parent (middle).
+    assert inner_holder[0].switch(21) == "middle never resumes the child itself"
+    assert inner_holder[0].dead and middle_glet.dead
+
+
+def test_throw_from_child_into_parent_and_into_main_from_grandchild():
+    main = getcurrent()
+
+    def child():
+        main.throw(KeyError("thrown into main"))
+
+    glet = greenlet(child)
+    with pytest.raises(KeyError, match="thrown into main"):
+        glet.switch()
+    assert not glet.dead
+    glet.throw()
+    assert glet.dead
+
+    def grandchild():
+        main.throw(ValueError, ValueError("deep"), None)
+
+    outer = greenlet(lambda: greenlet(grandchild).switch())
+    with pytest.raises(ValueError, match="deep"):
+        outer.switch()
+
+
+def test_throw_forms_and_refusals():
+    main = getcurrent()
+
+    def catcher():
+        caught = []
+        while True:
+            try:
+                main.switch(caught)
+            except Exception as exc:
+                caught.append(type(exc).__name__)
+
+    glet = greenlet(catcher)
+    caught = glet.switch()
+    glet.throw(KeyError)
+    glet.throw(KeyError, "value")
+    try:
+        raise IndexError("with traceback")
+    except IndexError:
+        glet.throw(*sys.exc_info())
+    glet.throw(LookupError("instance"))
+    assert caught == ["KeyError", "KeyError", "IndexError", "LookupError"]
+    with pytest.raises(TypeError, match="exceptions must be classes, or instances, not str"):
+        glet.throw("not an exception")
+    with pytest.raises(TypeError, match="traceback"):
+        glet.throw(KeyError, KeyError(), "not a traceback")
+    with pytest.raises(TypeError, match="separate value"):
+        glet.throw(KeyError(), "value")
+    exit_ = glet.throw()
+    assert isinstance(exit_, GreenletExit) and glet.dead
+
+
+def test_finished_greenlet_result_goes_to_its_parent_not_to_who_switched_last():
+    main = getcurrent()
+    trail = []
+
+    def child():
+        main.switch("suspended")
+        return "child result"
+
+    parent = greenlet(lambda: trail.append(("parent got", main.switch("parent waits"))) or "p")
+    assert parent.switch() == "parent waits"
+    glet = greenlet(child, parent=parent)
+    assert glet.switch() == "suspended"
+    # The child finishes; its result goes to `parent`, which returns "p" to its parent, main.
+    assert glet.switch() == "p"
+    assert trail == [("parent got", "child result")]
+
+
+def test_dead_parents_are_skipped_and_exceptions_travel_up():
+    dead_parent = greenlet(lambda: None)
+    dead_parent.switch()
+    assert dead_parent.dead
+
+    def fails():
+        raise LookupError("to the nearest live ancestor")
+
+    glet = greenlet(fails, parent=dead_parent)
+    with pytest.raises(LookupError):
+        glet.switch()
+    # A switch to a dead greenlet goes to its parent.
+    assert glet.switch("to the parent", kw=1) == (("to the parent",), {"kw": 1})
+
+
+def test_parent_reassignment_while_suspended():
+    main = getcurrent()
+    first = greenlet(lambda: main.switch("first waits") and "first done")
+    assert first.switch() == "first waits"
+
+    def child():
+        main.switch("child waits")
+        return "to the new parent"
+
+    glet = greenlet(child)
+    glet.switch()
+    glet.parent = first
+    with pytest.raises(ValueError, match="cyclic parent chain"):
+        first.parent = glet
+    # glet finishes: its result resumes `first`, which finishes and returns to main.
+    assert glet.switch() == "first done"
+
+
+def test_switches_to_greenlets_of_other_threads_are_refused():
+    main = getcurrent()
+    glet = greenlet(lambda: main.switch())
+    glet.switch()
+    outcomes = []
+
+    def elsewhere():
+        for attempt in (glet.switch, glet.throw, main.switch):
+            try:
+                attempt()
+            except error as exc:
+                outcomes.append(str(exc))
+        other_main = getcurrent()
+        outcomes.append(other_main is not main)
+
+    thread = threading.Thread(target=elsewhere)
+    thread.start()
+    thread.join()
+    assert outcomes[:3] == ["cannot switch to a different thread"] * 3
+    assert outcomes[3] is True
+    glet.throw()
+
+
+def test_greenlets_in_many_threads_switch_independently():
+    results = []
+
+    def worker(n):
+        main = getcurrent()
+        glets = [greenlet(lambda i=i: main.switch(i) + 1) for i in range(3)]
+        values = [glet.switch() for glet in glets]
+        values += [glet.switch(v * n) for glet, v in zip(glets, values, strict=True)]
+        results.append((n, values))
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(1, 5)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(results) == [(n, [0, 1, 2, 1, n + 1, 2 * n + 1]) for n in range(1, 5)]
+
+
+def test_garbage_suspended_greenlets_are_killed_wherever_they_wait():
+    main = getcurrent()
+    cleanup = []
+
+    def waits(name, target):
+        try:
+            target().switch()
+        finally:
+            cleanup.append(name)
+
+    first = greenlet(lambda: waits("first", lambda: main))
+    first.switch()
+    second = greenlet(lambda: waits("second", lambda: first))
+    # second switches to its sibling `first`, which finishes (its finally runs) and returns to
+    # main; second stays suspended until it is garbage.
+    second.switch()
+    assert cleanup == ["first"]
+    ref = weakref.ref(second)
+    del second
+    gc.collect()
+    assert cleanup == ["first", "second"] and ref() is None
+
+
+def test_greenlet_killed_by_gc_in_a_cycle_runs_finally():
+    main = getcurrent()
+    cleanup = []
+
+    def run():
+        try:
+            main.switch()
+        except GreenletExit:
+            cleanup.append("exit")
+            raise
+
+    glet = greenlet(run)
+    glet.cycle = glet
+    glet.switch()
+    del glet
+    gc.collect()
+    assert cleanup == ["exit"]
+
+
+def test_gr_context_before_start_while_suspended_and_after_finish():
+    var = contextvars.ContextVar("var", default="unset")
+    main = getcurrent()
+
+    def run():
+        before = var.get()
+        var.set("set inside")
+        main.switch(before)
+        return var.get()
+
+    glet = greenlet(run)
+    context = contextvars.copy_context()
+    glet.gr_context = context
+    assert glet.gr_context is context
+    assert glet.switch() == "unset"
+    assert glet.gr_context is context and context[var] == "set inside"
+    assert glet.switch() == "set inside"
+    assert glet.dead and glet.gr_context is context
+
+    fresh = greenlet(lambda: (var.get(), getcurrent().gr_context))
+    var.set("in main")
+    # A new greenlet starts with no context, as in greenlet.
+    assert fresh.switch() == ("unset", None)
+    with pytest.raises(AttributeError, match="can't delete context attribute"):
+        del fresh.gr_context
+
+
+def test_settrace_reports_switches_and_throws():
+    main = getcurrent()
+    events = []
+    assert facade.gettrace() is None
+    previous = facade.settrace(lambda event, args: events.append((event, args)))
+    try:
+        child = greenlet(lambda: main.switch("x"))
+        child.switch()
+        child.throw(KeyError)
+    except KeyError:
+        pass
+    finally:
+        assert facade.settrace(previous) is not None
+    assert facade.gettrace() is None
+    assert events == [
+        ("switch", (main, child)),
+        ("switch", (child, main)),
+        ("throw", (main, child)),
+        ("throw", (child, main)),
+    ]
+
+
+def test_module_constants_pickling_and_run_deletion():
+    assert facade.GREENLET_USE_CONTEXT_VARS and facade.GREENLET_USE_GC
+    assert facade.GREENLET_USE_TRACING
+    import pickle
+
+    with pytest.raises(TypeError, match="cannot serialize"):
+        pickle.dumps(greenlet(lambda: None))
+    main = getcurrent()
+    glet = greenlet(lambda: main.switch())
+    glet.switch()
+    with pytest.raises(AttributeError):
+        glet.run  # noqa: B018 - dropped once started
+    glet.throw()
+
+
+async def _double(value):
+    await asyncio.sleep(0)
+    return value * 2
+
+
+def test_greenlet_inside_async_def_switches_to_main_to_await():
+    def sync_side():
+        main = getcurrent().parent
+
+        def child():
+            return main.switch(_double(5)) + 1
+
+        # A switch to main from below async_def code goes to its driver, which awaits what it
+        # is handed and sends the result to the async_def code (as awaitlet's driver loop on
+        # greenlet does): here, where it waits, in child.switch(); the child stays suspended.
+        return greenlet(child).switch()
+
+    assert asyncio.run(async_def(sync_side)) == 10
+
+
+def test_greenlets_started_inside_async_def_switch_among_themselves_and_await():
+    def sync_side():
+        here = getcurrent()
+
+        def worker(n):
+            got = here.switch(n)
+            return awaitlet(_double(got))
+
+        glets = [greenlet(worker, parent=here) for _ in range(3)]
+        firsts = [glet.switch(i) for i, glet in enumerate(glets)]
+        return firsts, [glet.switch(10 + i) for i, glet in enumerate(glets)]
+
+    # awaitlet() in a plain greenlet started inside async_def is refused: not a provider.
+    with pytest.raises(Exception, match="async_def"):
+        asyncio.run(async_def(sync_side))
+
+
+def test_switch_from_async_def_code_into_a_suspended_greenlet_and_back():
+    main_greenlets = []
+
+    def waiter():
+        main_greenlets.append(getcurrent().parent)
+        value = getcurrent().parent.switch("waiting")
+        return value + 1
+
+    glet = greenlet(waiter)
+    assert glet.switch() == "waiting"
+
+    def sync_side():
+        # A greenlet created on the thread's main stack, resumed from inside async_def code:
+        # it finishes and its result goes to its parent, the main greenlet, i.e. the driver.
+        return glet.switch(41)
+
+    async def main():
+        return await async_def(sync_side)
+
+    with pytest.raises(TypeError):
+        # The driver is handed 42 as an awaitable, as awaitlet's driver would be.
+        asyncio.run(main())
+    assert glet.dead
