@@ -472,8 +472,8 @@ impl Drop for AsyncDefCoroutine {
 }
 
 /// Makes the collector close garbage `async_def` coroutines with [`AsyncDefCoroutine`]'s
-/// finalizer, and gives the type an `am_send` slot. PyO3 has neither `__del__` nor `am_send`,
-/// so the slots are set on the type object once it exists.
+/// finalizer, and gives the type the `am_send` and `tp_iternext` slots below. PyO3 has no
+/// `__del__` and no `am_send`, so the slots are set on the type object once it exists.
 pub fn install_finalizer(py: Python<'_>) {
     let class = py.get_type::<AsyncDefCoroutine>();
     // SAFETY: the class was created by this module just now: no instance or subclass uses it
@@ -486,7 +486,8 @@ pub fn install_finalizer(py: Python<'_>) {
 /// Task steps its coroutine with `PyIter_Send` (and 3.10-3.11's evaluation loop delegates an
 /// `await` with it), so each step of the event loop then calls [`am_send`] directly instead of
 /// going through `tp_iternext`, and the coroutine's return value is handed back as
-/// `PYGEN_RETURN` instead of being raised and caught as StopIteration.
+/// `PYGEN_RETURN` instead of being raised and caught as StopIteration. Also replaces
+/// `tp_iternext` (PyO3's `__next__`) with [`iternext`], for 3.12+'s `await`.
 fn install_am_send(class: &Bound<'_, PyType>) {
     let type_ptr = class.as_type_ptr();
     // SAFETY: GIL held (the Bound proves it). The class is a heap type created by this module
@@ -507,10 +508,11 @@ fn install_am_send(class: &Bound<'_, PyType>) {
 }
 
 /// `tp_iternext`, which 3.12+'s evaluation loop calls to step an awaited object that is not a
-/// generator (`await async_def(...)` in a coroutine): [`am_send`] with None, and on return,
-/// NULL without an exception set when the result is None (what `tp_iternext` means by "exhausted",
-/// read as a result of None, as CPython's generators do), instead of a StopIteration object
-/// raised and caught. `__next__` called by name still raises StopIteration.
+/// generator (`await async_def(...)` in a coroutine): [`am_send`] with None; on return, NULL
+/// without an exception set when the result is None (what `tp_iternext` means by "exhausted",
+/// which every caller reads as a result of None, as for CPython's generators) instead of a
+/// StopIteration object raised and caught, else StopIteration(result). `__next__` called by
+/// name (the type's slot wrapper keeps PyO3's function) always raises StopIteration.
 ///
 /// # Safety
 /// Called by CPython with the GIL held, `iter` an instance of [`AsyncDefCoroutine`].
