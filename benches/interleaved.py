@@ -80,12 +80,18 @@ def main() -> int:
             result = json.loads(subprocess.run(cmd, capture_output=True, check=True).stdout)
             for impl, value in result.items():
                 samples[python][impl].append(value)
-    print("| interpreter | native ns/trip (CV) | awaitlet-rs ns/trip (CV) | vs native | ≤ 1.10× |")
+    print(
+        "| interpreter | native ns/trip (CV) | awaitlet-rs ns/trip (CV) | vs native "
+        "| paired: ≤ 1.10× |"
+    )
     print("| --- | ---: | ---: | --- | --- |")
     for python, by_impl in samples.items():
         native, ours = summarize(by_impl["native"]), summarize(by_impl["awaitlet-rs"])
         versus = compare(by_impl["awaitlet-rs"], by_impl["native"]).text()
-        target = against_target(by_impl["awaitlet-rs"], by_impl["native"], 1.10).text()
+        # The ratio within each process (both measured in turns, under the same load), whose
+        # spread over the rounds is its noise: steadier than the ratio of the means.
+        paired = [a / n for a, n in zip(by_impl["awaitlet-rs"], by_impl["native"], strict=True)]
+        target = against_target(paired, [1.0] * len(paired), 1.10).text()
         print(
             f"| {python} | {native.mean * 1e9:,.0f} ({native.cv:.1%}) "
             f"| {ours.mean * 1e9:,.0f} ({ours.cv:.1%}) | {versus} | {target} |"
