@@ -19,11 +19,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pyperf
-
 sys.path.insert(0, str(Path(__file__).resolve().parent / "cases"))
 from impls import LABELS as IMPL_LABELS  # noqa: E402
 from impls import ORDER  # noqa: E402
+from verdict import against_target, compare, summarize  # noqa: E402
 
 #: The second native measurement, taken in the greenlet environment (a noise gauge).
 NATIVE_AGAIN = "native-greenlet-env"
@@ -57,6 +56,14 @@ MICRO_CASES = {
         "One trip through the event loop per operation (native: `await asyncio.sleep(0)`).",
     ),
 }
+#: The README's targets: (part, case or None for every case of the part, candidate,
+#: reference, largest ratio of candidate to reference, wording).
+TARGETS = (
+    ("micro", "wait_ready", "awaitlet-rs", NATIVE, 2.0, "≤ 2× native await"),
+    ("micro", "spawn_no_wait", "awaitlet-rs", GREENLET, 0.2, "≥ 5× faster than greenlet"),
+    ("micro", "wait_sleep0", "awaitlet-rs", NATIVE, 1.10, "≤ 1.10× native await"),
+    ("orm", None, "sqlalchemy-facade", GREENLET, 1.0, "≥ greenlet's throughput"),
+)
 ORM_CASES = {
     "orm_bulk_insert": "2,000 rows (200 parents × 9 children, keys given): one flush, commit",
     "orm_insert_returning": "200 rows, keys generated: one INSERT … RETURNING round trip each",
@@ -93,6 +100,10 @@ def machine() -> dict[str, Any]:
 
 def load_pyperf(raw: Path, prefix: str) -> dict[str, dict[str, dict[str, Any]]]:
     """``{case: {impl: stats}}`` from the pyperf files ``<prefix>-<env>.json``."""
+    # Imported here: the rest of the module (the tables and verdicts) is unit-tested
+    # without pyperf.
+    import pyperf
+
     results: dict[str, dict[str, dict[str, Any]]] = {}
     for path in sorted(raw.glob(f"{prefix}-*.json")):
         env = path.stem.split("-", 1)[1]
@@ -102,12 +113,15 @@ def load_pyperf(raw: Path, prefix: str) -> dict[str, dict[str, dict[str, Any]]]:
             if impl == NATIVE and env != "awaitlet-rs":
                 impl = NATIVE_AGAIN
             values = bench.get_values()
+            summary = summarize(values)
             results.setdefault(metadata["case"], {})[impl] = {
                 "env": env,
                 "mean_s": bench.mean(),
                 "stdev_s": bench.stdev() if len(values) > 1 else 0.0,
+                "cv": summary.cv,
                 "median_s": bench.median(),
                 "values": len(values),
+                "samples": list(values),
                 "loops": bench.get_loops() if hasattr(bench, "get_loops") else None,
             }
     return results
@@ -131,6 +145,39 @@ def ratio(value: float, reference: float | None) -> str:
     return f"{value / reference:.2f}×"
 
 
+def versus(stats: dict[str, Any], reference: dict[str, Any] | None) -> str:
+    """The ratio of two implementations' means with its noise, and "faster" or "slower" only
+    where the noise allows (see ``verdict.py``); a dash without a reference."""
+    if reference is None or stats is reference:
+        return "–"
+    return compare(stats["samples"], reference["samples"]).text()
+
+
+def cv(stats: dict[str, Any]) -> str:
+    """The coefficient of variation of an implementation's samples, as a percentage."""
+    return f"{stats['cv']:.1%}" if stats["values"] > 1 else "–"
+
+
+def target_lines(data: dict[str, Any]) -> list[str]:
+    """One line per target of the README that this run measured: met, missed, or undecided
+    when the noise is larger than the margin."""
+    lines = []
+    for part, only, candidate, reference, target, wording in TARGETS:
+        for case, results in data[part].items():
+            if only is not None and case != only:
+                continue
+            if candidate not in results or reference not in results:
+                continue
+            verdict = against_target(
+                results[candidate]["samples"], results[reference]["samples"], target
+            )
+            lines.append(
+                f"- `{case}`, target {wording}: {SHORT.get(candidate, candidate)} / "
+                f"{SHORT.get(reference, reference)} = {verdict.text()}"
+            )
+    return lines
+
+
 def ns(seconds: float) -> str:
     """Seconds as whole nanoseconds with separators."""
     return f"{seconds * 1e9:,.0f} ns"
@@ -140,11 +187,11 @@ def timing_table(
     results: dict[str, dict[str, Any]], unit: str, scale: float, digits: int
 ) -> list[str]:
     """A Markdown table of one case: time per operation and ratios."""
-    native = results.get(NATIVE, {}).get("mean_s")
-    greenlet = results.get(GREENLET, {}).get("mean_s")
+    native = results.get(NATIVE)
+    greenlet = results.get(GREENLET)
     lines = [
-        f"| implementation | {unit} | ± std dev | vs native | vs greenlet |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        f"| implementation | {unit} | ± std dev | CV | vs native | vs greenlet |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for impl in ordered(results):
         stats = results[impl]
@@ -154,7 +201,7 @@ def timing_table(
             label = f"**{label}**"
         lines.append(
             f"| {label} | {mean * scale:,.{digits}f} | {stdev * scale:,.{digits}f} "
-            f"| {ratio(mean, native)} | {ratio(mean, greenlet)} |"
+            f"| {cv(stats)} | {versus(stats, native)} | {versus(stats, greenlet)} |"
         )
     return lines
 
@@ -212,8 +259,15 @@ def markdown(data: dict[str, Any]) -> str:
         "",
         "Ratios: time (or memory) divided by native `await`'s and by SQLAlchemy's"
         " `greenlet_spawn`/`await_only` on the real greenlet's (the algorithm of the original"
-        " awaitlet). Below 1 is faster (smaller).",
+        " awaitlet). Below 1 is faster (smaller). CV: coefficient of variation (standard"
+        " deviation / mean) of an implementation's samples; the ± of a ratio is both sides'"
+        " CVs combined, and a verdict (faster, slower, target met or missed) is given only"
+        " where the ratio is further from the threshold than that noise, else it is"
+        " *undecided* (see `benches/verdict.py`).",
     ]
+    targets = target_lines(data)
+    if targets:
+        out += ["", "## Targets", "", *targets]
     for case, (title, description) in MICRO_CASES.items():
         if case not in data["micro"]:
             continue
@@ -248,19 +302,19 @@ def markdown(data: dict[str, Any]) -> str:
         out += [f"- `{case}`: {description}" for case, description in ORM_CASES.items()]
         out += [
             "",
-            "| workload | implementation | ms / workload | ± std dev | workloads / s "
+            "| workload | implementation | ms / workload | ± std dev | CV | workloads / s "
             "| vs greenlet |",
-            "| --- | --- | ---: | ---: | ---: | ---: |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
         ]
         for case in ORM_CASES:
             results = data["orm"].get(case, {})
-            greenlet = results.get(GREENLET, {}).get("mean_s")
+            greenlet = results.get(GREENLET)
             for impl in ordered(results):
                 stats = results[impl]
                 out.append(
                     f"| `{case}` | {LABELS.get(impl, impl)} "
                     f"| {stats['mean_s'] * 1e3:,.1f} | {stats['stdev_s'] * 1e3:,.1f} "
-                    f"| {1 / stats['mean_s']:,.1f} | {ratio(stats['mean_s'], greenlet)} |"
+                    f"| {cv(stats)} | {1 / stats['mean_s']:,.1f} | {versus(stats, greenlet)} |"
                 )
     if data["failures"] or data["notes"]:
         out += ["", "## Failed steps", ""]

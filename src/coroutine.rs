@@ -472,12 +472,138 @@ impl Drop for AsyncDefCoroutine {
 }
 
 /// Makes the collector close garbage `async_def` coroutines with [`AsyncDefCoroutine`]'s
-/// finalizer. PyO3 has no `__del__`, so the slot is set on the type object once it exists.
+/// finalizer, and gives the type the `am_send` and `tp_iternext` slots below. PyO3 has no
+/// `__del__` and no `am_send`, so the slots are set on the type object once it exists.
 pub fn install_finalizer(py: Python<'_>) {
     let class = py.get_type::<AsyncDefCoroutine>();
     // SAFETY: the class was created by this module just now: no instance or subclass uses it
     // yet.
     unsafe { crate::set_finalizer(&class, finalize_coroutine) };
+    install_am_send(&class);
+}
+
+/// Sets `tp_as_async->am_send`, which `PyIter_Send` prefers to `__next__`/`send`: asyncio's
+/// Task steps its coroutine with `PyIter_Send` (and 3.10-3.11's evaluation loop delegates an
+/// `await` with it), so each step of the event loop then calls [`am_send`] directly instead of
+/// going through `tp_iternext`, and the coroutine's return value is handed back as
+/// `PYGEN_RETURN` instead of being raised and caught as StopIteration. Also replaces
+/// `tp_iternext` (PyO3's `__next__`) with [`iternext`], for 3.12+'s `await`.
+fn install_am_send(class: &Bound<'_, PyType>) {
+    let type_ptr = class.as_type_ptr();
+    // SAFETY: GIL held (the Bound proves it). The class is a heap type created by this module
+    // just now (PyType_FromSpec, through PyO3), not subclassable and immutable, with no instance
+    // yet: nothing reads the slot concurrently. A heap type's `tp_as_async` points into the type
+    // object itself (PyHeapTypeObject.as_async), which lives as long as the type; PyO3 gives
+    // it `am_await` (from `__await__`), so it is there, but it is checked all the same.
+    // `am_send` is part of PyAsyncMethods on every supported version (3.10+).
+    unsafe {
+        let as_async = (*type_ptr).tp_as_async;
+        if as_async.is_null() {
+            return;
+        }
+        (*as_async).am_send = Some(am_send);
+        (*type_ptr).tp_iternext = Some(iternext);
+        ffi::PyType_Modified(type_ptr);
+    }
+}
+
+/// `tp_iternext`, which 3.12+'s evaluation loop calls to step an awaited object that is not a
+/// generator (`await async_def(...)` in a coroutine): [`am_send`] with None; on return, NULL
+/// without an exception set when the result is None (what `tp_iternext` means by "exhausted",
+/// which every caller reads as a result of None, as for CPython's generators) instead of a
+/// StopIteration object raised and caught, else StopIteration(result). `__next__` called by
+/// name (the type's slot wrapper keeps PyO3's function) always raises StopIteration.
+///
+/// # Safety
+/// Called by CPython with the GIL held, `iter` an instance of [`AsyncDefCoroutine`].
+unsafe extern "C" fn iternext(iter: *mut ffi::PyObject) -> *mut ffi::PyObject {
+    let mut result = std::ptr::null_mut();
+    // SAFETY: as for `am_send`, with None (immortal, or kept alive by the interpreter) as the
+    // value and a local for the result.
+    let status = unsafe { am_send(iter, ffi::Py_None(), &mut result) };
+    match status {
+        ffi::PySendResult::PYGEN_NEXT | ffi::PySendResult::PYGEN_ERROR => result,
+        ffi::PySendResult::PYGEN_RETURN => {
+            // SAFETY: GIL held; `result` is the new reference `am_send` handed back.
+            unsafe {
+                if result == ffi::Py_None() {
+                    ffi::Py_DECREF(result);
+                } else {
+                    // StopIteration(result): a 1-tuple of arguments, so that a tuple or an
+                    // exception result is its value, not its arguments.
+                    let args = ffi::PyTuple_Pack(1, result);
+                    ffi::Py_DECREF(result);
+                    if !args.is_null() {
+                        ffi::PyErr_SetObject(ffi::PyExc_StopIteration, args);
+                        ffi::Py_DECREF(args);
+                    }
+                }
+            }
+            std::ptr::null_mut()
+        }
+    }
+}
+
+/// `am_send`: `PyIter_Send(coroutine, value, &result)` with the contract of CPython's own
+/// `am_send` slots: `PYGEN_NEXT` with a new reference to what the coroutine yields in
+/// `*result`, `PYGEN_RETURN` with a new reference to what it returned, or `PYGEN_ERROR` with
+/// an exception set and `*result` NULL.
+///
+/// # Safety
+/// Called by CPython with the GIL held, `iter` an instance of [`AsyncDefCoroutine`] (the
+/// slot's type; it has no subclasses), `value` NULL or a valid object, `result` valid for a
+/// write.
+unsafe extern "C" fn am_send(
+    iter: *mut ffi::PyObject,
+    value: *mut ffi::PyObject,
+    result: *mut *mut ffi::PyObject,
+) -> ffi::PySendResult {
+    // SAFETY: `result` is valid for a write (caller's contract); NULL unless a value is handed
+    // back below.
+    unsafe { *result = std::ptr::null_mut() };
+    // PyO3's trampoline (the one of `__setattr__`'s slot, which has the same three pointers
+    // and an int result) marks the thread attached for PyO3, turns an `Err` into a raised
+    // exception and -1, and a panic into a PanicException.
+    let trampoline =
+        pyo3::impl_::trampoline::get_trampoline_function!(setattrofunc, am_send_in_trampoline);
+    // SAFETY: called as CPython calls the slot, with the GIL held; the third pointer is
+    // `result` (see `am_send_in_trampoline`).
+    let status = unsafe { trampoline(iter, value, result.cast()) };
+    match status {
+        1 => ffi::PySendResult::PYGEN_NEXT,
+        0 => ffi::PySendResult::PYGEN_RETURN,
+        _ => ffi::PySendResult::PYGEN_ERROR,
+    }
+}
+
+/// The body of [`am_send`]; returns 1 (`PYGEN_NEXT`) or 0 (`PYGEN_RETURN`) after storing a new
+/// reference in `*result`, or an error (the trampoline raises it and returns -1).
+///
+/// # Safety
+/// As for [`am_send`]; `result` is its `*mut *mut PyObject`, passed as the trampoline's third
+/// pointer.
+unsafe fn am_send_in_trampoline(
+    py: Python<'_>,
+    iter: *mut ffi::PyObject,
+    value: *mut ffi::PyObject,
+    result: *mut ffi::PyObject,
+) -> PyResult<std::ffi::c_int> {
+    // SAFETY: `iter` is a live instance of the class (see `am_send`), borrowed for the call.
+    let coroutine = unsafe { Borrowed::from_ptr(py, iter).cast_unchecked::<AsyncDefCoroutine>() };
+    let value = if value.is_null() {
+        py.None().into_bound(py)
+    } else {
+        // SAFETY: a valid object, borrowed from the caller: a new reference is taken here.
+        unsafe { Bound::from_borrowed_ptr(py, value) }
+    };
+    let (status, object) = match coroutine.get().send_impl(py, value)? {
+        Outcome::Yielded(object) => (1, object),
+        Outcome::Returned(object) => (0, object),
+    };
+    // SAFETY: `result` is `am_send`'s `*mut *mut PyObject` (valid for a write); the new
+    // reference goes to the caller.
+    unsafe { *result.cast::<*mut ffi::PyObject>() = object.into_ptr() };
+    Ok(status)
 }
 
 unsafe extern "C" fn finalize_coroutine(object: *mut ffi::PyObject) {
