@@ -26,7 +26,7 @@ use pyo3::{ffi, intern, Borrowed, PyClassInitializer, PyTraverseError, PyVisit};
 
 use crate::coroutine::{exception_from_throw_args, switch_to_resumer};
 use crate::exceptions::{GreenletError, GreenletExit};
-use crate::fiber::owner::{current_owner, FiberOwner};
+use crate::fiber::owner::{current_owner, finish_pending, FiberOwner};
 use crate::fiber::{
     current_thread, panic_to_pyerr, ActiveFiber, ArgsEnd, Fiber, Kind, Resume, Step,
 };
@@ -682,9 +682,11 @@ fn fiber_greenlet(py: Python<'_>, fiber: ActiveFiber) -> PyResult<Bound<'_, Gree
     Ok(greenlet)
 }
 
-/// The greenlet that is running (the thread's main greenlet outside any fiber).
+/// The greenlet that is running (the thread's main greenlet outside any fiber). Like
+/// greenlet's, it first kills the greenlets of this thread that became garbage elsewhere.
 #[pyfunction]
 pub fn getcurrent(py: Python<'_>) -> PyResult<Bound<'_, Greenlet>> {
+    finish_pending(py);
     current_greenlet(py)
 }
 
@@ -793,7 +795,7 @@ impl Greenlet {
     #[staticmethod]
     #[pyo3(name = "getcurrent")]
     fn getcurrent_static(py: Python<'_>) -> PyResult<Bound<'_, Greenlet>> {
-        current_greenlet(py)
+        getcurrent(py)
     }
 
     /// The greenlet this one's result goes to (None for a main greenlet).
@@ -1091,8 +1093,8 @@ impl Greenlet {
     /// Kills the greenlet with GreenletExit if it is suspended: the finalizer the collector
     /// runs when the greenlet is garbage. (The class has it as its tp_finalize slot; this
     /// method is how a subclass made by a class statement gets it too.)
-    fn __del__(&self, py: Python<'_>) {
-        self.finalize(py);
+    fn __del__(slf: &Bound<'_, Self>) {
+        Greenlet::finalize(slf);
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
@@ -1200,12 +1202,29 @@ impl Drop for Greenlet {
 
 impl Greenlet {
     /// What the collector does to a greenlet that is garbage, before it clears anything
-    /// (PEP 442): kill it if it is suspended (see [`kill_abandoned`]).
-    fn finalize(&self, py: Python<'_>) {
+    /// (PEP 442), and what happens when its last reference goes: kill it if it is suspended
+    /// (see [`kill_abandoned`]). One suspended in another thread that still exists is
+    /// resurrected and handed to that thread, which releases it the next time it runs
+    /// awaitlet code (`getcurrent()`, say): it is killed and deallocated there, with what its
+    /// attributes' finalizers do, as greenlet does.
+    fn finalize(slf: &Bound<'_, Self>) {
+        let this = slf.get();
         // Borrowed: the greenlet is running, so it is not garbage after all.
-        if let Some(mut slot) = self.fiber.try_borrow_mut() {
-            kill_abandoned(py, self, &mut slot);
+        let Some(mut slot) = this.fiber.try_borrow_mut() else {
+            return;
+        };
+        if let FiberSlot::Started(fiber) = &*slot {
+            if fiber.is_suspended()
+                && fiber.thread() != current_thread()
+                && fiber
+                    .owner()
+                    .get()
+                    .adopt_greenlet(slf.clone().into_any().unbind())
+            {
+                return;
+            }
         }
+        kill_abandoned(slf.py(), this, &mut slot);
     }
 }
 
@@ -1218,6 +1237,36 @@ pub fn install_finalizer(py: Python<'_>) {
     // SAFETY: the class was created by this module just now: no instance or subclass uses it
     // yet.
     unsafe { crate::set_finalizer(&class, finalize_greenlet) };
+    // PyO3's deallocator does not call the finalizer, as a class statement's does: wrap it,
+    // so that a greenlet whose last reference goes is finalized (and maybe resurrected, see
+    // `Greenlet::finalize`) first.
+    // SAFETY: GIL held; the class was just created and has no instance, so nothing runs its
+    // deallocator while it is replaced; the original is kept for the wrapper to call.
+    unsafe {
+        let class = class.as_type_ptr();
+        if let Some(original) = (*class).tp_dealloc {
+            let _ = PYO3_DEALLOC.set(original);
+            (*class).tp_dealloc = Some(dealloc_greenlet);
+            ffi::PyType_Modified(class);
+        }
+    }
+}
+
+/// The deallocator PyO3 made for the greenlet class.
+static PYO3_DEALLOC: std::sync::OnceLock<unsafe extern "C" fn(*mut ffi::PyObject)> =
+    std::sync::OnceLock::new();
+
+unsafe extern "C" fn dealloc_greenlet(object: *mut ffi::PyObject) {
+    // SAFETY: CPython calls tp_dealloc with the GIL held on an instance whose reference count
+    // is zero; PyObject_CallFinalizerFromDealloc is made for this (it returns -1 when the
+    // finalizer resurrected the object, which must then stay).
+    if unsafe { ffi::PyObject_CallFinalizerFromDealloc(object) } < 0 {
+        return;
+    }
+    if let Some(original) = PYO3_DEALLOC.get() {
+        // SAFETY: PyO3's deallocator for this class, called as tp_dealloc would be.
+        unsafe { original(object) };
+    }
 }
 
 unsafe extern "C" fn finalize_greenlet(object: *mut ffi::PyObject) {
@@ -1229,7 +1278,7 @@ unsafe extern "C" fn finalize_greenlet(object: *mut ffi::PyObject) {
         let greenlet = unsafe { Borrowed::from_ptr(py, object).cast_unchecked::<Greenlet>() };
         // A panic must not unwind into CPython.
         if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            greenlet.get().finalize(py);
+            Greenlet::finalize(&greenlet);
         })) {
             panic_to_pyerr(payload).write_unraisable(py, Some(&greenlet));
         }

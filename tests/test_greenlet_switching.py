@@ -5,6 +5,7 @@ garbage collection and threads."""
 import asyncio
 import contextvars
 import gc
+import subprocess
 import sys
 import threading
 import weakref
@@ -396,3 +397,90 @@ def test_switch_from_async_def_code_into_a_suspended_greenlet_and_back():
         # The driver is handed 42 as an awaitable, as awaitlet's driver would be.
         asyncio.run(main())
     assert glet.dead
+
+
+def test_suspended_greenlet_dropped_on_another_thread_dies_on_its_own_thread():
+    # greenlet's test_threaded_updatecurrent in short: the last reference to a suspended
+    # greenlet goes away on another thread. As in greenlet, it is handed back to its own
+    # thread, whose next getcurrent() kills it and deallocates it there, finalizers of its
+    # attributes included (a finalizer that waits for this thread deadlocked before).
+    seen = []
+    main_ident = threading.get_ident()
+
+    class Finalized:
+        def __del__(self):
+            seen.append(("del", threading.get_ident()))
+
+    def body():
+        try:
+            getcurrent().parent.switch()
+        finally:
+            seen.append(("finally", threading.get_ident()))
+
+    glets = [greenlet(body)]
+    glets[0].bomb = Finalized()
+    glets[0].switch()
+
+    def drop():
+        del glets[0]
+        gc.collect()
+
+    thread = threading.Thread(target=drop)
+    thread.start()
+    thread.join(10)
+    assert seen == []
+    getcurrent()
+    assert seen == [("finally", main_ident), ("del", main_ident)]
+
+
+def test_greenlets_outliving_their_thread_do_not_hold_memory_or_hang():
+    # Suspended greenlets kept past the end of their thread cannot be killed any more (as in
+    # greenlet, they get no GreenletExit); once they are dropped, their stacks must serve new
+    # fibers: before, each one kept its frames area and its stack slot for good (the greenlet
+    # suite's test_untracked_memory_doesnt_increase_unfinished_thread_dealloc_in_main grew to
+    # gigabytes and the process did not exit).
+    script = """
+import resource, threading
+from awaitlet.greenlet import getcurrent, greenlet
+
+exits = []
+
+def body():
+    try:
+        getcurrent().parent.switch()
+    except BaseException:
+        exits.append(1)
+        raise
+
+def rss_kib():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() // 1024
+
+def round_():
+    kept = []
+    def run():
+        for _ in range(2000):
+            g = greenlet(body)
+            kept.append(g)
+            g.switch()
+    t = threading.Thread(target=run)
+    t.start()
+    t.join()
+    del kept[:]
+
+for _ in range(3):
+    round_()
+before = rss_kib()
+for _ in range(20):
+    round_()
+after = rss_kib()
+assert not exits, len(exits)
+print("growth_kib", after - before)
+assert after - before < 32 * 1024, (before, after)
+"""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("reads /proc/self/statm")
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -501,7 +501,15 @@ impl Fiber {
     /// exception in: it is this thread's, and the interpreter is not shutting down. A fiber
     /// that cannot be finished is leaked when dropped.
     pub fn can_be_finished_here(&self, py: Python<'_>) -> bool {
-        self.is_suspended() && self.thread() == current_thread() && !interpreter_finalizing(py)
+        self.is_suspended()
+            && self.thread() == current_thread()
+            && self.owner.get().is_alive()
+            && !interpreter_finalizing(py)
+    }
+
+    /// The owner of this fiber (its thread state's).
+    pub fn owner(&self) -> &Py<FiberOwner> {
+        &self.owner
     }
 
     /// From now on `awaitlet()` in this fiber raises instead of suspending: it is being
@@ -761,10 +769,11 @@ impl Orphan {
     }
 
     /// Frees what can be freed of a fiber whose thread state is gone, so that nothing can run
-    /// on it again: the references its saved thread state holds, its shared record, and the
-    /// memory of its machine stack. Its frames are never finished: what they reference stays
-    /// referenced, and the slot is not reused, because Python frame objects may still point
-    /// into its frames area.
+    /// on it again: the references its saved thread state holds, its shared record, and its
+    /// machine stack. Its frames are never finished: what they reference stays referenced.
+    /// Its stack slot serves other fibers again, unless a Python frame object (or a
+    /// generator) may still point into its frames area: then the slot is never reused, and
+    /// only the pages of its machine stack are given back.
     fn retire(self, _py: Python<'_>) {
         let Orphan {
             shared,
@@ -775,14 +784,18 @@ impl Orphan {
         } = self;
         // SAFETY: `shared` is the live record of this suspended fiber, which nothing runs or
         // resumes any more (its thread state is gone, and the handle gave it up); GIL held.
-        unsafe { shared.as_ref().pystate.release_abandoned() };
+        let reusable = unsafe { shared.as_ref().pystate.release_abandoned() };
         let mut machine = ManuallyDrop::into_inner(machine);
         // SAFETY: nothing will ever run on this stack again. What its frames hold (Python
         // references, the closure's call) is leaked, not dropped: leaking is safe, and the
-        // memory those frames point to (heap objects, the frames area) stays valid.
+        // memory those frames point to (heap objects) stays valid.
         unsafe { machine.force_reset() };
         valgrind::deregister(valgrind_stack);
-        stack_pool::retire(machine.into_stack());
+        if reusable {
+            stack_pool::give_back(machine.into_stack());
+        } else {
+            stack_pool::retire(machine.into_stack());
+        }
         // SAFETY: allocated as a Box in `Fiber::new`; the only other user, the closure on the
         // retired stack, never runs again.
         drop(unsafe { Box::from_raw(shared.as_ptr()) });

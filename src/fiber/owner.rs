@@ -41,6 +41,11 @@ pub struct FiberOwner {
     alive: AtomicBool,
     has_orphans: AtomicBool,
     orphans: GilCell<Vec<Orphan>>,
+    /// Suspended greenlets whose last reference went away on another thread: resurrected
+    /// and kept here until this thread state next runs awaitlet code, which releases them,
+    /// so that they are killed (and deallocated, finalizers of their attributes included)
+    /// here, as greenlet does.
+    greenlets: GilCell<Vec<Py<PyAny>>>,
 }
 
 impl FiberOwner {
@@ -75,6 +80,24 @@ impl FiberOwner {
         orphan.retire(py);
     }
 
+    /// Keeps `greenlet`, a suspended greenlet of this owner that became garbage on another
+    /// thread, until this owner's thread state releases it (see [`FiberOwner::greenlets`]).
+    /// Returns false, keeping nothing, if the owner is gone or the queue cannot grow.
+    pub fn adopt_greenlet(&self, greenlet: Py<PyAny>) -> bool {
+        if !self.alive.load(Ordering::Relaxed) {
+            return false;
+        }
+        let Some(mut greenlets) = self.greenlets.try_borrow_mut() else {
+            return false;
+        };
+        if greenlets.try_reserve(1).is_err() {
+            return false;
+        }
+        greenlets.push(greenlet);
+        self.has_orphans.store(true, Ordering::Relaxed);
+        true
+    }
+
     /// Finishes the orphans queued for this owner. Called under the owner's thread state,
     /// where awaitlet code runs and nothing of this module is borrowed.
     pub fn finish_orphans(slf: &Py<Self>, py: Python<'_>) {
@@ -83,6 +106,10 @@ impl FiberOwner {
             Some(mut orphans) => std::mem::take(&mut *orphans),
             None => return,
         };
+        let greenlets = match owner.greenlets.try_borrow_mut() {
+            Some(mut greenlets) => std::mem::take(&mut *greenlets),
+            None => Vec::new(),
+        };
         owner.has_orphans.store(false, Ordering::Relaxed);
         // Whatever exception is being raised around this must survive it, as around any
         // finalizer.
@@ -90,6 +117,8 @@ impl FiberOwner {
         for orphan in orphans {
             orphan.finish(py, slf);
         }
+        // Most likely the last references: each greenlet is killed as it is deallocated.
+        drop(greenlets);
         if let Some(pending) = pending {
             pending.restore(py);
         }
@@ -102,10 +131,16 @@ impl FiberOwner {
             Some(mut orphans) => std::mem::take(&mut *orphans),
             None => Vec::new(),
         };
+        let greenlets = match self.greenlets.try_borrow_mut() {
+            Some(mut greenlets) => std::mem::take(&mut *greenlets),
+            None => Vec::new(),
+        };
         self.has_orphans.store(false, Ordering::Relaxed);
         for orphan in orphans {
             orphan.retire(py);
         }
+        // Their fibers can no longer be finished: each is retired as its greenlet goes.
+        drop(greenlets);
     }
 }
 
@@ -154,6 +189,26 @@ pub fn current_owner(py: Python<'_>) -> PyResult<Py<FiberOwner>> {
     })
 }
 
+/// Finishes what waits for the calling thread state (see [`FiberOwner::finish_orphans`]), if
+/// it has an owner with anything queued.
+pub fn finish_pending(py: Python<'_>) {
+    let id = current_thread_state_id();
+    let owner = THREAD.with(|thread| {
+        if thread.owner_id.get() != id {
+            return None;
+        }
+        let owner = NonNull::new(thread.owner.get())?;
+        // SAFETY: as in `current_owner`: the cached owner of the calling thread state, alive.
+        let owner = unsafe { Bound::from_borrowed_ptr(py, owner.as_ptr()) };
+        owner.cast_into::<FiberOwner>().ok().map(Bound::unbind)
+    });
+    if let Some(owner) = owner {
+        if owner.get().has_orphans() {
+            FiberOwner::finish_orphans(&owner, py);
+        }
+    }
+}
+
 /// Creates the owner of the calling thread state and puts its sentinel in the thread state's
 /// dict (or finds the one already there).
 fn register_owner(py: Python<'_>, id: u64) -> PyResult<Py<FiberOwner>> {
@@ -182,6 +237,7 @@ fn register_owner(py: Python<'_>, id: u64) -> PyResult<Py<FiberOwner>> {
             alive: AtomicBool::new(true),
             has_orphans: AtomicBool::new(false),
             orphans: GilCell::new(Vec::new()),
+            greenlets: GilCell::new(Vec::new()),
         },
     )?;
     let sentinel = Py::new(

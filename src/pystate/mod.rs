@@ -28,7 +28,7 @@ extern "C" {
     ) -> *mut RawFiberState;
     fn awaitlet_root_chunk_size() -> usize;
     fn awaitlet_fiber_state_free(state: *mut RawFiberState);
-    fn awaitlet_fiber_state_release_abandoned(state: *mut RawFiberState);
+    fn awaitlet_fiber_state_release_abandoned(state: *mut RawFiberState) -> c_int;
     fn awaitlet_enter_fiber(state: *mut RawFiberState);
     fn awaitlet_leave_fiber(state: *mut RawFiberState, call_args_end: *const *mut ffi::PyObject);
     fn awaitlet_swap_resumer_context(state: *mut RawFiberState);
@@ -133,13 +133,16 @@ impl FiberPyState {
     }
 
     /// Drops the references the saved state of a suspended fiber holds (its context, the
-    /// exception it was handling), for a fiber that will never run again.
+    /// exception it was handling), for a fiber that will never run again. Returns true when
+    /// nothing outside the fiber can point into its frames (no frame object was made for any
+    /// of them, none is a generator's): its stack slot, frames area included, may then serve
+    /// another fiber. Its frames' own references stay referenced either way.
     ///
     /// # Safety
     /// GIL held; the fiber is suspended and will never be resumed.
-    pub unsafe fn release_abandoned(&self) {
+    pub unsafe fn release_abandoned(&self) -> bool {
         // SAFETY: guaranteed by the caller.
-        unsafe { awaitlet_fiber_state_release_abandoned(self.raw.as_ptr()) }
+        unsafe { awaitlet_fiber_state_release_abandoned(self.raw.as_ptr()) != 0 }
     }
 
     /// The frame object of the suspended fiber's innermost Python frame, if any.

@@ -440,18 +440,51 @@ awaitlet_fiber_state_free(awaitlet_fiber_state *s)
 
 /* Drops the references held by the saved state of a suspended fiber that will never run
  * again (its thread state is gone): its context and the exception its root was handling.
- * Its frames are not touched. */
-void
+ * What its frames reference stays referenced.  Returns 1 when nothing outside the fiber can
+ * point into its frames (3.11+: no frame object was made for any of them, and none belongs to
+ * a generator or coroutine), after giving the data stack chunks CPython added above the root
+ * chunk back to CPython's allocator: the memory of the root chunk (and of the fiber's stack)
+ * may then serve another fiber.  Returns 0 when the frames must stay where they are. */
+int
 awaitlet_fiber_state_release_abandoned(awaitlet_fiber_state *s)
 {
-    if (s->started) {
-        Py_CLEAR(s->fiber.context);
-        Py_CLEAR(s->exc_root.exc_value);
-#if !AWAITLET_PY311
-        Py_CLEAR(s->exc_root.exc_type);
-        Py_CLEAR(s->exc_root.exc_traceback);
-#endif
+    if (!s->started) {
+        return 1;
     }
+    Py_CLEAR(s->fiber.context);
+    Py_CLEAR(s->exc_root.exc_value);
+#if !AWAITLET_PY311
+    Py_CLEAR(s->exc_root.exc_type);
+    Py_CLEAR(s->exc_root.exc_traceback);
+#endif
+#if AWAITLET_PY311
+    for (struct _PyInterpreterFrame *f = s->fiber.current_frame; f != NULL; f = f->previous) {
+        int own = f->owner == FRAME_OWNED_BY_THREAD;
+#  if AWAITLET_PY312
+        own = own || f->owner == FRAME_OWNED_BY_CSTACK;
+#  endif
+        if (!own || f->frame_obj != NULL) {
+            return 0;
+        }
+    }
+    {
+        _PyStackChunk *chunk = s->fiber.datastack_chunk;
+        PyObjectArenaAllocator arena;
+        PyObject_GetArenaAllocator(&arena);
+        while (chunk != NULL && chunk != s->root_chunk) {
+            _PyStackChunk *previous = chunk->previous;
+            if (arena.free != NULL) {
+                arena.free(arena.ctx, chunk, chunk->size);
+            }
+            chunk = previous;
+        }
+        s->fiber.datastack_chunk = NULL;
+        s->fiber.datastack_top = NULL;
+        s->fiber.datastack_limit = NULL;
+        s->fiber.current_frame = NULL;
+    }
+#endif
+    return 1;
 }
 
 /* Called on the resumer's stack right before switching into the fiber. */
