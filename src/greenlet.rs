@@ -280,7 +280,13 @@ impl Greenlet {
                 Resume::Value(py.None())
             }
             FiberSlot::Started(fiber) if fiber.thread() != current_thread() => {
-                return Err(different_thread());
+                return Err(if fiber.owner().get().is_alive() {
+                    different_thread()
+                } else {
+                    GreenletError::new_err(
+                        "cannot switch to a different thread (which happens to have exited)",
+                    )
+                });
             }
             FiberSlot::Started(fiber) if fiber.is_suspended() => payload.into_resume(py),
             _ => return Err(GreenletError::new_err("greenlet is not suspended")),
@@ -290,10 +296,19 @@ impl Greenlet {
 
     /// Checks that the running greenlet may switch (or throw) into this one.
     fn check_thread(&self) -> PyResult<()> {
-        if self.thread != current_thread() {
-            return Err(different_thread());
+        if self.thread == current_thread() {
+            return Ok(());
         }
-        Ok(())
+        let exited = match self.fiber.try_borrow().as_deref() {
+            Some(FiberSlot::Started(fiber)) => !fiber.owner().get().is_alive(),
+            _ => self.thread_exited(),
+        };
+        if exited {
+            return Err(GreenletError::new_err(
+                "cannot switch to a different thread (which happens to have exited)",
+            ));
+        }
+        Err(different_thread())
     }
 }
 
@@ -699,6 +714,8 @@ impl Greenlet {
         _args: &Bound<'_, PyTuple>,
         _kwargs: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Self> {
+        // As in greenlet, creating one also kills this thread's garbage from elsewhere.
+        finish_pending(py);
         let parent = current_greenlet(py)?.unbind();
         Ok(Self::with_role(Role::Spawned, Some(parent)))
     }

@@ -660,10 +660,11 @@ impl Fiber {
 
     /// The frame object of the innermost Python frame of a suspended fiber.
     pub fn top_frame<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
-        if self.status != Status::Suspended || self.thread() != current_thread() {
+        if self.status != Status::Suspended {
             return Ok(None);
         }
-        // SAFETY: GIL held, on the fiber's thread, the fiber is suspended.
+        // SAFETY: GIL held and the fiber is suspended: its frames stay as they are while the
+        // GIL is held (on any thread, as for `sys._current_frames()`).
         let frame = unsafe { self.shared().pystate.top_frame(py) }?;
         Ok(if frame.is_none() { None } else { Some(frame) })
     }
