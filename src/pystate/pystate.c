@@ -460,7 +460,10 @@ awaitlet_fiber_state_release_abandoned(awaitlet_fiber_state *s)
 #if AWAITLET_PY311
     for (struct _PyInterpreterFrame *f = s->fiber.current_frame; f != NULL; f = f->previous) {
         int own = f->owner == FRAME_OWNED_BY_THREAD;
-#  if AWAITLET_PY312
+#  if AWAITLET_PY314
+        /* Entry and other interpreter frames, on the fiber's own machine stack. */
+        own = own || f->owner >= FRAME_OWNED_BY_INTERPRETER;
+#  elif AWAITLET_PY312
         own = own || f->owner == FRAME_OWNED_BY_CSTACK;
 #  endif
         if (!own || f->frame_obj != NULL) {
