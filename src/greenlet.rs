@@ -1183,7 +1183,19 @@ fn kill_abandoned(py: Python<'_>, this: &Greenlet, slot: &mut FiberSlot) {
         _ => return,
     }
     let pending = PyErr::take(py);
-    match step(py, this, slot, Resume::Throw(GreenletExit::new_err(()))) {
+    // As in greenlet, the greenlet being killed has its killer for parent until it is dead.
+    let killer = current_greenlet(py).ok().map(Bound::unbind);
+    let parent = match (killer, this.parent.try_borrow_mut()) {
+        (Some(killer), Some(mut parent)) => Some(parent.replace(killer)),
+        _ => None,
+    };
+    let outcome = step(py, this, slot, Resume::Throw(GreenletExit::new_err(())));
+    if let Some(parent) = parent {
+        if let Some(mut slot) = this.parent.try_borrow_mut() {
+            *slot = parent;
+        }
+    }
+    match outcome {
         Step::Finished(Err(err)) if !err.is_instance_of::<GreenletExit>(py) => {
             err.write_unraisable(py, None);
         }

@@ -484,3 +484,25 @@ assert after - before < 32 * 1024, (before, after)
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_greenlet_being_killed_has_its_killer_for_parent_until_dead():
+    # greenlet's test_parent_restored_on_kill, without its switch to the hub.
+    hub = greenlet(lambda: None)
+    main = getcurrent()
+    seen = []
+
+    def worker():
+        try:
+            main.switch()
+        except GreenletExit:
+            seen.append(getcurrent().parent)
+            seen.append(getcurrent())
+            raise
+
+    glet = greenlet(worker, parent=hub)
+    glet.switch()
+    del glet
+    assert seen[0] is main
+    assert seen[1].parent is hub
+    assert seen[1].dead
