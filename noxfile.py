@@ -492,7 +492,8 @@ def _build_sdist(session: nox.Session, dist: Path) -> Path:
 
 # What the greenlet-family suites need besides the packages under test (installed with
 # --no-deps from their sdists by the runner, so that no greenlet comes with them).
-GREENLET_FAMILY_LIBRARY_DEPS = ("outcome", "sniffio", "trio", "anyio")
+# (psycopg2-binary: greenletio's test_patch_psycopg2 imports psycopg2.)
+GREENLET_FAMILY_LIBRARY_DEPS = ("outcome", "sniffio", "trio", "anyio", "psycopg2-binary")
 GREENLET_FAMILY_DEPS = (*GREENLET_FAMILY_LIBRARY_DEPS, "psutil", "objgraph")
 # The versions whose `tests` session also runs greenback's and greenletio's suites.
 GREENLET_FAMILY_CI_PYTHONS = ("3.11",)
