@@ -536,7 +536,7 @@ fn an_abandoned_fiber_closes_what_it_waited_on_before_finishing() {
 }
 
 #[test]
-fn a_suspended_fiber_whose_thread_state_is_gone_is_retired_not_resumed() {
+fn a_suspended_fiber_whose_thread_state_is_gone_is_retired_not_resumed_and_its_slot_reused() {
     let _serial = serial();
     start_python();
     in_fresh_thread(|| {
@@ -568,19 +568,19 @@ fn a_suspended_fiber_whose_thread_state_is_gone_is_retired_not_resumed() {
             // Retired at once: its owner, gone, could never finish it.
             assert!(!owner.get().has_orphans());
             assert_eq!(record.bind(py).len(), 0, "nothing ran on the retired fiber");
-            // Its slot is never handed out again.
+            // No frame object or generator points into its frames, so its slot goes back to
+            // the pool (the thread's cache is last in, first out): the next fiber gets it.
+            let mut reused = false;
             let fibers: Vec<Fiber> = (0..4)
                 .map(|_| {
                     let mut fiber = fiber_calling(py, Kind::AsyncDef, "lets_it_through", &[]);
                     suspended_with(py, resume_value(py, &mut fiber, ()));
                     let distance = SUSPENDED_AT.load(Ordering::Relaxed).abs_diff(at);
-                    assert!(
-                        distance >= STACK_SIZE / 2,
-                        "slot reused: {distance:#x} away"
-                    );
+                    reused |= distance < STACK_SIZE / 2;
                     fiber
                 })
                 .collect();
+            assert!(reused, "the retired fiber's slot was not reused");
             for mut fiber in fibers {
                 finished_with(py, resume_value(py, &mut fiber, ())).unwrap();
             }
