@@ -1208,6 +1208,19 @@ fn awaitlet(
     ))
 }
 
+/// Whether `awaitlet()` called here would suspend (rather than raise NoAwaitletContext): the
+/// caller runs below `async_def()` or in a greenlet that awaits on behalf of its code.
+#[pyfunction]
+pub fn in_async_def(py: Python<'_>) -> PyResult<bool> {
+    match ActiveFiber::running() {
+        Some(fiber) if fiber.kind() == Kind::AsyncDef => Ok(true),
+        Some(fiber) => fiber
+            .greenlet(py)
+            .map_or(Ok(false), |greenlet| is_awaitlet_provider(py, &greenlet)),
+        None => Ok(real_greenlet_provider(py)?.is_some()),
+    }
+}
+
 /// `awaitlet()` as CPython calls it (`METH_FASTCALL | METH_KEYWORDS`), defined by hand rather
 /// than with `#[pyfunction]` for the address of its arguments: when Python code calls
 /// `awaitlet(x)`, the evaluation loop passes them in place, at the top of the calling frame's

@@ -59,3 +59,18 @@ def test_awaitlet_base_offers_what_the_original_module_did():
     assert awaitlet.base.is_exit_exception(asyncio.CancelledError())
     assert awaitlet.base.is_exit_exception(asyncio.TimeoutError())
     assert not awaitlet.base.is_exit_exception(ValueError())
+
+
+def test_in_async_def_tells_where_awaitlet_would_suspend():
+    from awaitlet.util import in_async_def
+
+    async def main():
+        def inner():
+            assert in_async_def()
+            awaitlet_function(asyncio.sleep(0))
+            return in_async_def()
+
+        return in_async_def(), await async_def(inner)
+
+    assert in_async_def() is False
+    assert asyncio.run(main()) == (False, True)

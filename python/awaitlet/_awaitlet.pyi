@@ -13,6 +13,7 @@ __all__ = [
     "async_def_function",
     "async_def",
     "awaitlet",
+    "in_async_def",
     "NoAwaitletContext",
     "NoAwaitOccurred",
     "greenlet",
@@ -36,6 +37,11 @@ class NoAwaitletContext(Exception):
 class NoAwaitOccurred(Exception):
     """Raised by ``async_def(fn, ..., assert_await_occurs=True)`` when ``fn`` returned
     without calling ``awaitlet()``."""
+
+def in_async_def() -> bool:
+    """Whether ``awaitlet()`` called here would suspend rather than raise
+    :class:`NoAwaitletContext`: the caller runs below ``async_def()`` (or in a greenlet that
+    awaits on behalf of its code, as SQLAlchemy's does)."""
 
 @final
 class async_def_coroutine(Coroutine[Any, Any, _T]):
