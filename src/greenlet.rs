@@ -31,7 +31,9 @@ use crate::fiber::{
     current_thread, panic_to_pyerr, ActiveFiber, ArgsEnd, Fiber, Kind, Resume, Step,
 };
 use crate::gil_cell::GilCell;
-use crate::pystate::{current_context, set_current_context, switch_hooks_set};
+use crate::pystate::{
+    current_context, interpreter_finalizing, set_current_context, switch_hooks_set,
+};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Role {
@@ -90,10 +92,6 @@ impl Payload {
             }
             Err(err) => Self::Throw(err),
         }
-    }
-
-    fn is_throw(&self) -> bool {
-        matches!(self, Self::Throw(_))
     }
 
     /// What the pending `switch()` of the greenlet receiving this returns (or raises), with
@@ -246,24 +244,32 @@ impl Greenlet {
 
     /// Hands `payload` to this suspended or not yet started greenlet and runs it until it
     /// switches away or finishes.
-    fn transfer(slf: &Bound<'_, Self>, payload: Payload) -> PyResult<Step> {
+    fn transfer(slf: &Bound<'_, Self>, payload: Payload) -> PyResult<Transfer> {
         let py = slf.py();
         let this = slf.get();
+        // A greenlet that is to start has its `run` looked up first, as greenlet does, even
+        // by a throw(), and with the slot free: the lookup may run Python code that switches,
+        // even into this greenlet, which then starts there. If it did, the switch is made
+        // again from the start, to a greenlet that is now suspended or dead.
+        let starting = matches!(
+            this.fiber.try_borrow().as_deref(),
+            Some(FiberSlot::NotStarted)
+        );
+        let run = if starting { Some(take_run(slf)?) } else { None };
         let mut slot = this.slot()?;
-        let input = match &*slot {
-            FiberSlot::NotStarted => {
-                // Looked up first, as greenlet does, even by a throw().
-                let run = take_run(slf)?;
+        let input = match (&*slot, run) {
+            (FiberSlot::NotStarted, Some((run, leftover))) => {
                 check_parent_thread(py, this)?;
                 let (args, kwargs) = match payload {
                     // Killed before it started: it dies without running.
                     Payload::Throw(err) => {
                         *slot = FiberSlot::Dead;
-                        return Ok(Step::Finished(Err(err)));
+                        return Ok(Transfer::Ran(Step::Finished(Err(err))));
                     }
                     Payload::Value(value) => (PyTuple::new(py, [value])?.unbind(), None),
                     Payload::Args(args, kwargs) => (args, kwargs),
                 };
+                let run = start_callable(py, run, leftover)?;
                 let fiber = Fiber::calling(py, Kind::Greenlet, run.unbind(), args, kwargs)?;
                 fiber.set_owner_greenlet(slf.as_ptr());
                 let context = this
@@ -279,7 +285,8 @@ impl Greenlet {
                 *slot = FiberSlot::Started(fiber);
                 Resume::Value(py.None())
             }
-            FiberSlot::Started(fiber) if fiber.thread() != current_thread() => {
+            (_, Some(_)) => return Ok(Transfer::Again(payload)),
+            (FiberSlot::Started(fiber), None) if fiber.thread() != current_thread() => {
                 return Err(if fiber.owner().get().is_alive() {
                     different_thread()
                 } else {
@@ -288,10 +295,10 @@ impl Greenlet {
                     )
                 });
             }
-            FiberSlot::Started(fiber) if fiber.is_suspended() => payload.into_resume(py),
+            (FiberSlot::Started(fiber), None) if fiber.is_suspended() => payload.into_resume(py),
             _ => return Err(GreenletError::new_err("greenlet is not suspended")),
         };
-        Ok(step(py, this, &mut slot, input))
+        Ok(Transfer::Ran(step(py, this, &mut slot, input)))
     }
 
     /// Checks that the running greenlet may switch (or throw) into this one.
@@ -310,6 +317,14 @@ impl Greenlet {
         }
         Err(different_thread())
     }
+}
+
+/// What came of handing a switch to a greenlet (see [`Greenlet::transfer`]).
+enum Transfer {
+    /// It ran until it switched away or finished.
+    Ran(Step),
+    /// Looking up its `run` started it (or ran it to the end): switch to it again.
+    Again(Payload),
 }
 
 /// Resumes the started fiber in `slot`; marks it dead when it finishes.
@@ -419,13 +434,19 @@ fn switch_to<'py>(
             }
         }
         if stands_for(&target, running) {
-            return payload.into_result(py);
+            return arrived(py, payload.into_result(py));
         }
         let this = target.get();
         this.check_thread()?;
         let outcome = match (this.role, this.phase()) {
             (Role::Spawned, Phase::Pending | Phase::Suspended) => {
-                Greenlet::transfer(&target, payload)?
+                match Greenlet::transfer(&target, payload)? {
+                    Transfer::Ran(outcome) => outcome,
+                    Transfer::Again(same) => {
+                        payload = same;
+                        continue;
+                    }
+                }
             }
             (Role::AsyncDef, _) if !on_active_chain(&target, running) => {
                 return Err(GreenletError::new_err(
@@ -463,7 +484,7 @@ fn switch_to<'py>(
                     None => return result,
                 };
                 payload = Payload::from_finish(py, result);
-                payload = trace(py, &dead, &target, payload);
+                set_switch_origin(&dead);
             }
         }
     }
@@ -523,10 +544,13 @@ fn switch_down(
                     .ok_or_else(|| GreenletError::new_err("greenlet is busy"))?;
                 *outgoing = Some((target.unbind(), payload));
             }
-            match fiber.suspend_in_call(py, py.None(), call) {
-                Resume::Value(value) => Ok(value),
-                Resume::Throw(err) => Err(err),
-            }
+            arrived(
+                py,
+                match fiber.suspend_in_call(py, py.None(), call) {
+                    Resume::Value(value) => Ok(value),
+                    Resume::Throw(err) => Err(err),
+                },
+            )
         }
         // async_def code: its driver receives what is switched (or thrown) below it.
         Kind::AsyncDef => {
@@ -536,34 +560,89 @@ fn switch_down(
     }
 }
 
-/// Calls the thread's `settrace()` function, if any, for a switch from `origin` to `target`;
-/// if it raises, tracing stops and its exception is what the target receives.
-fn trace(
-    py: Python<'_>,
-    origin: &Bound<'_, Greenlet>,
-    target: &Bound<'_, Greenlet>,
-    payload: Payload,
-) -> Payload {
-    if TRACERS.load(Ordering::Relaxed) == 0 {
-        return payload;
+thread_local! {
+    /// While a switch is under way and a `settrace()` function may be set: the greenlet it
+    /// comes from, for the trace call the target makes when it arrives.
+    static SWITCH_ORIGIN: std::cell::RefCell<Option<Py<Greenlet>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Notes `origin` as where the switch under way comes from, if any thread traces switches.
+fn set_switch_origin(origin: &Bound<'_, Greenlet>) {
+    if TRACERS.load(Ordering::Relaxed) != 0 {
+        let origin = origin.clone().unbind();
+        let previous = SWITCH_ORIGIN.with(|slot| slot.borrow_mut().replace(origin));
+        drop(previous);
     }
+}
+
+/// Notes the running greenlet as where the switch it starts comes from (see
+/// [`set_switch_origin`]).
+fn set_switch_origin_current(py: Python<'_>) -> PyResult<()> {
+    if TRACERS.load(Ordering::Relaxed) != 0 {
+        set_switch_origin(&current_greenlet(py)?);
+    }
+    Ok(())
+}
+
+/// Called in the greenlet a switch arrived in, with what the switch hands it: as greenlet
+/// does, the thread's `settrace()` function is called there, after the switch, with
+/// `("switch" | "throw", (origin, target))`. What was handed over is taken first, so a
+/// tracer that switches away and back does not change it; if the tracer raises, tracing
+/// stops and its exception is what the switch raises.
+fn arrived(py: Python<'_>, handed: PyResult<Py<PyAny>>) -> PyResult<Py<PyAny>> {
+    if TRACERS.load(Ordering::Relaxed) == 0 {
+        return handed;
+    }
+    let Some(origin) = SWITCH_ORIGIN.with(|slot| slot.borrow_mut().take()) else {
+        return handed;
+    };
     let tracer = match thread_tracer(py) {
         Ok(Some(tracer)) => tracer,
-        Ok(None) => return payload,
-        Err(err) => return Payload::Throw(err),
+        Ok(None) => return handed,
+        Err(err) => return Err(err),
     };
-    let event = if payload.is_throw() {
-        "throw"
-    } else {
-        "switch"
-    };
+    let target = current_greenlet(py)?;
+    let event = if handed.is_err() { "throw" } else { "switch" };
     match tracer.call1((event, (origin, target))) {
-        Ok(_) => payload,
+        Ok(_) => handed,
         Err(err) => {
             let _ = set_thread_tracer(py, None);
-            Payload::Throw(err)
+            Err(err)
         }
     }
+}
+
+/// What a starting greenlet calls: `run` itself, or, when something must happen in the new
+/// greenlet first, `run` wrapped so that the greenlet first drops `leftover` (the `run` that
+/// was stored but not used; its finalizer may switch) and then, if some thread traces
+/// switches, reports its arrival (see [`arrived`]), in greenlet's order.
+fn start_callable<'py>(
+    py: Python<'py>,
+    run: Bound<'py, PyAny>,
+    leftover: Option<Py<PyAny>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let traced = TRACERS.load(Ordering::Relaxed) != 0;
+    if leftover.is_none() && !traced {
+        return Ok(run);
+    }
+    let run = run.unbind();
+    let leftover = std::sync::Mutex::new(leftover);
+    let start = move |args: &Bound<'_, PyTuple>,
+                      kwargs: Option<&Bound<'_, PyDict>>|
+          -> PyResult<Py<PyAny>> {
+        let py = args.py();
+        let dropped = leftover
+            .lock()
+            .ok()
+            .and_then(|mut leftover| leftover.take());
+        drop(dropped);
+        if traced {
+            arrived(py, Ok(py.None()))?;
+        }
+        run.bind(py).call(args, kwargs).map(Bound::unbind)
+    };
+    Ok(pyo3::types::PyCFunction::new_closure(py, None, None, start)?.into_any())
 }
 
 const TRACER_KEY: &str = "awaitlet.greenlet.trace";
@@ -701,6 +780,11 @@ fn fiber_greenlet(py: Python<'_>, fiber: ActiveFiber) -> PyResult<Bound<'_, Gree
 /// greenlet's, it first kills the greenlets of this thread that became garbage elsewhere.
 #[pyfunction]
 pub fn getcurrent(py: Python<'_>) -> PyResult<Bound<'_, Greenlet>> {
+    // As in greenlet: a finalizer run by the interpreter's shutdown must not get (or make) a
+    // greenlet of a thread state that is going away.
+    if interpreter_finalizing(py) {
+        return Err(PyRuntimeError::new_err("greenlet is being finalized"));
+    }
     finish_pending(py);
     current_greenlet(py)
 }
@@ -993,10 +1077,8 @@ impl Greenlet {
         kwargs: Option<Bound<'_, PyDict>>,
     ) -> PyResult<Py<PyAny>> {
         let py = slf.py();
-        let mut payload = Payload::from_call(args, kwargs)?;
-        if TRACERS.load(Ordering::Relaxed) != 0 {
-            payload = trace(py, &current_greenlet(py)?, slf, payload);
-        }
+        let payload = Payload::from_call(args, kwargs)?;
+        set_switch_origin_current(py)?;
         let method = profiled_method(slf, intern!(py, "switch"));
         switch_to(py, slf.clone(), payload, call_of(method.as_ref()))
     }
@@ -1028,10 +1110,8 @@ impl Greenlet {
         if this.is_dead() && exc.is_instance_of::<GreenletExit>(py) {
             return Ok(exc.into_value(py).into_any());
         }
-        let mut payload = Payload::Throw(exc);
-        if TRACERS.load(Ordering::Relaxed) != 0 {
-            payload = trace(py, &current_greenlet(py)?, slf, payload);
-        }
+        let payload = Payload::Throw(exc);
+        set_switch_origin_current(py)?;
         let method = profiled_method(slf, intern!(py, "throw"));
         switch_to(py, slf.clone(), payload, call_of(method.as_ref()))
     }
@@ -1164,14 +1244,23 @@ impl Greenlet {
 
 /// The `run` callable of a greenlet that is starting; an instance attribute is dropped from
 /// the instance, as greenlet does, so that it does not outlive the start.
-fn take_run<'py>(slf: &Bound<'py, Greenlet>) -> PyResult<Bound<'py, PyAny>> {
+///
+/// The stored `run` is dropped here only if it is what the lookup gave (so that nothing can
+/// run now); otherwise it is returned, for the new greenlet to drop when it starts, where
+/// greenlet drops it too (its finalizer may switch).
+fn take_run<'py>(slf: &Bound<'py, Greenlet>) -> PyResult<(Bound<'py, PyAny>, Option<Py<PyAny>>)> {
     let py = slf.py();
     // Looked up as an attribute, as greenlet does: a subclass may intercept it.
     let run = slf.getattr(intern!(py, "run"))?;
-    if let Some(mut stored) = slf.get().run.try_borrow_mut() {
-        *stored = None;
-    }
-    Ok(run)
+    let stored = slf
+        .get()
+        .run
+        .try_borrow_mut()
+        .and_then(|mut stored| stored.take());
+    Ok(match stored {
+        Some(stored) if !stored.is(&run) => (run, Some(stored)),
+        _ => (run, None),
+    })
 }
 
 /// Like greenlet: a suspended greenlet that is garbage is killed with GreenletExit, so its
@@ -1189,6 +1278,7 @@ fn kill_abandoned(py: Python<'_>, this: &Greenlet, slot: &mut FiberSlot) {
         (Some(killer), Some(mut parent)) => Some(parent.replace(killer)),
         _ => None,
     };
+    let _ = set_switch_origin_current(py);
     let outcome = step(py, this, slot, Resume::Throw(GreenletExit::new_err(())));
     if let Some(parent) = parent {
         if let Some(mut slot) = this.parent.try_borrow_mut() {
@@ -1205,6 +1295,41 @@ fn kill_abandoned(py: Python<'_>, this: &Greenlet, slot: &mut FiberSlot) {
             if let Some(mut outgoing) = this.outgoing.try_borrow_mut() {
                 *outgoing = None;
             }
+        }
+    }
+    if let Some(pending) = pending {
+        pending.restore(py);
+    }
+}
+
+/// Kills a suspended greenlet that became garbage as greenlet does: a throw() of
+/// GreenletExit from the running greenlet, which is its parent until the throw returns.
+/// Unlike a greenlet killed from Drop (see [`kill_abandoned`]), it may switch away instead
+/// of dying: it is left suspended, alive if something took a reference to it meanwhile. What
+/// comes back is dropped; an exception other than GreenletExit is reported as unraisable. The
+/// exception in flight, if any, survives.
+fn kill_by_switch(slf: &Bound<'_, Greenlet>) {
+    let py = slf.py();
+    let this = slf.get();
+    let pending = PyErr::take(py);
+    let killer = current_greenlet(py).ok();
+    let parent = match (&killer, this.parent.try_borrow_mut()) {
+        (Some(killer), Some(mut parent)) => Some(parent.replace(killer.clone().unbind())),
+        _ => None,
+    };
+    if let Some(killer) = &killer {
+        set_switch_origin(killer);
+    }
+    let exit = GreenletExit::new_err("Killing the greenlet because all references have vanished.");
+    let outcome = switch_to(py, slf.clone(), Payload::Throw(exit), ArgsEnd::UNKNOWN);
+    if let Some(parent) = parent {
+        if let Some(mut slot) = this.parent.try_borrow_mut() {
+            *slot = parent;
+        }
+    }
+    if let Err(err) = outcome {
+        if !err.is_instance_of::<GreenletExit>(py) {
+            err.write_unraisable(py, Some(slf.as_any()));
         }
     }
     if let Some(pending) = pending {
@@ -1237,12 +1362,16 @@ impl Greenlet {
     /// awaitlet code (`getcurrent()`, say): it is killed and deallocated there, with what its
     /// attributes' finalizers do, as greenlet does.
     fn finalize(slf: &Bound<'_, Self>) {
+        let py = slf.py();
         let this = slf.get();
-        // Borrowed: the greenlet is running, so it is not garbage after all.
-        let Some(mut slot) = this.fiber.try_borrow_mut() else {
-            return;
-        };
-        if let FiberSlot::Started(fiber) = &*slot {
+        {
+            // Borrowed: the greenlet is running, so it is not garbage after all.
+            let Some(slot) = this.fiber.try_borrow() else {
+                return;
+            };
+            let FiberSlot::Started(fiber) = &*slot else {
+                return;
+            };
             if fiber.is_suspended()
                 && fiber.thread() != current_thread()
                 && fiber
@@ -1252,8 +1381,12 @@ impl Greenlet {
             {
                 return;
             }
+            // Left to Drop, which hands it to its owner.
+            if !fiber.can_be_finished_here(py) {
+                return;
+            }
         }
-        kill_abandoned(slf.py(), this, &mut slot);
+        kill_by_switch(slf);
     }
 }
 

@@ -506,3 +506,270 @@ def test_greenlet_being_killed_has_its_killer_for_parent_until_dead():
     assert seen[0] is main
     assert seen[1].parent is hub
     assert seen[1].dead
+
+
+def test_trace_function_runs_in_the_target_after_the_switch():
+    # As in greenlet: the trace function is called by the greenlet a switch arrives in,
+    # with (origin, target); a switch it makes from there starts from the target.
+    main = getcurrent()
+    events = []
+    switch_away = []
+
+    def tracer(event, args):
+        origin, target = args
+        events.append((event, origin, target, getcurrent()))
+        if switch_away:
+            other = switch_away.pop()
+            other.switch()
+
+    def first_run():
+        switch_away.append(second)
+        main.switch()
+        events.append("first resumed")
+        return "first done"
+
+    def second_run():
+        first.switch()
+        return "second done"
+
+    first, second = greenlet(first_run), greenlet(second_run)
+    previous = facade.settrace(tracer)
+    try:
+        first.switch()
+        # The trace call in main (first -> main) switched to second, which switched back to
+        # first, which finished into main, still inside that trace call.
+        assert second.switch() == "second done"
+    finally:
+        facade.settrace(previous)
+    assert events == [
+        ("switch", main, first, first),
+        ("switch", first, main, main),
+        ("switch", main, second, second),
+        ("switch", second, first, first),
+        "first resumed",
+        ("switch", first, main, main),
+        ("switch", main, second, second),
+        ("switch", second, main, main),
+    ]
+
+
+def test_trace_function_that_raises_makes_the_switch_raise_in_the_target():
+    def tracer(event, args):
+        raise ValueError("tracer failed")
+
+    child = greenlet(lambda: "never runs")
+    previous = facade.settrace(tracer)
+    try:
+        with pytest.raises(ValueError, match="tracer failed"):
+            child.switch()
+        # Tracing stopped; the child died of the tracer's exception, in the child.
+        assert facade.gettrace() is None
+        assert child.dead
+    finally:
+        facade.settrace(previous)
+
+
+def test_switch_into_a_greenlet_from_its_own_run_lookup_starts_it_there():
+    class StartsItself(greenlet):
+        looked_up = 0
+
+        def __getattribute__(self, name):
+            if name == "run" and not object.__getattribute__(self, "looked_up"):
+                self.looked_up = 1
+                # Starts this greenlet now; the outer switch then resumes it instead.
+                assert self.switch(43) == 43
+            return greenlet.__getattribute__(self, name)
+
+        def run(self, value):
+            while True:
+                value = self.parent.switch(value)
+
+    child = StartsItself()
+    # The inner switch started it with 43, which it sent back; the outer switch then resumed
+    # it (not started it again) with 42, which it sends back.
+    assert child.switch(42) == 42
+    assert child.switch(44) == 44
+    child.throw()
+    assert child.dead
+
+
+def test_greenlet_started_and_finished_during_its_run_lookup_passes_the_switch_to_its_parent():
+    results = []
+
+    def parent_run(*args):
+        results.append(("parent started with", args))
+        return "parent done"
+
+    class Finishes(greenlet):
+        busy = False
+
+        def __getattribute__(self, name):
+            if name == "run" and not object.__getattribute__(self, "busy"):
+                self.busy = True
+                results.append(("inner switch gave", self.switch()))
+            return object.__getattribute__(self, name)
+
+        def run(self, *args):
+            return "child done"
+
+    parent = greenlet(parent_run)
+    child = Finishes(parent=parent)
+    # The lookup ran the child to its end ("child done" went to its parent, which started and
+    # finished into main); the outer switch then goes to the dead child's parent, dead too,
+    # and so to main itself, which gets what it sent.
+    assert child.switch("sent") == "sent"
+    assert results == [
+        ("parent started with", ("child done",)),
+        ("inner switch gave", "parent done"),
+    ]
+    assert child.dead and parent.dead
+
+
+def test_run_replaced_by_lookup_is_dropped_in_the_new_greenlet():
+    main = getcurrent()
+    results = []
+
+    class DroppedRun:
+        def __del__(self):
+            results.append(("dropped in", getcurrent() is child))
+            main.switch("from the finalizer")
+
+    class LooksUpAnother(greenlet):
+        def __getattribute__(self, name):
+            if name == "run":
+                return lambda: results.append("run called") or "run done"
+            return object.__getattribute__(self, name)
+
+    child = LooksUpAnother(DroppedRun())
+    assert child.switch() == "from the finalizer"
+    assert results == [("dropped in", True)]
+    assert child.switch() == "run done"
+    assert results == [("dropped in", True), "run called"]
+
+
+def test_parent_set_during_run_lookup_is_checked_when_the_greenlet_starts():
+    started = threading.Event()
+    release = threading.Event()
+    theirs = []
+
+    def other_thread():
+        theirs.append(greenlet(lambda: None))
+        started.set()
+        release.wait(10)
+
+    class Reparents(greenlet):
+        def __getattribute__(self, name):
+            if name == "run":
+                # Not started yet: any thread's greenlet may be its parent until it starts.
+                self.parent = theirs[0]
+            return greenlet.__getattribute__(self, name)
+
+    thread = threading.Thread(target=other_thread)
+    thread.start()
+    try:
+        started.wait(10)
+        child = Reparents(lambda: None)
+        with pytest.raises(error, match="Cannot switch to a different thread") as caught:
+            child.switch()
+        assert "Expected" in str(caught.value) and "Current" in str(caught.value)
+    finally:
+        release.set()
+        thread.join(10)
+    child = Reparents(lambda: None)
+    with pytest.raises(
+        error, match=r"^cannot switch to a different thread \(which happens to have exited\)$"
+    ):
+        child.switch()
+    # Once started (or dead), a greenlet's parent must be of its own thread.
+    with pytest.raises(ValueError, match="parent cannot be on a different thread"):
+        greenlet_started_here().parent = theirs[0]
+
+
+def greenlet_started_here():
+    main = getcurrent()
+    child = greenlet(lambda: main.switch())
+    child.switch()
+    return child
+
+
+def test_greenlet_killed_as_garbage_may_switch_away_and_is_kept_if_referenced():
+    main = getcurrent()
+    hub = greenlet(lambda: "hub done")
+    seen = []
+
+    def worker():
+        try:
+            main.switch()
+        except GreenletExit as exit:
+            # While it is being killed, its killer is its parent.
+            seen.extend([str(exit), getcurrent().parent, getcurrent()])
+            hub.switch()
+
+    child = greenlet(worker, parent=hub)
+    child.switch()
+    del child
+    gc.collect()
+    message, parent_while_killed, survivor = seen
+    assert message == "Killing the greenlet because all references have vanished."
+    assert parent_while_killed is main
+    # It switched to hub (which finished into main) instead of dying: it is suspended, with
+    # its own parent back, alive through the reference it took to itself.
+    assert survivor.parent is hub and not survivor.dead and hub.dead
+    seen.clear()
+    # It is an ordinary suspended greenlet again: a throw kills it, into its dead parent's
+    # parent.
+    assert isinstance(survivor.throw(), GreenletExit)
+    assert survivor.dead
+
+
+def run_python(script: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_getcurrent_refuses_while_the_interpreter_finalizes():
+    # As in greenlet: a finalizer run by the interpreter's last collection gets an error
+    # instead of a greenlet of a thread state that is going away.
+    done = run_python(
+        """
+import gc, os
+from awaitlet.greenlet import getcurrent
+gc.disable()
+class Checker:
+    def __del__(self):
+        try:
+            getcurrent()
+        except RuntimeError as err:
+            os.write(1, b"refused: " + str(err).encode() + b"\\n")
+        else:
+            os.write(1, b"not refused\\n")
+a = Checker(); b = {"a": a}; a.cycle = b
+del a, b
+print("cycle left for shutdown", flush=True)
+"""
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "cycle left for shutdown",
+        "refused: greenlet is being finalized",
+    ]
+
+
+def test_switch_from_a_finalizer_at_module_teardown_is_clean():
+    done = run_python(
+        """
+import awaitlet._awaitlet as native
+from awaitlet.greenlet import greenlet
+children = []
+def run(children=children):
+    children[0].parent.switch(1)
+children.append(greenlet(run))
+class SwitchesWhenCleared:
+    def __del__(self, children=children):
+        print("result", children[0].switch(), flush=True)
+native.cleared_at_teardown = SwitchesWhenCleared()
+"""
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["result 1"]
