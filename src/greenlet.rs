@@ -504,11 +504,10 @@ fn profiled_method<'py>(
         .filter(|method| unsafe { ffi::PyCFunction_Check(method.as_ptr()) } != 0)
 }
 
-/// What a switch from a method call passes to the fiber's suspension: see `profiled_method`.
-fn call_of(method: Option<&Bound<'_, PyAny>>) -> ArgsEnd {
-    method.map_or(ArgsEnd::UNKNOWN, |method| {
-        ArgsEnd::UNKNOWN.with_callable(method.as_ptr())
-    })
+/// What a switch from a method call passes to the fiber's suspension: where its arguments
+/// end, if known, and the method a profiler saw called (see `profiled_method`).
+fn call_of(method: Option<&Bound<'_, PyAny>>, args_end: ArgsEnd) -> ArgsEnd {
+    method.map_or(args_end, |method| args_end.with_callable(method.as_ptr()))
 }
 
 /// Takes the running greenlet out of the way of a switch to `target`, a greenlet below it on
@@ -1068,21 +1067,6 @@ impl Greenlet {
         }
     }
 
-    /// Switches to this greenlet, handing it `args`/`kwargs`; returns what comes back when
-    /// something switches to the running greenlet again (or its child finishes).
-    #[pyo3(signature = (*args, **kwargs))]
-    fn switch(
-        slf: &Bound<'_, Self>,
-        args: Bound<'_, PyTuple>,
-        kwargs: Option<Bound<'_, PyDict>>,
-    ) -> PyResult<Py<PyAny>> {
-        let py = slf.py();
-        let payload = Payload::from_call(args, kwargs)?;
-        set_switch_origin_current(py)?;
-        let method = profiled_method(slf, intern!(py, "switch"));
-        switch_to(py, slf.clone(), payload, call_of(method.as_ref()))
-    }
-
     /// Raises an exception in this greenlet where it switched away (GreenletExit by
     /// default, which kills it quietly: the GreenletExit comes back as the result).
     #[pyo3(signature = (typ = None, val = None, tb = None))]
@@ -1113,7 +1097,12 @@ impl Greenlet {
         let payload = Payload::Throw(exc);
         set_switch_origin_current(py)?;
         let method = profiled_method(slf, intern!(py, "throw"));
-        switch_to(py, slf.clone(), payload, call_of(method.as_ref()))
+        switch_to(
+            py,
+            slf.clone(),
+            payload,
+            call_of(method.as_ref(), ArgsEnd::UNKNOWN),
+        )
     }
 
     /// Sets an attribute as `object.__setattr__` does (defined because `__delattr__` is).
@@ -1302,6 +1291,123 @@ fn kill_abandoned(py: Python<'_>, this: &Greenlet, slot: &mut FiberSlot) {
     }
 }
 
+/// `greenlet.switch(*args, **kwargs)`: switches to the greenlet, handing it the arguments;
+/// returns what comes back when something switches to the running greenlet again (or its
+/// child finishes).
+///
+/// `args_end`: where the call's arguments end, when Python code passed them in place (see
+/// `ActiveFiber::suspend_in_call`).
+fn switch(slf: &Bound<'_, Greenlet>, payload: Payload, args_end: ArgsEnd) -> PyResult<Py<PyAny>> {
+    let py = slf.py();
+    set_switch_origin_current(py)?;
+    let method = profiled_method(slf, intern!(py, "switch"));
+    switch_to(py, slf.clone(), payload, call_of(method.as_ref(), args_end))
+}
+
+/// `switch()` as CPython calls a method descriptor (`METH_FASTCALL | METH_KEYWORDS`), made by
+/// hand rather than with `#[pymethods]`, whose wrapper would collect the arguments into a
+/// tuple and hold it until the call returns: held across the suspension, on the greenlet's
+/// stack, where nothing can release it if the greenlet never runs again. Here one argument is
+/// passed on as it is, and any other shape becomes the tuple and dict the switch hands over.
+///
+/// # Safety
+/// Called through PyO3's trampoline, with what CPython passes to such a method: `slf` an
+/// instance of the class the descriptor was made for (CPython checks), `nargs` arguments at
+/// `args`, then one value for each name in `kwnames` (a tuple of str, or NULL).
+unsafe fn switch_fastcall(
+    py: Python<'_>,
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> PyResult<*mut ffi::PyObject> {
+    // SAFETY: the descriptor checked that `slf` is a greenlet; borrowed for the call.
+    let slf = unsafe { Borrowed::from_ptr(py, slf).cast_unchecked::<Greenlet>() };
+    let positional = usize::try_from(nargs).unwrap_or(0);
+    // SAFETY: CPython passes `positional` values, then one per keyword name, valid for the
+    // call.
+    let value = |index: usize| unsafe { Borrowed::from_ptr(py, *args.add(index)) };
+    // SAFETY: NULL or a tuple of str, valid for the call.
+    let names = unsafe { Borrowed::from_ptr_or_opt(py, kwnames) }
+        // SAFETY: CPython's keyword names are a tuple.
+        .map(|names| unsafe { names.cast_unchecked::<PyTuple>() });
+    let payload = match &names {
+        None if positional == 1 => Payload::Value(value(0).to_owned().unbind()),
+        _ => {
+            let tuple = PyTuple::new(py, (0..positional).map(value))?;
+            let kwargs = match &names {
+                Some(names) if !names.is_empty() => {
+                    let kwargs = PyDict::new(py);
+                    for (index, name) in names.iter().enumerate() {
+                        kwargs.set_item(name, value(positional + index))?;
+                    }
+                    Some(kwargs)
+                }
+                _ => None,
+            };
+            Payload::from_call(tuple, kwargs)?
+        }
+    };
+    let count = positional + names.as_ref().map_or(0, |names| names.len());
+    switch(&slf, payload, ArgsEnd::of(args, count)).map(Py::into_ptr)
+}
+
+/// `PyMethodDef`s are read by CPython through a raw pointer for as long as the method exists:
+/// a static of this wrapper can be shared.
+struct MethodDef(ffi::PyMethodDef);
+
+// SAFETY: the definition is immutable and only ever read (by CPython, with the GIL held).
+unsafe impl Sync for MethodDef {}
+
+static SWITCH_DEF: MethodDef = MethodDef(ffi::PyMethodDef {
+    ml_name: c"switch".as_ptr(),
+    // PyO3's own trampoline: it tells PyO3 the thread is attached and turns an error or a
+    // panic into a raised exception.
+    ml_meth: ffi::PyMethodDefPointer {
+        PyCFunctionFastWithKeywords: pyo3::impl_::trampoline::get_trampoline_function!(
+            fastcall_cfunction_with_keywords,
+            switch_fastcall
+        ),
+    },
+    ml_flags: ffi::METH_FASTCALL | ffi::METH_KEYWORDS,
+    ml_doc: c"switch($self, /, *args, **kwargs)
+--
+
+Switch to this greenlet, handing it the arguments: the first switch calls its ``run``
+with them; a later one returns them from the ``switch()`` it is suspended in (one
+argument as itself, else the tuple, or ``(args, kwargs)``). Returns what comes back
+when something switches to the calling greenlet again (or a child of it finishes)."
+        .as_ptr(),
+});
+
+/// Puts the hand-made `switch` method (see [`switch_fastcall`]) on the greenlet class.
+fn install_switch(class: &Bound<'_, pyo3::types::PyType>) -> PyResult<()> {
+    let py = class.py();
+    let type_ptr = class.as_type_ptr();
+    // SAFETY: GIL held; the definition is a static CPython only reads (the pointer is `*mut`
+    // in the signature only); returns a new reference or NULL with an exception set.
+    let descriptor = unsafe {
+        Bound::from_owned_ptr_or_err(
+            py,
+            ffi::PyDescr_NewMethod(type_ptr, std::ptr::addr_of!(SWITCH_DEF.0).cast_mut()),
+        )
+    }?;
+    // SAFETY: GIL held; the class was created by this module just now, with no instance or
+    // subclass yet; a heap type's dict is a dict it owns. It is immutable to Python code, so
+    // its dict is written directly, then its method caches are invalidated.
+    unsafe {
+        let dict = (*type_ptr).tp_dict;
+        if dict.is_null()
+            || ffi::PyDict_SetItemString(dict, c"switch".as_ptr(), descriptor.as_ptr()) < 0
+        {
+            return Err(PyErr::take(py)
+                .unwrap_or_else(|| PyRuntimeError::new_err("the greenlet class has no dict")));
+        }
+        ffi::PyType_Modified(type_ptr);
+    }
+    Ok(())
+}
+
 /// Kills a suspended greenlet that became garbage as greenlet does: a throw() of
 /// GreenletExit from the running greenlet, which is its parent until the throw returns.
 /// Unlike a greenlet killed from Drop (see [`kill_abandoned`]), it may switch away instead
@@ -1394,8 +1500,9 @@ impl Greenlet {
 /// tp_finalize, which PyO3 has no `__del__` for, set on the class once it exists. A class
 /// statement gives a subclass the finalizer its `__del__` method implies, so subclasses find
 /// the same through `Greenlet::__del__`.
-pub fn install_finalizer(py: Python<'_>) {
+pub fn install_finalizer(py: Python<'_>) -> PyResult<()> {
     let class = py.get_type::<Greenlet>();
+    install_switch(&class)?;
     // SAFETY: the class was created by this module just now: no instance or subclass uses it
     // yet.
     unsafe { crate::set_finalizer(&class, finalize_greenlet) };
@@ -1412,6 +1519,7 @@ pub fn install_finalizer(py: Python<'_>) {
             ffi::PyType_Modified(class);
         }
     }
+    Ok(())
 }
 
 /// The deallocator PyO3 made for the greenlet class.

@@ -54,7 +54,7 @@ fn _awaitlet(m: &Bound<'_, PyModule>) -> PyResult<()> {
     )?;
     // The greenlet facade, awaitlet.greenlet.
     m.add_class::<greenlet::Greenlet>()?;
-    greenlet::install_finalizer(py);
+    greenlet::install_finalizer(py)?;
     m.add_function(wrap_pyfunction!(greenlet::getcurrent, m)?)?;
     m.add_function(wrap_pyfunction!(greenlet::settrace, m)?)?;
     m.add_function(wrap_pyfunction!(greenlet::gettrace, m)?)?;

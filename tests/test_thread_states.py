@@ -3,10 +3,12 @@ them when they become garbage elsewhere, or when their thread goes away, is fini
 freed, never used after its thread state is gone."""
 
 import asyncio
+import functools
 import gc
 import pathlib
 import shutil
 import subprocess
+import sys
 import sysconfig
 import threading
 import weakref
@@ -294,3 +296,57 @@ def test_memory_of_fibers_whose_thread_is_gone_is_returned():
     # by must be returned (their Python frames stay, as they may be referenced).
     grown = with_stacks - resident
     assert after < with_stacks - grown // 2, (resident, with_stacks, after)
+
+
+class Held:
+    """An object whose collection a weak reference tells."""
+
+
+def suspended_holding(kind, held):
+    """Sync code suspended below a greenlet or async_def, with `held` in a local variable and
+    on its value stack (an argument of the call it suspends in)."""
+
+    def sync_code(item):
+        local = item  # noqa: F841 (held by the frame)
+        if kind == "greenlet":
+            return greenlet.getcurrent().parent.switch(item)
+        return awaitlet(Yield(item))
+
+    if kind == "greenlet":
+        spawned = greenlet(sync_code)
+        assert spawned.switch(held) is held
+        return spawned
+    coroutine = async_def(sync_code, held)
+    assert coroutine.send(None) is held
+    return coroutine
+
+
+@pytest.mark.skipif(
+    sys.version_info < (3, 11), reason="3.10's frames are objects the fiber's C stack holds"
+)
+@pytest.mark.parametrize("kind", ["greenlet", "async_def"])
+@pytest.mark.parametrize("frame_kept", [False, True])
+def test_what_frames_of_a_fiber_whose_thread_is_gone_reference_is_released(kind, frame_kept):
+    worker = Worker()
+    held = Held()
+    gone = weakref.ref(held)
+    suspended = worker.call(functools.partial(suspended_holding, kind, held))
+    del held
+    worker.stop()
+    frame = None
+    if frame_kept:
+        frame = suspended.gr_frame if kind == "greenlet" else suspended.cr_frame
+        while frame.f_code.co_name != "sync_code":
+            frame = frame.f_back
+    del suspended
+    gc.collect()
+    # The frames can never run again (their thread state is gone): what they referenced is
+    # released, as when a frame is cleared.
+    assert gone() is None
+    if frame is not None:
+        # A frame object kept meanwhile still reads its frame: its variables are unbound now.
+        assert frame.f_code.co_name == "sync_code"
+        assert frame.f_lineno > 0
+        assert "local" not in frame.f_locals and "item" not in frame.f_locals
+    # This thread's own fibers are unaffected.
+    assert asyncio.run(async_def(lambda: awaitlet(asyncio.sleep(0, "ok")))) == "ok"

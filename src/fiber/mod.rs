@@ -771,8 +771,9 @@ impl Orphan {
 
     /// Frees what can be freed of a fiber whose thread state is gone, so that nothing can run
     /// on it again: the references its saved thread state holds, its shared record, and its
-    /// machine stack. Its frames are never finished: what they reference stays referenced.
-    /// Its stack slot serves other fibers again, unless a Python frame object (or a
+    /// machine stack. Its frames are never finished, but (3.11+, unless a generator's frame is
+    /// among them) what they reference is released as far as it is known, as when a frame is
+    /// cleared. Its stack slot serves other fibers again, unless a Python frame object (or a
     /// generator) may still point into its frames area: then the slot is never reused, and
     /// only the pages of its machine stack are given back.
     fn retire(self, _py: Python<'_>) {
@@ -787,9 +788,9 @@ impl Orphan {
         // resumes any more (its thread state is gone, and the handle gave it up); GIL held.
         let reusable = unsafe { shared.as_ref().pystate.release_abandoned() };
         let mut machine = ManuallyDrop::into_inner(machine);
-        // SAFETY: nothing will ever run on this stack again. What its frames hold (Python
-        // references, the closure's call) is leaked, not dropped: leaking is safe, and the
-        // memory those frames point to (heap objects) stays valid.
+        // SAFETY: nothing will ever run on this stack again. What its frames still hold
+        // (Python references not released above, the closure's call) is leaked, not dropped:
+        // leaking is safe, and the memory those frames point to (heap objects) stays valid.
         unsafe { machine.force_reset() };
         valgrind::deregister(valgrind_stack);
         if reusable {

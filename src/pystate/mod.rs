@@ -136,7 +136,8 @@ impl FiberPyState {
     /// exception it was handling), for a fiber that will never run again. Returns true when
     /// nothing outside the fiber can point into its frames (no frame object was made for any
     /// of them, none is a generator's): its stack slot, frames area included, may then serve
-    /// another fiber. Its frames' own references stay referenced either way.
+    /// another fiber. What its frames reference is released as far as it is known (3.11+,
+    /// unless a generator's frame is among them), which may run Python code.
     ///
     /// # Safety
     /// GIL held; the fiber is suspended and will never be resumed.

@@ -438,13 +438,36 @@ awaitlet_fiber_state_free(awaitlet_fiber_state *s)
     PyMem_RawFree(s);
 }
 
+#if AWAITLET_PY311
+/* Gives the data stack chunks from `chunk` down to (not including) `root` back to CPython's
+ * arena allocator, which allocated them when frames needed more room than `root` had. */
+static void
+free_chunks_above_root(_PyStackChunk *chunk, _PyStackChunk *root)
+{
+    PyObjectArenaAllocator arena;
+    PyObject_GetArenaAllocator(&arena);
+    while (chunk != NULL && chunk != root) {
+        _PyStackChunk *previous = chunk->previous;
+        if (arena.free != NULL) {
+            arena.free(arena.ctx, chunk, chunk->size);
+        }
+        chunk = previous;
+    }
+}
+#endif
+
+#if AWAITLET_PY311
+static int clear_abandoned_frames(awaitlet_fiber_state *s);
+#endif
+
 /* Drops the references held by the saved state of a suspended fiber that will never run
- * again (its thread state is gone): its context and the exception its root was handling.
- * What its frames reference stays referenced.  Returns 1 when nothing outside the fiber can
- * point into its frames (3.11+: no frame object was made for any of them, and none belongs to
- * a generator or coroutine), after giving the data stack chunks CPython added above the root
- * chunk back to CPython's allocator: the memory of the root chunk (and of the fiber's stack)
- * may then serve another fiber.  Returns 0 when the frames must stay where they are. */
+ * again (its thread state is gone): its context and the exception its root was handling, and
+ * (3.11+, when every frame is the fiber's own, none a generator's or coroutine's) what its
+ * frames reference, as far as it is known (see clear_abandoned_frames).  Returns 1 when
+ * nothing outside the fiber can point into its frames any more, after giving the data stack
+ * chunks CPython added above the root chunk back to CPython's allocator: the memory of the
+ * root chunk (and of the fiber's stack) may then serve another fiber.  Returns 0 when the
+ * frames must stay where they are. */
 int
 awaitlet_fiber_state_release_abandoned(awaitlet_fiber_state *s)
 {
@@ -466,21 +489,15 @@ awaitlet_fiber_state_release_abandoned(awaitlet_fiber_state *s)
 #  elif AWAITLET_PY312
         own = own || f->owner == FRAME_OWNED_BY_CSTACK;
 #  endif
-        if (!own || f->frame_obj != NULL) {
+        if (!own) {
             return 0;
         }
     }
+    if (!clear_abandoned_frames(s)) {
+        return 0;
+    }
     {
-        _PyStackChunk *chunk = s->fiber.datastack_chunk;
-        PyObjectArenaAllocator arena;
-        PyObject_GetArenaAllocator(&arena);
-        while (chunk != NULL && chunk != s->root_chunk) {
-            _PyStackChunk *previous = chunk->previous;
-            if (arena.free != NULL) {
-                arena.free(arena.ctx, chunk, chunk->size);
-            }
-            chunk = previous;
-        }
+        free_chunks_above_root(s->fiber.datastack_chunk, s->root_chunk);
         s->fiber.datastack_chunk = NULL;
         s->fiber.datastack_top = NULL;
         s->fiber.datastack_limit = NULL;
@@ -542,18 +559,7 @@ awaitlet_finish_fiber(awaitlet_fiber_state *s)
     /* Every frame has returned, so only the root chunk is left: CPython frees the chunks it
      * pushed as their frames pop.  Any chunk still above the root (never expected) was
      * allocated by CPython's arena allocator and goes back to it. */
-    {
-        _PyStackChunk *chunk = ts->datastack_chunk;
-        PyObjectArenaAllocator arena;
-        PyObject_GetArenaAllocator(&arena);
-        while (chunk != NULL && chunk != s->root_chunk) {
-            _PyStackChunk *previous = chunk->previous;
-            if (arena.free != NULL) {
-                arena.free(arena.ctx, chunk, chunk->size);
-            }
-            chunk = previous;
-        }
-    }
+    free_chunks_above_root(ts->datastack_chunk, s->root_chunk);
 #endif
     CARRY_TRACING_BEGIN(ts);
     /* The thread state's context reference was released above; the resumer's comes back. */
@@ -702,6 +708,24 @@ frame_code(struct _PyInterpreterFrame *f)
     return executable != NULL && PyCode_Check(executable) ? (PyCodeObject *)executable : NULL;
 }
 
+/* How many slots of a suspended frame's local variables and value stack hold references (or
+ * NULL): see traverse_frame. */
+static Py_ssize_t
+frame_slots_in_use(struct _PyInterpreterFrame *f, PyCodeObject *code, const void *call_args_end)
+{
+    Py_ssize_t locals = code->co_nlocalsplus;
+    Py_ssize_t most = locals + code->co_stacksize;
+#  if AWAITLET_PY314
+    (void)call_args_end;
+    return slots_up_to(f->localsplus, sizeof(_PyStackRef), f->stackpointer, locals, most, locals);
+#  else
+    Py_ssize_t used = f->stacktop >= locals && f->stacktop <= most ? f->stacktop : locals;
+    Py_ssize_t in_call = slots_up_to(f->localsplus, sizeof(PyObject *), call_args_end, locals,
+                                     most, locals);
+    return in_call > used ? in_call : used;
+#  endif
+}
+
 /* Visits the references of one frame of a suspended fiber that no one else reports.
  *
  * A frame owned by the thread: what CPython's _PyFrame_Traverse visits, with the locals and
@@ -754,25 +778,14 @@ traverse_frame(struct _PyInterpreterFrame *f, const void *call_args_end, visitpr
     if (code == NULL) {
         return 0;
     }
-    Py_ssize_t locals = code->co_nlocalsplus;
-    Py_ssize_t most = locals + code->co_stacksize;
+    Py_ssize_t used = frame_slots_in_use(f, code, call_args_end);
+    for (Py_ssize_t i = 0; i < used; i++) {
 #  if AWAITLET_PY314
-    Py_ssize_t used = slots_up_to(f->localsplus, sizeof(_PyStackRef), f->stackpointer, locals,
-                                  most, locals);
-    for (Py_ssize_t i = 0; i < used; i++) {
         VISIT_STACKREF(f->localsplus[i]);
-    }
 #  else
-    Py_ssize_t used = f->stacktop >= locals && f->stacktop <= most ? f->stacktop : locals;
-    Py_ssize_t in_call = slots_up_to(f->localsplus, sizeof(PyObject *), call_args_end, locals,
-                                     most, locals);
-    if (in_call > used) {
-        used = in_call;
-    }
-    for (Py_ssize_t i = 0; i < used; i++) {
         Py_VISIT(f->localsplus[i]);
-    }
 #  endif
+    }
     return 0;
 }
 
@@ -792,6 +805,87 @@ traverse_frames(awaitlet_fiber_state *s, visitproc visit, void *arg)
         }
     }
     return 0;
+}
+
+/* Clears what the frames of a fiber that will never run again reference, the frames the
+ * thread owns (the caller has checked that no generator's or coroutine's is among them), as
+ * CPython clears a frame that returns: first the local variables and the value stack, as far
+ * as traverse_frame knows it (on 3.11-3.13 an outer frame's value stack is not known while it
+ * calls: it stays referenced), and the locals dict; then each frame object that only its frame
+ * references.  A frame object that something else references still points into its frame,
+ * whose local variables it now reads as unbound: the frames then keep their functions and
+ * code, which such an object still reads.  Otherwise the functions and code are released
+ * too.  Returns 1 if no frame object was ever made for these frames: nothing points into them
+ * any more.  (A frame object released here may still read its frame when its deallocation is
+ * deferred by CPython's trashcan, so its frames' memory is not reused.)  Each slot is emptied
+ * before its reference is released, since that may run Python code. */
+static int
+clear_abandoned_frames(awaitlet_fiber_state *s)
+{
+#  if AWAITLET_PY314
+    const void *call_args_end = NULL;
+#  else
+    const void *call_args_end = s->call_args_end;
+#  endif
+    int had_frame_object = 0;
+    int shared = 0;
+    for (struct _PyInterpreterFrame *f = s->fiber.current_frame; f != NULL; f = f->previous) {
+        if (f->owner != FRAME_OWNED_BY_THREAD) {
+            continue;
+        }
+        PyCodeObject *code = frame_code(f);
+        if (code != NULL) {
+            Py_ssize_t used =
+                frame_slots_in_use(f, code, f == s->fiber.current_frame ? call_args_end : NULL);
+            while (used > 0) {
+                used--;
+#  if AWAITLET_PY314
+                PyStackRef_CLEAR(f->localsplus[used]);
+#  else
+                Py_CLEAR(f->localsplus[used]);
+#  endif
+            }
+            /* No slot is in use: a frame object reading the frame's variables must not take
+             * an emptied cell slot for a cell (3.11/3.12 do while stacktop is not 0). */
+#  if AWAITLET_PY314
+            f->stackpointer = f->localsplus;
+#  else
+            f->stacktop = 0;
+#  endif
+        }
+        Py_CLEAR(f->f_locals);
+        if (f->frame_obj != NULL) {
+            had_frame_object = 1;
+            if (Py_REFCNT(f->frame_obj) == 1) {
+                Py_CLEAR(f->frame_obj);
+            }
+            else {
+                shared = 1;
+            }
+        }
+    }
+    if (shared) {
+        return 0;
+    }
+    for (struct _PyInterpreterFrame *f = s->fiber.current_frame; f != NULL; f = f->previous) {
+        if (f->owner != FRAME_OWNED_BY_THREAD) {
+            continue;
+        }
+#  if AWAITLET_PY314
+        PyStackRef_CLEAR(f->f_funcobj);
+        PyStackRef_CLEAR(f->f_executable);
+#  elif AWAITLET_PY313
+        Py_CLEAR(f->f_funcobj);
+        Py_CLEAR(f->f_executable);
+#  elif AWAITLET_PY312
+        Py_CLEAR(f->f_funcobj);
+        Py_CLEAR(f->f_code);
+#  else
+        Py_CLEAR(f->f_func);
+        Py_CLEAR(f->f_code);
+#  endif
+    }
+    return !had_frame_object;
 }
 #else
 /* 3.10: frames are PyFrameObjects, linked by strong f_back references.  A frame a function
