@@ -1,0 +1,580 @@
+"""Greenback-style portals on awaitlet's fibers.
+
+``await ensure_portal()`` in an asyncio or Trio task gives that task a *portal*: from then
+on, :func:`await_` works in synchronous code anywhere below the task, at any depth, with
+no wrapper around the sync code.  This is the API of the ``greenback`` package, built on
+:func:`~awaitlet.async_def` and :func:`~awaitlet.awaitlet` instead of greenlet.
+
+How: the task's coroutine is replaced by an ``async_def()`` coroutine whose sync function
+(:func:`_run_steps`) drives the original coroutine step by step, on one fiber for the
+task's whole life.  Each value the original coroutine yields to the event loop is handed to
+the task through ``awaitlet()``, and what the task sends (or throws) back is sent into the
+original coroutine.  Sync code that the original coroutine calls runs on that same fiber,
+so ``await_(aw)`` there is just ``awaitlet(aw)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections.abc
+import contextlib
+import ctypes
+import sys
+import types
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ._awaitlet import async_def, awaitlet
+
+if TYPE_CHECKING:
+    import trio
+
+__all__ = [
+    "AutoPortalInstrument",
+    "await_",
+    "bestow_portal",
+    "ensure_portal",
+    "has_portal",
+    "portals_for_children",
+    "portals_for_tree",
+    "with_portal_run",
+    "with_portal_run_sync",
+    "with_portal_run_tree",
+]
+
+_T = TypeVar("_T")
+
+_NO_PORTAL_MESSAGE = (
+    "You must create a portal for this task in order to use 'awaitlet.portal.await_()'. "
+    "Try 'await awaitlet.portal.ensure_portal()' or "
+    "'await awaitlet.portal.with_portal_run(some_fn, *args)'."
+)
+
+
+class _Portal:
+    """One task's portal; ``active`` once its steps run on the portal's fiber."""
+
+    __slots__ = ("active", "__weakref__")
+
+    def __init__(self, active: bool) -> None:
+        self.active = active
+
+
+# Task -> its portal.  Weak keys: a portal must not keep an abandoned task alive (asyncio
+# holds pending tasks weakly, and reports the ones destroyed while pending).
+_portals: weakref.WeakKeyDictionary[object, _Portal] = weakref.WeakKeyDictionary()
+# The dict under it, for await_()'s lookup without WeakKeyDictionary's Python-level get().
+_portal_refs: dict[weakref.ref[object], _Portal] = _portals.data  # type: ignore[attr-defined]
+
+_get_running_loop = asyncio._get_running_loop
+_asyncio_current_task = asyncio.current_task
+
+
+def _current_task() -> Any:
+    """The running asyncio task or Trio task; RuntimeError if there is none."""
+    loop = _get_running_loop()
+    if loop is not None:
+        task = _asyncio_current_task(loop)
+        if task is not None:
+            return task
+    trio_lowlevel = sys.modules.get("trio.lowlevel")
+    if trio_lowlevel is not None:
+        try:
+            return trio_lowlevel.current_task()
+        except RuntimeError:
+            pass
+    if loop is not None:
+        raise RuntimeError("No asyncio task is running (called from a callback?)")
+    raise RuntimeError("awaitlet.portal needs a running asyncio or Trio task")
+
+
+def _library_of(task: object) -> str:
+    return "trio" if type(task).__module__.startswith("trio") else "asyncio"
+
+
+# -- The step loop, on the portal's fiber -------------------------------------------------
+
+
+@types.coroutine
+def _hand_to_task(yielded: Any) -> Generator[Any, Any, Any]:
+    """Yield ``yielded`` to the task once; return what it sends, raise what it throws."""
+    return (yield yielded)
+
+
+_READY = "awaitlet.portal ready"
+
+
+class _DetachPortal(BaseException):
+    """Thrown into a portal that is discarded when its task goes on without it."""
+
+
+
+def _run_steps(portal: _Portal, coro: Coroutine[Any, Any, _T], primed: bool) -> _T:
+    """Drive ``coro`` one event-loop step at a time on this fiber (see the module doc).
+
+    ``primed``: first yield a marker, so that the task's next send (which may be a value or
+    an exception, unlike a coroutine's first send) can be taken as it comes.
+    """
+    exception: BaseException | None = None
+    value: Any = None
+    if primed:
+        try:
+            value = awaitlet(_hand_to_task(_READY))
+        except _DetachPortal:
+            raise
+        except BaseException as raised:  # every exception goes into coro, as a task's would
+            exception = raised
+    portal.active = True
+    send = coro.send
+    throw = coro.throw
+    try:
+        while True:
+            try:
+                if exception is None:
+                    yielded = send(value)
+                else:
+                    thrown, exception = exception, None
+                    yielded = throw(thrown)
+            except StopIteration as stop:
+                result: _T = stop.value
+                return result
+            try:
+                value = awaitlet(_hand_to_task(yielded))
+            except _DetachPortal:
+                raise
+            except BaseException as raised:
+                exception = raised
+    finally:
+        portal.active = False
+
+
+class _AwaitableCoroutine(Coroutine[Any, Any, _T]):
+    """A coroutine over an awaitable that is not one (``with_portal_run`` needs ``send``)."""
+
+    __slots__ = ("_iterator",)
+
+    def __init__(self, awaitable: Awaitable[_T]) -> None:
+        self._iterator: Generator[Any, Any, _T] = awaitable.__await__()  # type: ignore[assignment]
+
+    def send(self, value: Any, /) -> Any:
+        return self._iterator.send(value)
+
+    def throw(self, *args: Any) -> Any:
+        return self._iterator.throw(*args)
+
+    def close(self) -> None:
+        self._iterator.close()
+
+    def __await__(self) -> Generator[Any, Any, _T]:
+        return (yield from self._iterator)
+
+
+# -- Replacing a running task's coroutine -------------------------------------------------
+
+
+class _CTaskCoroField:
+    """Where the C ``asyncio.Task`` keeps its coroutine (``task_coro``), found once.
+
+    The field is private: its offset is found by creating a Task for the purpose with a
+    known coroutine and finding the one pointer-aligned word of the object that points to
+    it.  All memory access of this module is in this class.
+    """
+
+    offset: int | None = None
+    why_not: str = ""
+
+    @classmethod
+    def locate(cls) -> None:
+        task_type = asyncio.Task
+        if task_type is getattr(asyncio.tasks, "_PyTask", None):
+            cls.why_not = "asyncio.Task is the pure-Python Task"
+            return
+
+        class _InertLoop:
+            # What Task.__init__ calls on its loop; the step it schedules is never run.
+            def get_debug(self) -> bool:
+                return False
+
+            def call_soon(self, *args: Any, **kwargs: Any) -> None:
+                return None
+
+        async def probe() -> None:
+            pass  # pragma: no cover - never run: only its identity matters
+
+        coro = probe()
+        try:
+            task = task_type(coro, loop=_InertLoop())  # type: ignore[arg-type]
+        except Exception as error:  # pragma: no cover - depends on the interpreter
+            coro.close()
+            cls.why_not = f"no Task could be created to find its coroutine field ({error!r})"
+            return
+        try:
+            # A Task that never runs is not worth the "destroyed but pending" log.
+            task._log_destroy_pending = False  # type: ignore[attr-defined]
+            word = ctypes.sizeof(ctypes.c_void_p)
+            # Sound to read: the object is alive (`task` refers to it) and occupies at least
+            # its type's basic size from its address (id() is the address in CPython).
+            words = (ctypes.c_void_p * (type(task).__basicsize__ // word)).from_address(id(task))
+            found = [index * word for index, pointer in enumerate(words) if pointer == id(coro)]
+            if len(found) != 1:
+                cls.why_not = (
+                    f"the Task's coroutine pointer occurs {len(found)} times in the Task object"
+                )
+            elif task.get_coro() is not coro:  # pragma: no cover - depends on the interpreter
+                cls.why_not = "Task.get_coro() does not give the Task's coroutine"
+            else:
+                cls.offset = found[0]
+        finally:
+            coro.close()
+            del task
+
+    # Own function objects for the reference-count calls: setting argtypes on the shared
+    # ctypes.pythonapi entries could clash with other code doing the same.
+    _incref = ctypes.PYFUNCTYPE(None, ctypes.py_object)(("Py_IncRef", ctypes.pythonapi))
+    _decref = ctypes.PYFUNCTYPE(None, ctypes.py_object)(("Py_DecRef", ctypes.pythonapi))
+
+    @classmethod
+    def replace(cls, task: asyncio.Task[Any], old: object, new: object) -> None:
+        """Make ``task`` run ``new`` instead of ``old`` (its current coroutine)."""
+        if cls.offset is None:
+            raise RuntimeError(f"cannot give this asyncio Task a portal: {cls.why_not}")
+        # Within the basic size of the C Task type found by locate(), which `task` is an
+        # instance of (checked by the caller), so within the object.
+        field = ctypes.c_void_p.from_address(id(task) + cls.offset)
+        if field.value != id(old):
+            raise RuntimeError(
+                "cannot give this asyncio Task a portal: its coroutine field is not where it was"
+            )
+        # The field owns a reference: take one for `new` before it is stored, and drop the
+        # field's reference to `old` after (our caller still holds `old`, so this is not
+        # its last reference and runs no finalizer).  The GIL is held throughout.
+        cls._incref(new)
+        field.value = id(new)
+        cls._decref(old)
+        if task.get_coro() is not new:  # pragma: no cover - the field was checked above
+            raise RuntimeError("replacing the asyncio Task's coroutine failed")
+
+
+_CTaskCoroField.locate()
+
+
+def _set_task_coro(task: Any, old: object, new: object) -> None:
+    if _library_of(task) == "trio":
+        task.coro = new
+        if task.coro is not new:  # pragma: no cover - a Trio that ignores the assignment
+            raise RuntimeError("cannot give this Trio task a portal: its coro did not change")
+        return
+    py_task = getattr(asyncio.tasks, "_PyTask", None)
+    if py_task is not None and isinstance(task, py_task):
+        task._coro = new
+    elif isinstance(task, asyncio.Task):
+        _CTaskCoroField.replace(task, old, new)
+    else:  # pragma: no cover - guarded by the caller
+        raise RuntimeError(f"cannot give a portal to a task of type {type(task).__qualname__}")
+    if task.get_coro() is not new:  # pragma: no cover - guarded by replace()
+        raise RuntimeError("replacing the asyncio Task's coroutine failed")
+
+
+# -- The public API ----------------------------------------------------------------------
+
+
+def bestow_portal(task: asyncio.Task[Any] | trio.lowlevel.Task) -> None:
+    """Give ``task`` a portal, as if it had called :func:`ensure_portal` itself.
+
+    If ``task`` is the running task, the portal works from its next step on: after it next
+    yields to the event loop (``await asyncio.sleep(0)``).  A task that has a portal keeps
+    it; calling this again does nothing.
+
+    Raises:
+        RuntimeError: ``task`` has finished (an eager task can finish inside
+            ``create_task()``), is of a type whose coroutine cannot be replaced, or its
+            coroutine is running on another task's behalf.
+    """
+    if task in _portals:
+        return
+    if _library_of(task) == "trio":
+        import trio
+
+        if not isinstance(task, trio.lowlevel.Task):
+            raise RuntimeError(f"cannot give a portal to {task!r}: not a Trio task")
+        original = task.coro
+    else:
+        if not isinstance(task, asyncio.Task):
+            raise RuntimeError(
+                f"cannot give a portal to {task!r}: not an asyncio.Task or a Trio task"
+            )
+        if task.done():
+            raise RuntimeError(f"cannot give a portal to {task!r}: it has finished")
+        original = task.get_coro()
+        if not isinstance(original, collections.abc.Coroutine):
+            raise RuntimeError(f"cannot give a portal to {task!r}: it runs no coroutine")
+    portal = _Portal(active=False)
+    replacement = async_def(_run_steps, portal, original, True)
+    # Start it: it runs up to its first hand-off and then takes the task's next send.
+    if replacement.send(None) != _READY:  # pragma: no cover - _run_steps yields it first
+        raise RuntimeError("portal did not start")
+    try:
+        _set_task_coro(task, original, replacement)
+    except BaseException:
+        # Detach without closing `original`, which the task still runs.
+        with contextlib.suppress(_DetachPortal):
+            replacement.throw(_DetachPortal())
+        raise
+    _portals[task] = portal
+
+
+async def ensure_portal() -> None:
+    """Give the running task a portal, so that :func:`await_` works in sync code below it.
+
+    A task that already has one keeps it.  Like ``await asyncio.sleep(0)`` (or Trio's
+    ``checkpoint()``), this always yields to the event loop once, which is a cancellation
+    point: the portal is in use when it returns.
+    """
+    task = _current_task()
+    if task not in _portals:
+        bestow_portal(task)
+    if _library_of(task) == "trio":
+        import trio
+
+        await trio.sleep(0)
+    else:
+        await asyncio.sleep(0)
+
+
+def has_portal(task: asyncio.Task[Any] | trio.lowlevel.Task | None = None) -> bool:
+    """Whether ``task`` (by default the running one) can use :func:`await_`.
+
+    A portal bestowed on the running task does not count until its next step; one bestowed
+    on another task counts at once (it is in use before that task runs again).
+    """
+    try:
+        running = _current_task()
+    except RuntimeError:
+        running = None
+    if task is None:
+        task = running
+        if task is None:
+            return False
+    portal = _portals.get(task)
+    if portal is None:
+        return False
+    return portal.active or task is not running
+
+
+def await_(aw: Awaitable[_T]) -> _T:
+    """Wait for ``aw`` from sync code in a task that has a portal, and return its result.
+
+    ``await_(coro())`` does what ``await coro()`` would, but in an ordinary function, at any
+    depth below a task that called :func:`ensure_portal` (or runs under
+    :func:`with_portal_run`, :func:`with_portal_run_sync` or :func:`bestow_portal`).
+    Exceptions propagate as from ``await``; cancelling the task raises
+    :class:`asyncio.CancelledError` (or Trio's ``Cancelled``) here.
+
+    Raises:
+        RuntimeError: the running task has no portal (or one bestowed on it that is not in
+            use until its next step), or no asyncio or Trio task is running.
+    """
+    try:
+        task = _current_task()
+        portal = _portal_refs.get(weakref.ref(task))
+        if portal is None or not portal.active:
+            if portal is not None:
+                library = _library_of(task)
+                raise RuntimeError(
+                    f"You must yield to the event loop (try 'await {library}.sleep(0)') "
+                    "after calling 'awaitlet.portal.bestow_portal()' on the current task "
+                    "before using the portal"
+                )
+            raise RuntimeError(_NO_PORTAL_MESSAGE)
+    except BaseException:
+        if isinstance(aw, collections.abc.Coroutine):
+            aw.close()  # it will never run: no "never awaited" warning
+        raise
+    return awaitlet(aw)
+
+
+async def with_portal_run(
+    async_fn: Callable[..., Awaitable[_T]], /, *args: Any, **kwargs: Any
+) -> _T:
+    """``await async_fn(*args, **kwargs)`` with a portal for its duration.
+
+    If the running task has a portal already, this just awaits ``async_fn(...)``.  It adds
+    no checkpoint of its own.
+    """
+    task = _current_task()
+    if task in _portals:
+        return await async_fn(*args, **kwargs)
+    awaitable = async_fn(*args, **kwargs)
+    coro: Coroutine[Any, Any, _T] = (
+        awaitable
+        if isinstance(awaitable, collections.abc.Coroutine)
+        else _AwaitableCoroutine(awaitable)
+    )
+    portal = _Portal(active=False)
+    _portals[task] = portal
+    try:
+        return await async_def(_run_steps, portal, coro, False)
+    finally:
+        del _portals[task]
+
+
+async def with_portal_run_sync(sync_fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> _T:
+    """Call ``sync_fn(*args, **kwargs)`` so that it can use :func:`await_`; give its result.
+
+    If the running task has a portal already, this just calls ``sync_fn``.  It adds no
+    checkpoint beyond those of the :func:`await_` calls inside ``sync_fn``.
+    """
+    task = _current_task()
+    if task in _portals:
+        return sync_fn(*args, **kwargs)
+    _portals[task] = _Portal(active=True)
+    try:
+        return await async_def(sync_fn, *args, **kwargs)
+    finally:
+        del _portals[task]
+
+
+# -- Portals for child tasks (Trio) -------------------------------------------------------
+
+if TYPE_CHECKING:
+    from trio.abc import Instrument as _InstrumentBase
+else:
+    _InstrumentBase = object
+
+
+class AutoPortalInstrument(_InstrumentBase):
+    """A Trio instrument that gives new tasks a portal where one was asked for.
+
+    :func:`portals_for_children` and :func:`with_portal_run_tree` install it.  Passed to
+    ``trio.run(..., instruments=[AutoPortalInstrument()])`` it gives every task of the run
+    (system tasks too) a portal.
+    """
+
+    def __init__(self) -> None:
+        """An instrument that portalizes nothing until told which tasks' children to."""
+        # Task -> how many of its child nurseries predate the request: children spawned
+        # into those (opened outside the portals_for_children() block) get no portal.
+        self.tasks: dict[trio.lowlevel.Task, int] = {}
+        self.refs = 0
+
+    def before_run(self) -> None:
+        """Passed to ``trio.run()``: portalize the whole run."""
+        self.refs = 1
+        _instrument_holder().set(self)
+
+    def task_spawned(self, task: trio.lowlevel.Task) -> None:
+        """Give ``task`` a portal if its parent asked for its children to have one."""
+        nursery = task.parent_nursery
+        if nursery is None:  # the init task: seen only when the whole run is portalized
+            bestow_portal(task)
+            self.tasks[task] = 0
+            return
+        parent = nursery.parent_task
+        depth = self.tasks.get(parent)
+        if depth is not None and parent.child_nurseries.index(nursery) >= depth:
+            bestow_portal(task)
+            self.tasks[task] = 0
+
+    def task_exited(self, task: trio.lowlevel.Task) -> None:
+        """Forget ``task``."""
+        self.tasks.pop(task, None)
+
+
+_instrument_run_var: Any = None
+
+
+def _instrument_holder() -> trio.lowlevel.RunVar[AutoPortalInstrument | None]:
+    global _instrument_run_var
+    import trio.lowlevel
+
+    if _instrument_run_var is None:
+        _instrument_run_var = trio.lowlevel.RunVar("awaitlet_portal_instrument", default=None)
+    holder: trio.lowlevel.RunVar[AutoPortalInstrument | None] = _instrument_run_var
+    return holder
+
+
+@contextlib.contextmanager
+def portals_for_children() -> Iterator[None]:
+    """Give a portal to every task spawned into nurseries opened inside this block.
+
+    The task that enters it gets none (which is why it is a sync context manager).
+
+    Raises:
+        RuntimeError: not running under Trio (asyncio has no hook for it).
+    """
+    try:
+        import trio.lowlevel
+
+        this_task = trio.lowlevel.current_task()
+    except (ImportError, RuntimeError):
+        raise RuntimeError("This function is only supported when running under Trio") from None
+    holder = _instrument_holder()
+    instrument = holder.get()
+    if instrument is None:
+        instrument = AutoPortalInstrument()
+        trio.lowlevel.add_instrument(instrument)
+        holder.set(instrument)
+    elif this_task in instrument.tasks:
+        yield  # an enclosing block already asked for this task's children
+        return
+    instrument.tasks[this_task] = len(this_task.child_nurseries)
+    instrument.refs += 1
+    try:
+        yield
+    finally:
+        del instrument.tasks[this_task]
+        instrument.refs -= 1
+        if instrument.refs == 0:
+            holder.set(None)
+            trio.lowlevel.remove_instrument(instrument)
+
+
+@contextlib.asynccontextmanager
+async def portals_for_tree() -> AsyncIterator[None]:
+    """Give this task, and the tasks spawned into nurseries opened inside, a portal.
+
+    Entering and leaving are schedule points but not cancellation points.  The task's
+    portal goes when the block ends (if this block made it).
+
+    Raises:
+        RuntimeError: not running under Trio.
+    """
+    import trio.lowlevel
+
+    with portals_for_children():
+        this_task = trio.lowlevel.current_task()
+        original = this_task.coro
+        portal_is_new = this_task not in _portals
+        if portal_is_new:
+            bestow_portal(this_task)
+        replacement = this_task.coro
+        try:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            yield
+        finally:
+            if portal_is_new and this_task.coro is replacement:
+                # Put the original back; after this checkpoint the task runs it directly
+                # and the portal's fiber, no longer in use, is let go without closing it.
+                this_task.coro = original
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                del _portals[this_task]
+                with contextlib.suppress(_DetachPortal):
+                    replacement.throw(_DetachPortal())
+            else:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+
+
+async def with_portal_run_tree(
+    async_fn: Callable[..., Awaitable[_T]], /, *args: Any, **kwargs: Any
+) -> _T:
+    """``await async_fn(*args, **kwargs)`` with a portal, as are all tasks it spawns.
+
+    Tasks spawned into nurseries that ``async_fn`` opens (recursively) get a portal too.
+    ``trio.run(with_portal_run_tree, main)`` portalizes a whole run but its system tasks.
+
+    Raises:
+        RuntimeError: not running under Trio.
+    """
+    with portals_for_children():
+        return await with_portal_run(async_fn, *args, **kwargs)
