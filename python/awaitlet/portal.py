@@ -18,12 +18,13 @@ from __future__ import annotations
 import asyncio
 import collections.abc
 import contextlib
+import contextvars
 import ctypes
 import sys
 import types
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator, Iterator
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from ._awaitlet import async_def, awaitlet
 
@@ -55,10 +56,19 @@ _NO_PORTAL_MESSAGE = (
 class _Portal:
     """One task's portal; ``active`` once its steps run on the portal's fiber."""
 
-    __slots__ = ("active", "__weakref__")
+    __slots__ = ("active", "task")
 
-    def __init__(self, active: bool) -> None:
+    def __init__(self, task: object, active: bool) -> None:
         self.active = active
+        # Weak: the portal runs inside the task, which must stay collectable.
+        self.task = weakref.ref(task)
+
+    def close(self) -> None:
+        """The portal's fiber is done: its task has it no more."""
+        self.active = False
+        task = self.task()
+        if task is not None and _portals.get(task) is self:
+            del _portals[task]
 
 
 # Task -> its portal.  Weak keys: a portal must not keep an abandoned task alive (asyncio
@@ -110,64 +120,86 @@ class _DetachPortal(BaseException):
 
 
 
-def _run_steps(portal: _Portal, coro: Coroutine[Any, Any, _T], primed: bool) -> _T:
-    """Drive ``coro`` one event-loop step at a time on this fiber (see the module doc).
-
-    ``primed``: first yield a marker, so that the task's next send (which may be a value or
-    an exception, unlike a coroutine's first send) can be taken as it comes.
+def _drive(coro: Coroutine[Any, Any, _T], value: Any, exception: BaseException | None) -> _T:
+    """Run ``coro`` to its end on this fiber, starting by sending ``value`` (or throwing
+    ``exception``): each value it yields goes to the task, what the task sends back (or
+    throws) goes into it.  Every step runs here, so sync code it calls can ``await_()``.
     """
-    exception: BaseException | None = None
-    value: Any = None
-    if primed:
+    send = coro.send
+    throw = coro.throw
+    while True:
         try:
-            value = awaitlet(_hand_to_task(_READY))
+            if exception is None:
+                yielded = send(value)
+            else:
+                # Cleared before it is thrown: a raised exception's traceback holds this frame.
+                thrown, exception = exception, None
+                yielded = throw(thrown)
+        except StopIteration as stop:
+            result: _T = stop.value
+            return result
+        try:
+            value = awaitlet(_hand_to_task(yielded))
         except _DetachPortal:
             raise
         except BaseException as raised:  # every exception goes into coro, as a task's would
             exception = raised
+
+
+def _run_steps(
+    portal: _Portal,
+    coro: Coroutine[Any, Any, _T],
+    primed: bool,
+    value: Any = None,
+    exception: BaseException | None = None,
+) -> _T:
+    """The portal's sync function: drive the task's coroutine (see the module doc).
+
+    ``primed``: first yield a marker, so that the task's next send (which may be a value or
+    an exception, unlike a coroutine's first send) can be taken as it comes.  Otherwise
+    ``value`` or ``exception`` is what to resume ``coro`` with first.
+    """
+    if primed:
+        try:
+            value = awaitlet(_hand_to_task(_READY))
+        except _DetachPortal:
+            portal.close()
+            raise
+        except BaseException as raised:
+            exception = raised
     portal.active = True
-    send = coro.send
-    throw = coro.throw
     try:
-        while True:
-            try:
-                if exception is None:
-                    yielded = send(value)
-                else:
-                    thrown, exception = exception, None
-                    yielded = throw(thrown)
-            except StopIteration as stop:
-                result: _T = stop.value
-                return result
-            try:
-                value = awaitlet(_hand_to_task(yielded))
-            except _DetachPortal:
-                raise
-            except BaseException as raised:
-                exception = raised
+        return _drive(coro, value, exception)
     finally:
-        portal.active = False
+        portal.close()
 
 
-class _AwaitableCoroutine(Coroutine[Any, Any, _T]):
-    """A coroutine over an awaitable that is not one (``with_portal_run`` needs ``send``)."""
+@types.coroutine
+def _next_resumption() -> Generator[Any, Any, tuple[Any, BaseException | None]]:
+    """Yield a marker; then give what the task resumes with, sent or thrown."""
+    try:
+        value = yield _READY
+    except (GeneratorExit, _DetachPortal):
+        raise
+    except BaseException as raised:
+        return None, raised
+    return value, None
 
-    __slots__ = ("_iterator",)
 
-    def __init__(self, awaitable: Awaitable[_T]) -> None:
-        self._iterator: Generator[Any, Any, _T] = awaitable.__await__()  # type: ignore[assignment]
+async def _start_on_next_step(portal: _Portal, coro: Coroutine[Any, Any, _T]) -> _T:
+    """A portal whose fiber starts at the task's next step, in the task's context.
 
-    def send(self, value: Any, /) -> Any:
-        return self._iterator.send(value)
+    For a task whose Context cannot be read (asyncio's C Task before 3.12): a fiber takes
+    the Context it is first resumed in, and only the task's own step runs in the task's.
+    Costs one coroutine frame per step more than a primed portal.
+    """
+    value, exception = await _next_resumption()
+    return await async_def(_run_steps, portal, coro, False, value, exception)
 
-    def throw(self, *args: Any) -> Any:
-        return self._iterator.throw(*args)
 
-    def close(self) -> None:
-        self._iterator.close()
-
-    def __await__(self) -> Generator[Any, Any, _T]:
-        return (yield from self._iterator)
+async def _as_coroutine(awaitable: Awaitable[_T]) -> _T:
+    """A coroutine for an awaitable that is not one: ``_drive`` needs send and throw."""
+    return await awaitable
 
 
 # -- Replacing a running task's coroutine -------------------------------------------------
@@ -259,14 +291,19 @@ class _CTaskCoroField:
 _CTaskCoroField.locate()
 
 
+_PY_TASK: type[Any] | None = getattr(asyncio.tasks, "_PyTask", None)
+_ASYNCIO_TASK_TYPES: tuple[type[Any], ...] = (asyncio.Task,) + (
+    (_PY_TASK,) if _PY_TASK is not None else ()
+)
+
+
 def _set_task_coro(task: Any, old: object, new: object) -> None:
     if _library_of(task) == "trio":
         task.coro = new
         if task.coro is not new:  # pragma: no cover - a Trio that ignores the assignment
             raise RuntimeError("cannot give this Trio task a portal: its coro did not change")
         return
-    py_task = getattr(asyncio.tasks, "_PyTask", None)
-    if py_task is not None and isinstance(task, py_task):
+    if _PY_TASK is not None and isinstance(task, _PY_TASK):
         task._coro = new
     elif isinstance(task, asyncio.Task):
         _CTaskCoroField.replace(task, old, new)
@@ -300,7 +337,7 @@ def bestow_portal(task: asyncio.Task[Any] | trio.lowlevel.Task) -> None:
             raise RuntimeError(f"cannot give a portal to {task!r}: not a Trio task")
         original = task.coro
     else:
-        if not isinstance(task, asyncio.Task):
+        if not isinstance(task, _ASYNCIO_TASK_TYPES):
             raise RuntimeError(
                 f"cannot give a portal to {task!r}: not an asyncio.Task or a Trio task"
             )
@@ -309,10 +346,22 @@ def bestow_portal(task: asyncio.Task[Any] | trio.lowlevel.Task) -> None:
         original = task.get_coro()
         if not isinstance(original, collections.abc.Coroutine):
             raise RuntimeError(f"cannot give a portal to {task!r}: it runs no coroutine")
-    portal = _Portal(active=False)
-    replacement = async_def(_run_steps, portal, original, True)
-    # Start it: it runs up to its first hand-off and then takes the task's next send.
-    if replacement.send(None) != _READY:  # pragma: no cover - _run_steps yields it first
+    portal = _Portal(task, active=False)
+    # The fiber takes the Context it is first resumed in: that must be the task's.
+    try:
+        running = _current_task() is task
+    except RuntimeError:
+        running = False
+    context = None if running else _task_context(task)
+    replacement: Coroutine[Any, Any, Any]
+    if running or context is not None:
+        replacement = async_def(_run_steps, portal, original, True)
+        # Start it now: it runs up to its first hand-off and takes the task's next resumption.
+        first = replacement.send(None) if context is None else context.run(replacement.send, None)
+    else:
+        replacement = _start_on_next_step(portal, original)
+        first = replacement.send(None)
+    if first != _READY:  # pragma: no cover - both yield it first
         raise RuntimeError("portal did not start")
     try:
         _set_task_coro(task, original, replacement)
@@ -322,6 +371,18 @@ def bestow_portal(task: asyncio.Task[Any] | trio.lowlevel.Task) -> None:
             replacement.throw(_DetachPortal())
         raise
     _portals[task] = portal
+
+
+def _task_context(task: Any) -> contextvars.Context | None:
+    """The Context ``task`` runs its steps in, where it can be read."""
+    if _library_of(task) == "trio":
+        context: contextvars.Context = task.context
+        return context
+    get_context = getattr(task, "get_context", None)  # 3.12+
+    if get_context is not None:
+        context = get_context()
+        return context
+    return getattr(task, "_context", None)  # the pure-Python Task
 
 
 async def ensure_portal() -> None:
@@ -362,6 +423,17 @@ def has_portal(task: asyncio.Task[Any] | trio.lowlevel.Task | None = None) -> bo
     return portal.active or task is not running
 
 
+def _refuse(portal: _Portal | None) -> NoReturn:
+    if portal is not None:
+        library = _library_of(_current_task())
+        raise RuntimeError(
+            f"You must yield to the event loop (try 'await {library}.sleep(0)') after "
+            "calling 'awaitlet.portal.bestow_portal()' on the current task before using "
+            "the portal"
+        )
+    raise RuntimeError(_NO_PORTAL_MESSAGE)
+
+
 def await_(aw: Awaitable[_T]) -> _T:
     """Wait for ``aw`` from sync code in a task that has a portal, and return its result.
 
@@ -376,22 +448,41 @@ def await_(aw: Awaitable[_T]) -> _T:
             use until its next step), or no asyncio or Trio task is running.
     """
     try:
-        task = _current_task()
-        portal = _portal_refs.get(weakref.ref(task))
+        # No reference to the task is kept here: this frame may wait inside it.
+        portal = _portal_refs.get(weakref.ref(_current_task()))
         if portal is None or not portal.active:
-            if portal is not None:
-                library = _library_of(task)
-                raise RuntimeError(
-                    f"You must yield to the event loop (try 'await {library}.sleep(0)') "
-                    "after calling 'awaitlet.portal.bestow_portal()' on the current task "
-                    "before using the portal"
-                )
-            raise RuntimeError(_NO_PORTAL_MESSAGE)
+            _refuse(portal)
     except BaseException:
         if isinstance(aw, collections.abc.Coroutine):
             aw.close()  # it will never run: no "never awaited" warning
         raise
-    return awaitlet(aw)
+    adapted = not isinstance(aw, collections.abc.Coroutine)
+    coro: Coroutine[Any, Any, _T] = _as_coroutine(aw) if adapted else aw  # type: ignore[assignment]
+    # _drive()'s loop, inline: one frame less per await_() and in its tracebacks.
+    value: Any = None
+    exception: BaseException | None = None
+    while True:
+        try:
+            if exception is None:
+                yielded = coro.send(value)
+            else:
+                thrown, exception = exception, None
+                yielded = coro.throw(thrown)
+        except StopIteration as stop:
+            result: _T = stop.value
+            return result
+        except BaseException as error:
+            if not adapted:
+                raise
+            # Leave _as_coroutine's frame out: the traceback goes from here to `aw`.
+            here = error.__traceback__
+            if here is None or here.tb_next is None or here.tb_next.tb_next is None:
+                raise
+            raise error.with_traceback(here.tb_next.tb_next) from None
+        try:
+            value = awaitlet(_hand_to_task(yielded))
+        except BaseException as raised:
+            exception = raised
 
 
 async def with_portal_run(
@@ -409,14 +500,14 @@ async def with_portal_run(
     coro: Coroutine[Any, Any, _T] = (
         awaitable
         if isinstance(awaitable, collections.abc.Coroutine)
-        else _AwaitableCoroutine(awaitable)
+        else _as_coroutine(awaitable)
     )
-    portal = _Portal(active=False)
+    portal = _Portal(task, active=False)
     _portals[task] = portal
     try:
         return await async_def(_run_steps, portal, coro, False)
     finally:
-        del _portals[task]
+        portal.close()
 
 
 async def with_portal_run_sync(sync_fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> _T:
@@ -428,11 +519,11 @@ async def with_portal_run_sync(sync_fn: Callable[..., _T], /, *args: Any, **kwar
     task = _current_task()
     if task in _portals:
         return sync_fn(*args, **kwargs)
-    _portals[task] = _Portal(active=True)
+    portal = _portals[task] = _Portal(task, active=True)
     try:
         return await async_def(sync_fn, *args, **kwargs)
     finally:
-        del _portals[task]
+        portal.close()
 
 
 # -- Portals for child tasks (Trio) -------------------------------------------------------
@@ -558,7 +649,6 @@ async def portals_for_tree() -> AsyncIterator[None]:
                 # and the portal's fiber, no longer in use, is let go without closing it.
                 this_task.coro = original
                 await trio.lowlevel.cancel_shielded_checkpoint()
-                del _portals[this_task]
                 with contextlib.suppress(_DetachPortal):
                     replacement.throw(_DetachPortal())
             else:
