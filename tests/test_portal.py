@@ -81,7 +81,10 @@ class Library:
             await asyncio.sleep(seconds)
 
     def current_task(self) -> Any:
-        return trio.lowlevel.current_task() if self.is_trio else asyncio.current_task()
+        if self.is_trio:
+            return trio.lowlevel.current_task()
+        # On 3.14+ a pure-Python Task is current only to asyncio's pure-Python bookkeeping.
+        return asyncio.current_task() or asyncio.tasks._py_current_task()
 
     async def gather(self, *functions: Callable[[], Awaitable[Any]]) -> None:
         """Run each function in a task of its own, until all are done."""
@@ -162,7 +165,9 @@ def test_await_in_sync_code_after_ensure_portal(library: Library) -> None:
 def test_await_deep_in_sync_frames(library: Library) -> None:
     async def main() -> list[int]:
         await ensure_portal()
-        return [sync_at_depth(depth, lambda: await_(double_later(library, 21))) for depth in (1, 200)]
+        return [
+            sync_at_depth(depth, lambda: await_(double_later(library, 21))) for depth in (1, 200)
+        ]
 
     assert library.run(main) == [42, 42]
 
@@ -564,7 +569,7 @@ def test_pure_python_task_subclass() -> None:
 
     async def child() -> int:
         await ensure_portal()
-        assert type(asyncio.current_task()) is MyTask
+        assert type(asyncio.current_task() or asyncio.tasks._py_current_task()) is MyTask
         return await_(double_later(Library("asyncio"), 3))
 
     async def main() -> int:
@@ -671,6 +676,10 @@ def test_portal_map_does_not_leak(library: Library) -> None:
     assert not portal._portals
 
 
+# On 3.14 the collector may finalize the task's original coroutine, suspended mid-step on the
+# portal's fiber, before the portal coroutine that would unwind that fiber: CPython reports
+# "coroutine already executing" as unraisable.  The task is collected all the same.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_abandoned_portal_task_is_collected() -> None:
     """A portal does not keep a task alive that nothing else holds."""
     import weakref

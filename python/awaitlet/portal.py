@@ -20,16 +20,14 @@ import collections.abc
 import contextlib
 import contextvars
 import ctypes
+import importlib
 import sys
 import types
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator, Iterator
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from ._awaitlet import async_def, awaitlet
-
-if TYPE_CHECKING:
-    import trio
 
 __all__ = [
     "AutoPortalInstrument",
@@ -77,8 +75,11 @@ _portals: weakref.WeakKeyDictionary[object, _Portal] = weakref.WeakKeyDictionary
 # The dict under it, for await_()'s lookup without WeakKeyDictionary's Python-level get().
 _portal_refs: dict[weakref.ref[object], _Portal] = _portals.data  # type: ignore[attr-defined]
 
+_weak = weakref.ref
+_CoroutineABC = collections.abc.Coroutine
 _get_running_loop = asyncio._get_running_loop
 _asyncio_current_task = asyncio.current_task
+_py_current_task: Callable[..., Any] | None = getattr(asyncio.tasks, "_py_current_task", None)
 
 
 def _current_task() -> Any:
@@ -86,6 +87,9 @@ def _current_task() -> Any:
     loop = _get_running_loop()
     if loop is not None:
         task = _asyncio_current_task(loop)
+        if task is None and _py_current_task is not None:
+            # A pure-Python Task is current only to the pure-Python bookkeeping on 3.14+.
+            task = _py_current_task(loop)
         if task is not None:
             return task
     trio_lowlevel = sys.modules.get("trio.lowlevel")
@@ -97,6 +101,11 @@ def _current_task() -> Any:
     if loop is not None:
         raise RuntimeError("No asyncio task is running (called from a callback?)")
     raise RuntimeError("awaitlet.portal needs a running asyncio or Trio task")
+
+
+def _trio_lowlevel() -> Any:
+    """trio.lowlevel, imported only when Trio is in use (and typed loosely: Trio is optional)."""
+    return importlib.import_module("trio.lowlevel")
 
 
 def _library_of(task: object) -> str:
@@ -117,7 +126,6 @@ _READY = "awaitlet.portal ready"
 
 class _DetachPortal(BaseException):
     """Thrown into a portal that is discarded when its task goes on without it."""
-
 
 
 def _drive(coro: Coroutine[Any, Any, _T], value: Any, exception: BaseException | None) -> _T:
@@ -316,8 +324,9 @@ def _set_task_coro(task: Any, old: object, new: object) -> None:
 # -- The public API ----------------------------------------------------------------------
 
 
-def bestow_portal(task: asyncio.Task[Any] | trio.lowlevel.Task) -> None:
-    """Give ``task`` a portal, as if it had called :func:`ensure_portal` itself.
+def bestow_portal(task: object) -> None:
+    """Give ``task`` (an :class:`asyncio.Task` or a Trio task) a portal, as if it had called
+    :func:`ensure_portal` itself.
 
     If ``task`` is the running task, the portal works from its next step on: after it next
     yields to the event loop (``await asyncio.sleep(0)``).  A task that has a portal keeps
@@ -330,10 +339,9 @@ def bestow_portal(task: asyncio.Task[Any] | trio.lowlevel.Task) -> None:
     """
     if task in _portals:
         return
+    original: Any
     if _library_of(task) == "trio":
-        import trio
-
-        if not isinstance(task, trio.lowlevel.Task):
+        if not isinstance(task, _trio_lowlevel().Task):
             raise RuntimeError(f"cannot give a portal to {task!r}: not a Trio task")
         original = task.coro
     else:
@@ -396,15 +404,14 @@ async def ensure_portal() -> None:
     if task not in _portals:
         bestow_portal(task)
     if _library_of(task) == "trio":
-        import trio
-
-        await trio.sleep(0)
+        await _trio_lowlevel().checkpoint()
     else:
         await asyncio.sleep(0)
 
 
-def has_portal(task: asyncio.Task[Any] | trio.lowlevel.Task | None = None) -> bool:
-    """Whether ``task`` (by default the running one) can use :func:`await_`.
+def has_portal(task: object = None) -> bool:
+    """Whether ``task`` (an asyncio or Trio task; by default the running one) can use
+    :func:`await_`.
 
     A portal bestowed on the running task does not count until its next step; one bestowed
     on another task counts at once (it is in use before that task runs again).
@@ -449,14 +456,15 @@ def await_(aw: Awaitable[_T]) -> _T:
     """
     try:
         # No reference to the task is kept here: this frame may wait inside it.
-        portal = _portal_refs.get(weakref.ref(_current_task()))
+        portal = _portal_refs.get(_weak(_current_task()))
         if portal is None or not portal.active:
             _refuse(portal)
     except BaseException:
         if isinstance(aw, collections.abc.Coroutine):
             aw.close()  # it will never run: no "never awaited" warning
         raise
-    adapted = not isinstance(aw, collections.abc.Coroutine)
+    # The exact type first: the ABC check is slower, and most awaitables are coroutines.
+    adapted = type(aw) is not types.CoroutineType and not isinstance(aw, _CoroutineABC)
     coro: Coroutine[Any, Any, _T] = _as_coroutine(aw) if adapted else aw  # type: ignore[assignment]
     # _drive()'s loop, inline: one frame less per await_() and in its tracebacks.
     value: Any = None
@@ -498,9 +506,7 @@ async def with_portal_run(
         return await async_fn(*args, **kwargs)
     awaitable = async_fn(*args, **kwargs)
     coro: Coroutine[Any, Any, _T] = (
-        awaitable
-        if isinstance(awaitable, collections.abc.Coroutine)
-        else _as_coroutine(awaitable)
+        awaitable if isinstance(awaitable, collections.abc.Coroutine) else _as_coroutine(awaitable)
     )
     portal = _Portal(task, active=False)
     _portals[task] = portal
@@ -528,13 +534,8 @@ async def with_portal_run_sync(sync_fn: Callable[..., _T], /, *args: Any, **kwar
 
 # -- Portals for child tasks (Trio) -------------------------------------------------------
 
-if TYPE_CHECKING:
-    from trio.abc import Instrument as _InstrumentBase
-else:
-    _InstrumentBase = object
 
-
-class AutoPortalInstrument(_InstrumentBase):
+class AutoPortalInstrument:
     """A Trio instrument that gives new tasks a portal where one was asked for.
 
     :func:`portals_for_children` and :func:`with_portal_run_tree` install it.  Passed to
@@ -546,7 +547,7 @@ class AutoPortalInstrument(_InstrumentBase):
         """An instrument that portalizes nothing until told which tasks' children to."""
         # Task -> how many of its child nurseries predate the request: children spawned
         # into those (opened outside the portals_for_children() block) get no portal.
-        self.tasks: dict[trio.lowlevel.Task, int] = {}
+        self.tasks: dict[Any, int] = {}
         self.refs = 0
 
     def before_run(self) -> None:
@@ -554,7 +555,7 @@ class AutoPortalInstrument(_InstrumentBase):
         self.refs = 1
         _instrument_holder().set(self)
 
-    def task_spawned(self, task: trio.lowlevel.Task) -> None:
+    def task_spawned(self, task: Any) -> None:
         """Give ``task`` a portal if its parent asked for its children to have one."""
         nursery = task.parent_nursery
         if nursery is None:  # the init task: seen only when the whole run is portalized
@@ -567,7 +568,7 @@ class AutoPortalInstrument(_InstrumentBase):
             bestow_portal(task)
             self.tasks[task] = 0
 
-    def task_exited(self, task: trio.lowlevel.Task) -> None:
+    def task_exited(self, task: Any) -> None:
         """Forget ``task``."""
         self.tasks.pop(task, None)
 
@@ -575,14 +576,12 @@ class AutoPortalInstrument(_InstrumentBase):
 _instrument_run_var: Any = None
 
 
-def _instrument_holder() -> trio.lowlevel.RunVar[AutoPortalInstrument | None]:
+def _instrument_holder() -> Any:
+    """The Trio RunVar holding the run's AutoPortalInstrument, if one is installed."""
     global _instrument_run_var
-    import trio.lowlevel
-
     if _instrument_run_var is None:
-        _instrument_run_var = trio.lowlevel.RunVar("awaitlet_portal_instrument", default=None)
-    holder: trio.lowlevel.RunVar[AutoPortalInstrument | None] = _instrument_run_var
-    return holder
+        _instrument_run_var = _trio_lowlevel().RunVar("awaitlet_portal_instrument", default=None)
+    return _instrument_run_var
 
 
 @contextlib.contextmanager
@@ -595,16 +594,15 @@ def portals_for_children() -> Iterator[None]:
         RuntimeError: not running under Trio (asyncio has no hook for it).
     """
     try:
-        import trio.lowlevel
-
-        this_task = trio.lowlevel.current_task()
+        trio_lowlevel = _trio_lowlevel()
+        this_task = trio_lowlevel.current_task()
     except (ImportError, RuntimeError):
         raise RuntimeError("This function is only supported when running under Trio") from None
     holder = _instrument_holder()
-    instrument = holder.get()
+    instrument: AutoPortalInstrument | None = holder.get()
     if instrument is None:
         instrument = AutoPortalInstrument()
-        trio.lowlevel.add_instrument(instrument)
+        trio_lowlevel.add_instrument(instrument)
         holder.set(instrument)
     elif this_task in instrument.tasks:
         yield  # an enclosing block already asked for this task's children
@@ -618,7 +616,7 @@ def portals_for_children() -> Iterator[None]:
         instrument.refs -= 1
         if instrument.refs == 0:
             holder.set(None)
-            trio.lowlevel.remove_instrument(instrument)
+            trio_lowlevel.remove_instrument(instrument)
 
 
 @contextlib.asynccontextmanager
@@ -631,28 +629,27 @@ async def portals_for_tree() -> AsyncIterator[None]:
     Raises:
         RuntimeError: not running under Trio.
     """
-    import trio.lowlevel
-
     with portals_for_children():
-        this_task = trio.lowlevel.current_task()
+        trio_lowlevel = _trio_lowlevel()
+        this_task = trio_lowlevel.current_task()
         original = this_task.coro
         portal_is_new = this_task not in _portals
         if portal_is_new:
             bestow_portal(this_task)
         replacement = this_task.coro
         try:
-            await trio.lowlevel.cancel_shielded_checkpoint()
+            await trio_lowlevel.cancel_shielded_checkpoint()
             yield
         finally:
             if portal_is_new and this_task.coro is replacement:
                 # Put the original back; after this checkpoint the task runs it directly
                 # and the portal's fiber, no longer in use, is let go without closing it.
                 this_task.coro = original
-                await trio.lowlevel.cancel_shielded_checkpoint()
+                await trio_lowlevel.cancel_shielded_checkpoint()
                 with contextlib.suppress(_DetachPortal):
                     replacement.throw(_DetachPortal())
             else:
-                await trio.lowlevel.cancel_shielded_checkpoint()
+                await trio_lowlevel.cancel_shielded_checkpoint()
 
 
 async def with_portal_run_tree(
