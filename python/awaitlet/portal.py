@@ -76,6 +76,7 @@ _portals: weakref.WeakKeyDictionary[object, _Portal] = weakref.WeakKeyDictionary
 _portal_refs: dict[weakref.ref[object], _Portal] = _portals.data  # type: ignore[attr-defined]
 
 _weak = weakref.ref
+_CoroutineType = types.CoroutineType
 _CoroutineABC = collections.abc.Coroutine
 _get_running_loop = asyncio._get_running_loop
 _asyncio_current_task = asyncio.current_task
@@ -430,6 +431,18 @@ def has_portal(task: object = None) -> bool:
     return portal.active or task is not running
 
 
+def _check_portal_or_refuse(aw: Awaitable[Any]) -> None:
+    """await_()'s other cases: Trio, pure-Python tasks, and no usable portal (raise)."""
+    try:
+        portal = _portals.get(_current_task())
+        if portal is None or not portal.active:
+            _refuse(portal)
+    except BaseException:
+        if isinstance(aw, _CoroutineABC):
+            aw.close()  # it will never run: no "never awaited" warning
+        raise
+
+
 def _refuse(portal: _Portal | None) -> NoReturn:
     if portal is not None:
         library = _library_of(_current_task())
@@ -454,17 +467,16 @@ def await_(aw: Awaitable[_T]) -> _T:
         RuntimeError: the running task has no portal (or one bestowed on it that is not in
             use until its next step), or no asyncio or Trio task is running.
     """
-    try:
-        # No reference to the task is kept here: this frame may wait inside it.
-        portal = _portal_refs.get(_weak(_current_task()))
-        if portal is None or not portal.active:
-            _refuse(portal)
-    except BaseException:
-        if isinstance(aw, collections.abc.Coroutine):
-            aw.close()  # it will never run: no "never awaited" warning
-        raise
+    # asyncio's common case first, inline; no reference to the task is kept in this frame,
+    # which may wait inside that task.
+    loop = _get_running_loop()
+    task = None if loop is None else _asyncio_current_task(loop)
+    portal = None if task is None else _portal_refs.get(_weak(task))
+    task = None
+    if portal is None or not portal.active:
+        _check_portal_or_refuse(aw)
     # The exact type first: the ABC check is slower, and most awaitables are coroutines.
-    adapted = type(aw) is not types.CoroutineType and not isinstance(aw, _CoroutineABC)
+    adapted = type(aw) is not _CoroutineType and not isinstance(aw, _CoroutineABC)
     coro: Coroutine[Any, Any, _T] = _as_coroutine(aw) if adapted else aw  # type: ignore[assignment]
     # _drive()'s loop, inline: one frame less per await_() and in its tracebacks.
     value: Any = None
