@@ -800,9 +800,93 @@ def test_with_portal_run_tree(use_context_manager: bool) -> None:
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
-def test_portals_for_children_is_trio_only() -> None:
+def test_portals_for_tree_is_trio_only() -> None:
+    async def main() -> None:
+        async with portals_for_tree():
+            pass  # pragma: no cover
+
     with pytest.raises(RuntimeError, match="only supported when running under Trio"):
-        asyncio.run(with_portal_run_tree(asyncio.sleep, 0))
+        asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    "library_name",
+    [
+        "asyncio",
+        "asyncio-pytask",
+        pytest.param(
+            "asyncio-eager",
+            marks=pytest.mark.skipif(sys.version_info < (3, 12), reason="eager tasks are 3.12+"),
+        ),
+        pytest.param(
+            "uvloop", marks=pytest.mark.skipif(uvloop is None, reason="uvloop is not importable")
+        ),
+    ],
+)
+def test_with_portal_run_tree_on_asyncio(library_name: str) -> None:
+    """Tasks created below with_portal_run_tree(), at any depth, start with a portal."""
+    library = Library(library_name)
+    results: list[str] = []
+
+    async def leaf(name: str) -> None:
+        # From the first step on, eager tasks included.
+        assert has_portal()
+        results.append(await_(double_later(library, 1)) * name)
+
+    async def branch(depth: int) -> None:
+        assert has_portal()
+        if depth == 0:
+            await leaf("x")
+            return
+        await asyncio.gather(branch(depth - 1), leaf("y"))
+        await asyncio.ensure_future(leaf("z"))
+
+    async def outside() -> None:
+        assert not has_portal()
+        with pytest.raises(RuntimeError, match="create a portal"):
+            await_(library.sleep(0))
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        factory = loop.get_task_factory()
+        outer = asyncio.ensure_future(outside())
+        await with_portal_run_tree(branch, 2)
+        await outer
+        assert not has_portal()
+        # The loop has its own factory back, and tasks created now get no portal.
+        assert loop.get_task_factory() is factory
+        await asyncio.ensure_future(outside())
+
+    library.run(main)
+    assert sorted(results) == ["xx", "yy", "yy", "zz", "zz"]
+
+
+def test_portals_for_children_on_asyncio_keeps_the_enclosing_task_portalless() -> None:
+    from awaitlet.portal import portals_for_children
+
+    async def child() -> str:
+        return await_(double_later(Library("asyncio"), 2)) * "c"
+
+    async def main() -> str:
+        with portals_for_children():
+            assert not has_portal()
+            task = asyncio.ensure_future(child())
+            # A task created with an explicit Context outside the block gets none.
+            outside = asyncio.get_running_loop().create_task(
+                asyncio.sleep(0, "plain"), context=contextvars.Context()
+            )
+        assert await outside == "plain"
+        return await task
+
+    assert asyncio.run(main()) == "cccc"
+
+
+def test_portals_for_children_needs_a_loop() -> None:
+    from awaitlet.portal import portals_for_children
+
+    with pytest.raises(RuntimeError, match="running under Trio or asyncio"):
+        with portals_for_children():
+            pass  # pragma: no cover
 
 
 def test_nested_async_def_under_a_portal(library: Library) -> None:

@@ -56,15 +56,17 @@ class _Portal:
 
     __slots__ = ("active", "task")
 
-    def __init__(self, task: object, active: bool) -> None:
+    def __init__(self, task: object | None, active: bool) -> None:
         self.active = active
-        # Weak: the portal runs inside the task, which must stay collectable.
-        self.task = weakref.ref(task)
+        # Weak: the portal runs inside the task, which must stay collectable.  None for a
+        # portal made before its task (asyncio's portals for child tasks): it finds its task
+        # when it first runs.
+        self.task: weakref.ref[Any] | None = None if task is None else weakref.ref(task)
 
     def close(self) -> None:
         """The portal's fiber is done: its task has it no more."""
         self.active = False
-        task = self.task()
+        task = None if self.task is None else self.task()
         if task is not None and _portals.get(task) is self:
             del _portals[task]
 
@@ -176,6 +178,11 @@ def _run_steps(
             raise
         except BaseException as raised:
             exception = raised
+    if portal.task is None:
+        task = _current_task()
+        portal.task = weakref.ref(task)
+        _portals[task] = portal
+        del task
     portal.active = True
     try:
         return _drive(coro, value, exception)
@@ -598,18 +605,30 @@ def _instrument_holder() -> Any:
 
 @contextlib.contextmanager
 def portals_for_children() -> Iterator[None]:
-    """Give a portal to every task spawned into nurseries opened inside this block.
+    """Give a portal to every task started inside this block, recursively.
 
-    The task that enters it gets none (which is why it is a sync context manager).
+    The task that enters it gets none (which is why it is a sync context manager).  Under
+    Trio: the tasks spawned into nurseries opened inside the block, and their children.
+    Under asyncio: the tasks created inside the block (they inherit its Context), and
+    theirs; their coroutine runs inside a portal from its first step, eager tasks included.
+    For asyncio this installs a task factory on the loop (wrapping the one it had) for the
+    block's duration.
 
     Raises:
-        RuntimeError: not running under Trio (asyncio has no hook for it).
+        RuntimeError: neither Trio nor an asyncio loop is running.
     """
     try:
         trio_lowlevel = _trio_lowlevel()
         this_task = trio_lowlevel.current_task()
     except (ImportError, RuntimeError):
-        raise RuntimeError("This function is only supported when running under Trio") from None
+        loop = _get_running_loop()
+        if loop is None:
+            raise RuntimeError(
+                "This function is only supported when running under Trio or asyncio"
+            ) from None
+        with _asyncio_portals_for_children(loop):
+            yield
+        return
     holder = _instrument_holder()
     instrument: AutoPortalInstrument | None = holder.get()
     if instrument is None:
@@ -631,6 +650,53 @@ def portals_for_children() -> Iterator[None]:
             trio_lowlevel.remove_instrument(instrument)
 
 
+# Set (in a Context) inside portals_for_children() on asyncio: tasks created where it is set
+# start inside a portal.
+_children_get_portals: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "awaitlet.portal children get portals", default=False
+)
+
+
+class _PortalTaskFactory:
+    """An asyncio task factory that runs the coroutines of tasks created inside
+    portals_for_children() in a portal, then hands them to the loop's previous factory."""
+
+    def __init__(self, previous: Any) -> None:
+        self.previous = previous
+        self.blocks = 0
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Any:
+        context = kwargs.get("context")
+        wanted = (
+            context.get(_children_get_portals, False)
+            if context is not None
+            else _children_get_portals.get()
+        )
+        if wanted and isinstance(coro, _CoroutineABC):
+            coro = async_def(_run_steps, _Portal(None, active=False), coro, False)
+        if self.previous is not None:
+            return self.previous(loop, coro, **kwargs)
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+
+@contextlib.contextmanager
+def _asyncio_portals_for_children(loop: asyncio.AbstractEventLoop) -> Iterator[None]:
+    current = loop.get_task_factory()
+    factory = current if isinstance(current, _PortalTaskFactory) else _PortalTaskFactory(current)
+    if factory is not current:
+        loop.set_task_factory(factory)
+    factory.blocks += 1
+    token = _children_get_portals.set(True)
+    try:
+        yield
+    finally:
+        _children_get_portals.reset(token)
+        factory.blocks -= 1
+        # Put the previous factory back unless someone replaced ours meanwhile.
+        if factory.blocks == 0 and loop.get_task_factory() is factory:
+            loop.set_task_factory(factory.previous)
+
+
 @contextlib.asynccontextmanager
 async def portals_for_tree() -> AsyncIterator[None]:
     """Give this task, and the tasks spawned into nurseries opened inside, a portal.
@@ -639,8 +705,12 @@ async def portals_for_tree() -> AsyncIterator[None]:
     portal goes when the block ends (if this block made it).
 
     Raises:
-        RuntimeError: not running under Trio.
+        RuntimeError: not running under Trio (asyncio cannot take a task's portal away).
     """
+    try:
+        _trio_lowlevel().current_task()
+    except (ImportError, RuntimeError):
+        raise RuntimeError("This function is only supported when running under Trio") from None
     with portals_for_children():
         trio_lowlevel = _trio_lowlevel()
         this_task = trio_lowlevel.current_task()
@@ -669,11 +739,13 @@ async def with_portal_run_tree(
 ) -> _T:
     """``await async_fn(*args, **kwargs)`` with a portal, as are all tasks it spawns.
 
-    Tasks spawned into nurseries that ``async_fn`` opens (recursively) get a portal too.
-    ``trio.run(with_portal_run_tree, main)`` portalizes a whole run but its system tasks.
+    Under Trio, tasks spawned into nurseries that ``async_fn`` opens (recursively) get a
+    portal too: ``trio.run(with_portal_run_tree, main)`` portalizes a whole run but its
+    system tasks.  Under asyncio, the tasks ``async_fn`` creates (recursively) do, as
+    :func:`portals_for_children` describes.
 
     Raises:
-        RuntimeError: not running under Trio.
+        RuntimeError: neither Trio nor an asyncio loop is running.
     """
     with portals_for_children():
         return await with_portal_run(async_fn, *args, **kwargs)
