@@ -871,9 +871,9 @@ def test_portals_for_children_on_asyncio_keeps_the_enclosing_task_portalless() -
         with portals_for_children():
             assert not has_portal()
             task = asyncio.ensure_future(child())
-            # A task created with an explicit Context outside the block gets none.
-            outside = asyncio.get_running_loop().create_task(
-                asyncio.sleep(0, "plain"), context=contextvars.Context()
+            # A task created in a Context from outside the block gets none.
+            outside = contextvars.Context().run(
+                asyncio.get_running_loop().create_task, asyncio.sleep(0, "plain")
             )
         assert await outside == "plain"
         return await task
@@ -980,3 +980,17 @@ def test_traceback_print_of_task_exception_shows_sync_frames() -> None:
         asyncio.run(main())
     text = "".join(traceback.format_exception(info.value))
     assert "sync_layer" in text and "in main" in text
+
+
+def test_await_from_a_greenlet_below_the_portal_is_refused() -> None:
+    from awaitlet.greenlet import greenlet
+
+    async def main() -> None:
+        await ensure_portal()
+        nested = greenlet(lambda: await_(asyncio.sleep(0, "slept")))
+        with pytest.raises(RuntimeError, match="called from a greenlet"):
+            nested.switch()
+        # The portal itself still works.
+        assert await_(asyncio.sleep(0, "ok")) == "ok"
+
+    asyncio.run(main())

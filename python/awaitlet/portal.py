@@ -10,7 +10,7 @@ How: the task's coroutine is replaced by an ``async_def()`` coroutine whose sync
 task's whole life.  Each value the original coroutine yields to the event loop is handed to
 the task through ``awaitlet()``, and what the task sends (or throws) back is sent into the
 original coroutine.  Sync code that the original coroutine calls runs on that same fiber,
-so ``await_(aw)`` there is just ``awaitlet(aw)``.
+so ``await_(aw)`` there steps ``aw`` the same way, from where it is called.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator, Iterator
 from typing import Any, NoReturn, TypeVar
 
-from ._awaitlet import async_def, awaitlet
+from ._awaitlet import NoAwaitletContext, async_def, awaitlet
 
 __all__ = [
     "AutoPortalInstrument",
@@ -342,8 +342,7 @@ def bestow_portal(task: object) -> None:
 
     Raises:
         RuntimeError: ``task`` has finished (an eager task can finish inside
-            ``create_task()``), is of a type whose coroutine cannot be replaced, or its
-            coroutine is running on another task's behalf.
+            ``create_task()``), or is of a type whose coroutine cannot be replaced.
     """
     if task in _portals:
         return
@@ -508,6 +507,14 @@ def await_(aw: Awaitable[_T]) -> _T:
             raise error.with_traceback(here.tb_next.tb_next) from None
         try:
             value = awaitlet(_hand_to_task(yielded))
+        except NoAwaitletContext:
+            # Not on the portal's fiber (in a greenlet started below it): nothing was
+            # awaited, and the awaitable will not be resumed.
+            coro.close()
+            raise RuntimeError(
+                "awaitlet.portal.await_() cannot suspend here: it is called from a greenlet "
+                "started below the task's portal"
+            ) from None
         except BaseException as raised:
             exception = raised
 
