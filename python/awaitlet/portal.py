@@ -153,6 +153,10 @@ def _drive(coro: Coroutine[Any, Any, _T], value: Any, exception: BaseException |
             value = awaitlet(_hand_to_task(yielded))
         except _DetachPortal:
             raise
+        except GeneratorExit:
+            # The portal is being closed: close coro (a no-op if the collector did first).
+            coro.close()
+            raise
         except BaseException as raised:  # every exception goes into coro, as a task's would
             exception = raised
 
@@ -515,6 +519,9 @@ def await_(aw: Awaitable[_T]) -> _T:
                 "awaitlet.portal.await_() cannot suspend here: it is called from a greenlet "
                 "started below the task's portal"
             ) from None
+        except GeneratorExit:
+            coro.close()
+            raise
         except BaseException as raised:
             exception = raised
 
