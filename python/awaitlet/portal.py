@@ -24,8 +24,8 @@ import importlib
 import sys
 import types
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator, Iterator
-from typing import Any, NoReturn, TypeVar
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Generator
+from typing import Any, NoReturn, TypeVar, cast
 
 from ._awaitlet import NoAwaitletContext, async_def, awaitlet
 
@@ -104,6 +104,10 @@ def _current_task() -> Any:
     if loop is not None:
         raise RuntimeError("No asyncio task is running (called from a callback?)")
     raise RuntimeError("awaitlet.portal needs a running asyncio or Trio task")
+
+
+def _is_coroutine(candidate: object) -> bool:
+    return isinstance(candidate, _CoroutineABC)
 
 
 def _trio_lowlevel() -> Any:
@@ -287,7 +291,7 @@ class _CTaskCoroField:
     _decref = ctypes.PYFUNCTYPE(None, ctypes.py_object)(("Py_DecRef", ctypes.pythonapi))
 
     @classmethod
-    def replace(cls, task: asyncio.Task[Any], old: object, new: object) -> None:
+    def replace(cls, task: Any, old: object, new: object) -> None:
         """Make ``task`` run ``new`` instead of ``old`` (its current coroutine)."""
         if cls.offset is None:
             raise RuntimeError(f"cannot give this asyncio Task a portal: {cls.why_not}")
@@ -350,21 +354,23 @@ def bestow_portal(task: object) -> None:
     """
     if task in _portals:
         return
+    # Typed loosely: an asyncio or Trio task, checked below.
+    target: Any = task
     original: Any
-    if _library_of(task) == "trio":
-        if not isinstance(task, _trio_lowlevel().Task):
-            raise RuntimeError(f"cannot give a portal to {task!r}: not a Trio task")
-        original = task.coro
+    if _library_of(target) == "trio":
+        if not isinstance(target, _trio_lowlevel().Task):
+            raise RuntimeError(f"cannot give a portal to {target!r}: not a Trio task")
+        original = target.coro
     else:
-        if not isinstance(task, _ASYNCIO_TASK_TYPES):
+        if not isinstance(target, _ASYNCIO_TASK_TYPES):
             raise RuntimeError(
-                f"cannot give a portal to {task!r}: not an asyncio.Task or a Trio task"
+                f"cannot give a portal to {target!r}: not an asyncio.Task or a Trio task"
             )
-        if task.done():
-            raise RuntimeError(f"cannot give a portal to {task!r}: it has finished")
-        original = task.get_coro()
-        if not isinstance(original, collections.abc.Coroutine):
-            raise RuntimeError(f"cannot give a portal to {task!r}: it runs no coroutine")
+        if target.done():
+            raise RuntimeError(f"cannot give a portal to {target!r}: it has finished")
+        original = target.get_coro()
+        if not _is_coroutine(original):
+            raise RuntimeError(f"cannot give a portal to {target!r}: it runs no coroutine")
     portal = _Portal(task, active=False)
     # The fiber takes the Context it is first resumed in: that must be the task's.
     try:
@@ -538,8 +544,10 @@ async def with_portal_run(
     if task in _portals:
         return await async_fn(*args, **kwargs)
     awaitable = async_fn(*args, **kwargs)
-    coro: Coroutine[Any, Any, _T] = (
-        awaitable if isinstance(awaitable, collections.abc.Coroutine) else _as_coroutine(awaitable)
+    coro = (
+        cast(Coroutine[Any, Any, _T], awaitable)
+        if isinstance(awaitable, _CoroutineABC)
+        else _as_coroutine(awaitable)
     )
     portal = _Portal(task, active=False)
     _portals[task] = portal
@@ -618,7 +626,7 @@ def _instrument_holder() -> Any:
 
 
 @contextlib.contextmanager
-def portals_for_children() -> Iterator[None]:
+def portals_for_children() -> Generator[None, None, None]:
     """Give a portal to every task started inside this block, recursively.
 
     The task that enters it gets none (which is why it is a sync context manager).  Under
@@ -694,7 +702,9 @@ class _PortalTaskFactory:
 
 
 @contextlib.contextmanager
-def _asyncio_portals_for_children(loop: asyncio.AbstractEventLoop) -> Iterator[None]:
+def _asyncio_portals_for_children(
+    loop: asyncio.AbstractEventLoop,
+) -> Generator[None, None, None]:
     current = loop.get_task_factory()
     factory = current if isinstance(current, _PortalTaskFactory) else _PortalTaskFactory(current)
     if factory is not current:
@@ -712,7 +722,7 @@ def _asyncio_portals_for_children(loop: asyncio.AbstractEventLoop) -> Iterator[N
 
 
 @contextlib.asynccontextmanager
-async def portals_for_tree() -> AsyncIterator[None]:
+async def portals_for_tree() -> AsyncGenerator[None, None]:
     """Give this task, and the tasks spawned into nurseries opened inside, a portal.
 
     Entering and leaving are schedule points but not cancellation points.  The task's

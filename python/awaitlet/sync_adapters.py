@@ -129,7 +129,8 @@ class async_iter(Generic[_T]):
                 "__anext__: " + type(self._iterator).__name__
             )
         if all(hasattr(self._iterator, name) for name in ("asend", "athrow", "aclose")):
-            self.__class__ = async_generator
+            # Its generator face: send, throw and close as well.
+            object.__setattr__(self, "__class__", async_generator)
 
     def __iter__(self) -> async_iter[_T]:
         """This object."""
