@@ -1063,3 +1063,54 @@ def test_portals_for_children_on_trio() -> None:
 
     trio.run(main)
     assert seen == [True, False]
+
+
+def test_bestow_portal_on_a_task_that_has_not_started(library: Library) -> None:
+    if library.name == "asyncio-eager":
+        pytest.skip("an eager task runs its first step inside create_task()")
+
+    async def child() -> int:
+        # Trio has already chosen what its first step resumes, as with greenback: the portal
+        # is in use from the task's next step.
+        await library.sleep(0)
+        assert has_portal()
+        return await_(double_later(library, 7))
+
+    async def main() -> None:
+        if library.is_trio:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(child)
+                (task,) = nursery.child_tasks  # spawned, not yet run
+                bestow_portal(task)
+                assert has_portal(task)
+            return
+        task = asyncio.ensure_future(child())
+        bestow_portal(task)
+        assert has_portal(task)
+        assert await task == 14
+
+    library.run(main)
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="asyncio.timeout() is new in 3.11")
+def test_asyncio_timeout_around_sync_code_waiting_in_await() -> None:
+    cleaned_up: list[bool] = []
+
+    def wait_long() -> None:
+        try:
+            await_(asyncio.sleep(3600))
+        finally:
+            cleaned_up.append(True)
+
+    async def main() -> str:
+        await ensure_portal()
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.01):
+                wait_long()
+        # The task was uncancelled by the timeout: it goes on, portal and all.
+        task = asyncio.current_task()
+        assert task is not None and task.cancelling() == 0
+        return await_(asyncio.sleep(0, "after"))
+
+    assert asyncio.run(main()) == "after"
+    assert cleaned_up == [True]

@@ -184,6 +184,11 @@ def _run_steps(
         except _DetachPortal:
             portal.close()
             raise
+        except GeneratorExit:
+            # Closed before its first step: close coro too (a no-op if it has finished).
+            portal.close()
+            coro.close()
+            raise
         except BaseException as raised:
             exception = raised
     if portal.task is None:
