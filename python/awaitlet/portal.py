@@ -6,11 +6,12 @@ no wrapper around the sync code.  This is the API of the ``greenback`` package, 
 :func:`~awaitlet.async_def` and :func:`~awaitlet.awaitlet` instead of greenlet.
 
 How: the task's coroutine is replaced by an ``async_def()`` coroutine whose sync function
-(:func:`_run_steps`) drives the original coroutine step by step, on one fiber for the
-task's whole life.  Each value the original coroutine yields to the event loop is handed to
-the task through ``awaitlet()``, and what the task sends (or throws) back is sent into the
-original coroutine.  Sync code that the original coroutine calls runs on that same fiber,
-so ``await_(aw)`` there steps ``aw`` the same way, from where it is called.
+(:func:`_run_steps`) drives the original coroutine step by step (in the native
+``_portal_drive``), on one fiber for the task's whole life.  Each value the original
+coroutine yields to the event loop is handed to the task by suspending the fiber, and what
+the task sends (or throws) back is sent into the original coroutine.  Sync code that the
+original coroutine calls runs on that same fiber, so ``await_(aw)`` there steps ``aw`` the
+same way, from where it is called.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Generator
 from typing import Any, NoReturn, TypeVar, cast
 
-from ._awaitlet import NoAwaitletContext, async_def, awaitlet
+from ._awaitlet import _portal_drive, async_def, awaitlet
 
 __all__ = [
     "AutoPortalInstrument",
@@ -135,36 +136,6 @@ class _DetachPortal(BaseException):
     """Thrown into a portal that is discarded when its task goes on without it."""
 
 
-def _drive(coro: Coroutine[Any, Any, _T], value: Any, exception: BaseException | None) -> _T:
-    """Run ``coro`` to its end on this fiber, starting by sending ``value`` (or throwing
-    ``exception``): each value it yields goes to the task, what the task sends back (or
-    throws) goes into it.  Every step runs here, so sync code it calls can ``await_()``.
-    """
-    send = coro.send
-    throw = coro.throw
-    while True:
-        try:
-            if exception is None:
-                yielded = send(value)
-            else:
-                # Cleared before it is thrown: a raised exception's traceback holds this frame.
-                thrown, exception = exception, None
-                yielded = throw(thrown)
-        except StopIteration as stop:
-            result: _T = stop.value
-            return result
-        try:
-            value = awaitlet(_hand_to_task(yielded))
-        except _DetachPortal:
-            raise
-        except GeneratorExit:
-            # The portal is being closed: close coro (a no-op if the collector did first).
-            coro.close()
-            raise
-        except BaseException as raised:  # every exception goes into coro, as a task's would
-            exception = raised
-
-
 def _run_steps(
     portal: _Portal,
     coro: Coroutine[Any, Any, _T],
@@ -198,7 +169,8 @@ def _run_steps(
         del task
     portal.active = True
     try:
-        return _drive(coro, value, exception)
+        result: _T = _portal_drive(coro, value, exception, _DetachPortal)
+        return result
     finally:
         portal.close()
 
@@ -227,7 +199,7 @@ async def _start_on_next_step(portal: _Portal, coro: Coroutine[Any, Any, _T]) ->
 
 
 async def _as_coroutine(awaitable: Awaitable[_T]) -> _T:
-    """A coroutine for an awaitable that is not one: ``_drive`` needs send and throw."""
+    """A coroutine for an awaitable that is not one: the step loop needs send and throw."""
     return await awaitable
 
 
@@ -499,42 +471,19 @@ def await_(aw: Awaitable[_T]) -> _T:
     # The exact type first: the ABC check is slower, and most awaitables are coroutines.
     adapted = type(aw) is not _CoroutineType and not isinstance(aw, _CoroutineABC)
     coro: Coroutine[Any, Any, _T] = _as_coroutine(aw) if adapted else aw  # type: ignore[assignment]
-    # _drive()'s loop, inline: one frame less per await_() and in its tracebacks.
-    value: Any = None
-    exception: BaseException | None = None
-    while True:
-        try:
-            if exception is None:
-                yielded = coro.send(value)
-            else:
-                thrown, exception = exception, None
-                yielded = coro.throw(thrown)
-        except StopIteration as stop:
-            result: _T = stop.value
-            return result
-        except BaseException as error:
-            if not adapted:
-                raise
-            # Leave _as_coroutine's frame out: the traceback goes from here to `aw`.
-            here = error.__traceback__
-            if here is None or here.tb_next is None or here.tb_next.tb_next is None:
-                raise
-            raise error.with_traceback(here.tb_next.tb_next) from None
-        try:
-            value = awaitlet(_hand_to_task(yielded))
-        except NoAwaitletContext:
-            # Not on the portal's fiber (in a greenlet started below it): nothing was
-            # awaited, and the awaitable will not be resumed.
-            coro.close()
-            raise RuntimeError(
-                "awaitlet.portal.await_() cannot suspend here: it is called from a greenlet "
-                "started below the task's portal"
-            ) from None
-        except GeneratorExit:
-            coro.close()
+    # Stepped here, on the portal's fiber, as the task's own coroutine is.
+    if not adapted:
+        result: _T = _portal_drive(coro, None, None, _DetachPortal)
+        return result
+    try:
+        result = _portal_drive(coro, None, None, _DetachPortal)
+    except BaseException as error:
+        # Leave _as_coroutine's frame out: the traceback goes from here to `aw`.
+        here = error.__traceback__
+        if here is None or here.tb_next is None or here.tb_next.tb_next is None:
             raise
-        except BaseException as raised:
-            exception = raised
+        raise error.with_traceback(here.tb_next.tb_next) from None
+    return result
 
 
 async def with_portal_run(
