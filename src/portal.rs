@@ -129,7 +129,12 @@ pub fn portal_drive(
                 ));
             }
         };
-        let handoff = Bound::new(py, Handoff { value: Some(yielded) })?;
+        let handoff = Bound::new(
+            py,
+            Handoff {
+                value: Some(yielded),
+            },
+        )?;
         match switch_to_resumer(py, fiber, handoff.as_any(), ArgsEnd::UNKNOWN) {
             Ok(sent) => value = sent,
             Err(err) if err.is_instance_of::<PyGeneratorExit>(py) => {
