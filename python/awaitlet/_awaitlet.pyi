@@ -24,6 +24,8 @@ __all__ = [
     "_greenlet_set_thread_local",
     "GreenletExit",
     "GreenletError",
+    "_PortalHandoff",
+    "_portal_drive",
 ]
 
 _T = TypeVar("_T")
@@ -191,7 +193,7 @@ class _PortalHandoff:
     def __await__(self) -> Self: ...
     def __iter__(self) -> Self: ...
     def __next__(self) -> Any: ...
-    def send(self, value: Any, /) -> Any: ...
+    def send(self, value: Any) -> Any: ...
 
 def _portal_drive(
     coro: Coroutine[Any, Any, _T],

@@ -79,7 +79,7 @@ _portals: weakref.WeakKeyDictionary[object, _Portal] = weakref.WeakKeyDictionary
 _portal_refs: dict[weakref.ref[object], _Portal] = _portals.data  # type: ignore[attr-defined]
 
 _weak = weakref.ref
-_CoroutineType = types.CoroutineType
+_CoroutineType: type[Any] = types.CoroutineType
 _CoroutineABC = collections.abc.Coroutine
 _get_running_loop = asyncio._get_running_loop
 _asyncio_current_task = asyncio.current_task
@@ -206,6 +206,16 @@ async def _as_coroutine(awaitable: Awaitable[_T]) -> _T:
 # -- Replacing a running task's coroutine -------------------------------------------------
 
 
+class _InertLoop:
+    """What Task.__init__ calls on its loop, for a Task whose step never runs."""
+
+    def get_debug(self) -> bool:
+        return False
+
+    def call_soon(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
 class _CTaskCoroField:
     """Where the C ``asyncio.Task`` keeps its coroutine (``task_coro``), found once.
 
@@ -223,14 +233,6 @@ class _CTaskCoroField:
         if task_type is getattr(asyncio.tasks, "_PyTask", None):
             cls.why_not = "asyncio.Task is the pure-Python Task"
             return
-
-        class _InertLoop:
-            # What Task.__init__ calls on its loop; the step it schedules is never run.
-            def get_debug(self) -> bool:
-                return False
-
-            def call_soon(self, *args: Any, **kwargs: Any) -> None:
-                return None
 
         async def probe() -> None:
             pass  # pragma: no cover - never run: only its identity matters
