@@ -90,6 +90,8 @@ def test_decorate_as_sync_with_lru_cache() -> None:
 
 @requires_trio
 def test_autoawait_on_magic_methods() -> None:
+    destroyed_in: list[str] = []
+
     class AsyncMagic:
         @autoawait
         async def __init__(self) -> None:
@@ -98,24 +100,38 @@ def test_autoawait_on_magic_methods() -> None:
         @autoawait
         async def __del__(self) -> None:
             await trio.sleep(2)
+            destroyed_in.append(trio.lowlevel.current_task().name.rsplit(".", 1)[-1])
+
+    async def release(holder: list[AsyncMagic]) -> None:
+        # Until the end of the step that trio.sleep()'s Cancelled ended, Trio holds that
+        # exception, whose traceback's frames hold the object: let one step go by, then
+        # drop the last reference (and collect, for a cycle through those frames).
+        await trio.sleep(0)
+        holder.clear()
+        gc.collect()
 
     async def construct_in_child() -> None:
         await ensure_portal()
-        AsyncMagic()
+        await release([AsyncMagic()])
 
     async def main() -> None:
         await ensure_portal()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(construct_in_child)
-            obj = AsyncMagic()
-        del obj
-        for _ in range(4):
-            gc.collect()
-        # 1 s to construct each (concurrently), 2 s to destroy each: the child's object in
-        # the child, before it exits, and ours here.
+            holder = [AsyncMagic()]
+        await release(holder)
+        # 1 s to construct each (concurrently), 2 s to destroy each: the child's in the
+        # child, then ours here.
         assert trio.current_time() == 5
 
-    run_trio_with_fake_clock(main)
+    # The collector runs only when told to, in a task (not at an allocation in Trio's
+    # scheduler, where no task could await).
+    gc.disable()
+    try:
+        run_trio_with_fake_clock(main)
+    finally:
+        gc.enable()
+    assert destroyed_in == ["construct_in_child", "main"]
 
 
 async def summarize_context(template: Callable[[], Any]) -> str:
