@@ -64,7 +64,6 @@ fn _awaitlet(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("GreenletExit", py.get_type::<exceptions::GreenletExit>())?;
     m.add("GreenletError", py.get_type::<exceptions::GreenletError>())?;
     // awaitlet.portal's step loop.
-    m.add_class::<portal::Handoff>()?;
-    m.add_function(wrap_pyfunction!(portal::portal_drive, m)?)?;
+    portal::add_to_module(m)?;
     Ok(())
 }
