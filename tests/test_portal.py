@@ -692,7 +692,6 @@ async def abandon_task(function: Callable[[asyncio.Future[None]], Awaitable[None
     return task_ref
 
 
-@pytest.mark.skipif(sys.version_info < (3, 11), reason="3.10: see the next test")
 def test_abandoned_portal_task_is_collected() -> None:
     """A portal does not keep alive a task that nothing else holds."""
 
