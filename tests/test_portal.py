@@ -1113,3 +1113,22 @@ def test_asyncio_timeout_around_sync_code_waiting_in_await() -> None:
 
     assert asyncio.run(main()) == "after"
     assert cleaned_up == [True]
+
+
+def test_exception_context_survives_await(library: Library) -> None:
+    class Awaitable:
+        def __await__(self) -> Any:
+            yield from library.sleep(0).__await__()
+            try:
+                raise KeyError("first")
+            except KeyError:
+                raise ValueError("second")  # noqa: B904 - the context is what is tested
+
+    async def main() -> None:
+        await ensure_portal()
+        with pytest.raises(ValueError, match="second") as info:
+            await_(Awaitable())
+        assert isinstance(info.value.__context__, KeyError)
+        assert not info.value.__suppress_context__
+
+    library.run(main)

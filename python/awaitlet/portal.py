@@ -484,7 +484,7 @@ def await_(aw: Awaitable[_T]) -> _T:
         here = error.__traceback__
         if here is None or here.tb_next is None or here.tb_next.tb_next is None:
             raise
-        raise error.with_traceback(here.tb_next.tb_next) from None
+        raise error.with_traceback(here.tb_next.tb_next)  # noqa: B904 - the same exception
     return result
 
 
