@@ -5,6 +5,7 @@ mod exceptions;
 mod fiber;
 mod gil_cell;
 mod greenlet;
+mod portal;
 mod pystate;
 
 use pyo3::prelude::*;
@@ -62,5 +63,7 @@ fn _awaitlet(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(greenlet::set_thread_local, m)?)?;
     m.add("GreenletExit", py.get_type::<exceptions::GreenletExit>())?;
     m.add("GreenletError", py.get_type::<exceptions::GreenletError>())?;
+    // awaitlet.portal's step loop.
+    portal::add_to_module(m)?;
     Ok(())
 }

@@ -24,6 +24,8 @@ __all__ = [
     "_greenlet_set_thread_local",
     "GreenletExit",
     "GreenletError",
+    "_PortalHandoff",
+    "_portal_drive",
 ]
 
 _T = TypeVar("_T")
@@ -181,3 +183,23 @@ def gettrace() -> _TraceCallback | None:
 
 def _greenlet_total_main_greenlets() -> int: ...
 def _greenlet_set_thread_local(key: Any, value: Any) -> None: ...
+
+# awaitlet.portal's step loop (private; see python/awaitlet/portal.py).
+
+@final
+class _PortalHandoff:
+    """Yields one value to the task once, then returns what the task sends back."""
+
+    def __await__(self) -> Self: ...
+    def __iter__(self) -> Self: ...
+    def __next__(self) -> Any: ...
+    def send(self, value: Any) -> Any: ...
+
+def _portal_drive(
+    coro: Coroutine[Any, Any, _T],
+    value: Any,
+    exception: BaseException | None,
+    detach: type[BaseException],
+) -> _T:
+    """Run ``coro`` to its end from an ``async_def()`` fiber, handing what it yields to the
+    task that awaits that fiber's coroutine."""

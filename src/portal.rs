@@ -1,0 +1,233 @@
+//! The step loop of `awaitlet.portal`, natively.
+//!
+//! A task with a portal runs an `async_def()` coroutine whose sync function calls
+//! `_portal_drive()` ([`portal_drive_fastcall`]) with the task's original coroutine: it sends each value the task resumes
+//! it with into that coroutine (or throws each exception), and hands each value the coroutine
+//! yields to the task by suspending the fiber on a [`Handoff`], an awaitable that yields that
+//! value once and returns what the task sends back. `await_()` drives the coroutine it waits
+//! for the same way, from the sync code below: every step of both runs on the portal's fiber.
+//! Python code in `python/awaitlet/portal.py` does everything else.
+
+use std::sync::atomic::{AtomicPtr, Ordering};
+
+use pyo3::exceptions::{PyGeneratorExit, PyRuntimeError, PyStopIteration, PyTypeError};
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::types::PyModule;
+use pyo3::{Borrowed, PyTraverseError, PyVisit};
+
+use crate::coroutine::switch_to_resumer;
+use crate::fiber::{ActiveFiber, ArgsEnd, Kind};
+
+/// An awaitable that yields `value` once, then returns what it is sent (raising what is
+/// thrown: it has no `throw`, so an exception thrown in is raised at the suspended call).
+#[pyclass(module = "awaitlet._awaitlet", name = "_PortalHandoff")]
+pub struct Handoff {
+    value: Option<Py<PyAny>>,
+}
+
+#[pymethods]
+impl Handoff {
+    fn __await__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    /// The value to hand over, the first time; then the end (the task sent None).
+    fn __next__(&mut self) -> Option<Py<PyAny>> {
+        self.value.take()
+    }
+
+    /// What a loop that resumes with a value other than None calls (Trio).
+    fn send(&mut self, value: Py<PyAny>) -> PyResult<Py<PyAny>> {
+        match self.value.take() {
+            Some(pending) => Ok(pending),
+            None => Err(PyStopIteration::new_err((value,))),
+        }
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.value)
+    }
+
+    fn __clear__(&mut self) {
+        self.value = None;
+    }
+}
+
+/// One step of the coroutine: what it yielded, or how it ended.
+enum Step<'py> {
+    Yielded(Py<PyAny>),
+    Returned(Bound<'py, PyAny>),
+}
+
+/// `coro.send(value)`, through `PyIter_Send` (no StopIteration object when it returns).
+fn send<'py>(
+    py: Python<'py>,
+    coro: &Bound<'py, PyAny>,
+    value: &Bound<'py, PyAny>,
+) -> PyResult<Step<'py>> {
+    let mut result: *mut ffi::PyObject = std::ptr::null_mut();
+    // SAFETY: GIL held; both objects are alive for the call; `result` receives a new
+    // reference for PYGEN_NEXT and PYGEN_RETURN and stays NULL on error.
+    let status = unsafe { ffi::PyIter_Send(coro.as_ptr(), value.as_ptr(), &mut result) };
+    if status == ffi::PySendResult::PYGEN_ERROR {
+        return Err(PyErr::fetch(py));
+    }
+    // SAFETY: PYGEN_NEXT and PYGEN_RETURN hand over a new reference in `result`.
+    let result = unsafe { Bound::from_owned_ptr(py, result) };
+    Ok(if status == ffi::PySendResult::PYGEN_NEXT {
+        Step::Yielded(result.unbind())
+    } else {
+        Step::Returned(result)
+    })
+}
+
+/// `coro.throw(error)`.
+fn throw<'py>(py: Python<'py>, coro: &Bound<'py, PyAny>, error: PyErr) -> PyResult<Step<'py>> {
+    match coro.call_method1(pyo3::intern!(py, "throw"), (error.into_value(py),)) {
+        Ok(yielded) => Ok(Step::Yielded(yielded.unbind())),
+        Err(err) if err.is_instance_of::<PyStopIteration>(py) => {
+            let value = err.value(py).getattr(pyo3::intern!(py, "value"))?;
+            Ok(Step::Returned(value))
+        }
+        Err(err) => Err(err),
+    }
+}
+
+/// `_portal_drive(coro, value, exception, detach)`: run `coro` to its end from the fiber of
+/// an `async_def()` coroutine, starting by sending `value` (or throwing `exception`, if not
+/// None), handing each value it yields to the task that awaits that coroutine; return what
+/// `coro` returns or raise what it raises. An exception the task throws in goes into `coro`,
+/// except an instance of `detach` (raised at once, `coro` left as it is) and `GeneratorExit`
+/// (the portal is being closed: `coro` is closed, then it is raised).
+///
+/// Defined by hand (`METH_FASTCALL`) for the address of its arguments, as `awaitlet()` is:
+/// they stay on the calling frame's value stack, where the collector is shown them while the
+/// fiber is suspended (see `ArgsEnd`); and no reference of ours is held across a suspension
+/// (a Rust local there is one the collector cannot see), but the empty hand-off's.
+///
+/// # Safety
+/// Called through PyO3's trampoline, with the arguments CPython passes to such a function.
+unsafe fn portal_drive_fastcall(
+    py: Python<'_>,
+    _module: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> PyResult<*mut ffi::PyObject> {
+    // SAFETY: `kwnames` is NULL or a tuple, valid for the call.
+    let has_keywords = !kwnames.is_null() && unsafe { ffi::PyTuple_GET_SIZE(kwnames) } != 0;
+    if nargs != 4 || has_keywords {
+        return Err(PyTypeError::new_err(
+            "_portal_drive() takes exactly 4 positional arguments",
+        ));
+    }
+    // SAFETY: CPython passes `nargs` (4) valid arguments at `args`, alive for the call.
+    let [coro, value, exception, detach] =
+        [0, 1, 2, 3].map(|index| unsafe { Borrowed::from_ptr(py, *args.add(index)) });
+    let call = ArgsEnd::of(args, 4).with_callable(PORTAL_DRIVE_FUNCTION.load(Ordering::Relaxed));
+    let mut sent: Option<Bound<'_, PyAny>> = None;
+    let mut thrown = (!exception.is_none()).then(|| PyErr::from_value(exception.to_owned()));
+    let mut first = true;
+    loop {
+        let step = match thrown.take() {
+            Some(error) => throw(py, &coro, error)?,
+            None if first => send(py, &coro, &value)?,
+            // Dropped as soon as it is sent: see above.
+            None => send(
+                py,
+                &coro,
+                &sent.take().unwrap_or_else(|| py.None().into_bound(py)),
+            )?,
+        };
+        first = false;
+        let yielded = match step {
+            Step::Yielded(yielded) => yielded,
+            Step::Returned(result) => return Ok(result.into_ptr()),
+        };
+        let fiber = match ActiveFiber::running() {
+            Some(fiber) if fiber.kind() == Kind::AsyncDef => fiber,
+            _ => {
+                // Nothing was awaited, and the awaitable will not be resumed.
+                coro.call_method0(pyo3::intern!(py, "close"))?;
+                return Err(PyRuntimeError::new_err(
+                    "awaitlet.portal.await_() cannot suspend here: it is called from a \
+                     greenlet started below the task's portal",
+                ));
+            }
+        };
+        let handoff = Bound::new(
+            py,
+            Handoff {
+                value: Some(yielded),
+            },
+        )?;
+        match switch_to_resumer(py, fiber, handoff.as_any(), call) {
+            Ok(value) => sent = Some(value.into_bound(py)),
+            Err(err) if err.is_instance_of::<PyGeneratorExit>(py) => {
+                // A no-op if the collector closed `coro` first.
+                coro.call_method0(pyo3::intern!(py, "close"))?;
+                return Err(err);
+            }
+            Err(err) if err.is_instance(py, &detach) => return Err(err),
+            Err(err) => thrown = Some(err),
+        }
+    }
+}
+
+/// `PyMethodDef`s are read by CPython through a raw pointer for as long as the function
+/// exists: a static of this wrapper can be shared.
+struct MethodDef(ffi::PyMethodDef);
+
+// SAFETY: the definition is immutable and only ever read (by CPython, with the GIL held).
+unsafe impl Sync for MethodDef {}
+
+static PORTAL_DRIVE_DEF: MethodDef = MethodDef(ffi::PyMethodDef {
+    ml_name: c"_portal_drive".as_ptr(),
+    // PyO3's trampoline: it tells PyO3 the thread is attached and turns an error or a panic
+    // into a raised exception.
+    ml_meth: ffi::PyMethodDefPointer {
+        PyCFunctionFastWithKeywords: pyo3::impl_::trampoline::get_trampoline_function!(
+            fastcall_cfunction_with_keywords,
+            portal_drive_fastcall
+        ),
+    },
+    ml_flags: ffi::METH_FASTCALL | ffi::METH_KEYWORDS,
+    ml_doc: c"_portal_drive(coro, value, exception, detach)
+--
+
+Run ``coro`` to its end from an ``async_def()`` fiber, handing what it yields to the task
+that awaits that fiber's coroutine (awaitlet.portal's step loop)."
+        .as_ptr(),
+});
+
+/// The `_portal_drive()` function object (null until the module is initialized).
+static PORTAL_DRIVE_FUNCTION: AtomicPtr<ffi::PyObject> = AtomicPtr::new(std::ptr::null_mut());
+
+/// Adds `_portal_drive()` and its hand-off class to `module`.
+pub fn add_to_module(module: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = module.py();
+    module.add_class::<Handoff>()?;
+    let name = module.name()?;
+    // SAFETY: GIL held; the definition is a static CPython only reads (the pointer is `*mut`
+    // in the signature only); `module` and `name` are valid; returns a new reference or NULL
+    // with an exception set.
+    let function = unsafe {
+        Bound::from_owned_ptr_or_err(
+            py,
+            ffi::PyCFunction_NewEx(
+                std::ptr::addr_of!(PORTAL_DRIVE_DEF.0).cast_mut(),
+                module.as_ptr(),
+                name.as_ptr(),
+            ),
+        )
+    }?;
+    // Kept for good (the module keeps it anyway): profile functions are told about calls of
+    // it at switches (see `ArgsEnd::with_callable`).
+    PORTAL_DRIVE_FUNCTION.store(function.clone().into_ptr(), Ordering::Relaxed);
+    module.add("_portal_drive", function)
+}
