@@ -26,7 +26,8 @@ import itertools
 import os
 import sys
 import threading
-from collections.abc import Awaitable, Callable, Coroutine
+import types
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any, ParamSpec, TypeVar
 
 from ._awaitlet import async_def
@@ -84,6 +85,12 @@ def _choose_loop_factory(
 
 async def _await_any(awaitable: Awaitable[_T]) -> _T:
     return await awaitable
+
+
+@types.coroutine
+def _resumed_by_the_task() -> Generator[None, None, None]:
+    """Suspend once, handing ``None`` to whoever drives the coroutine."""
+    yield
 
 
 class _Submission:
@@ -228,38 +235,53 @@ class AsyncExecutor(concurrent.futures.Executor):
                 submission.coroutine.close()
                 future.cancel()
                 continue
-            task: asyncio.Task[Any]
+            runner = self._run_submission(submission.coroutine, future)
+            # Up to the point inside its try block where it waits to be resumed: from
+            # there on, whatever happens to the task (even a cancellation before its first
+            # step) settles the future.
+            runner.send(None)
+            task: asyncio.Task[None]
             if sys.version_info >= (3, 12):
-                # The task runs its first step now, inside this callback, rather than on the
+                # The task runs its next step now, inside this callback, rather than on the
                 # next turn of the loop; a coroutine that finishes without suspending then
                 # needs no further turn at all.
-                task = asyncio.Task(
-                    submission.coroutine, loop=loop, context=submission.context, eager_start=True
-                )
-                if task.done():
-                    self._settle(future, task)
-                    continue
+                task = asyncio.Task(runner, loop=loop, context=submission.context, eager_start=True)
             else:
-                task = submission.context.run(loop.create_task, submission.coroutine)
-            self._tasks.add(task)
-            task.add_done_callback(functools.partial(self._settle, future))
-            future.add_done_callback(functools.partial(self._cancel_task, task))
+                task = submission.context.run(loop.create_task, runner)
+            if not task.done():
+                self._tasks.add(task)  # the loop itself only holds tasks weakly
+                future.add_done_callback(functools.partial(self._cancel_task, task))
 
-    def _settle(self, future: concurrent.futures.Future[Any], task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if task.cancelled():
+    async def _run_submission(
+        self, coroutine: Coroutine[Any, Any, Any], future: concurrent.futures.Future[Any]
+    ) -> None:
+        """Run ``coroutine`` and settle ``future`` with its outcome, from inside the task.
+
+        Settling here rather than in a done callback of the task spares a turn of the loop
+        (asyncio runs done callbacks on the next turn) before the waiting thread wakes up.
+        """
+        try:
+            await _resumed_by_the_task()
+            result = await coroutine
+        except asyncio.CancelledError:
             future.cancel()
-            return
-        # Moves the future to RUNNING unless it was cancelled meanwhile; after this, a
-        # cancel() from another thread can no longer race with setting the outcome.
-        if not future.set_running_or_notify_cancel():
-            task.exception()  # retrieved: asyncio does not log it as never retrieved
-            return
-        error = task.exception()
-        if error is not None:
-            future.set_exception(error)
+            raise
+        except BaseException as error:
+            # set_running_or_notify_cancel() moves the future to RUNNING unless it was
+            # cancelled meanwhile; from then on a cancel() from another thread cannot race
+            # with setting the outcome.
+            if future.set_running_or_notify_cancel():
+                future.set_exception(error)
+            if not isinstance(error, Exception):
+                raise  # KeyboardInterrupt, SystemExit: asyncio stops the loop for these
         else:
-            future.set_result(task.result())
+            if future.set_running_or_notify_cancel():
+                future.set_result(result)
+        finally:
+            coroutine.close()  # if it never started: no "never awaited" warning
+            task = asyncio.current_task(self._loop)
+            if task is not None:
+                self._tasks.discard(task)
 
     def _cancel_task(self, task: asyncio.Task[Any], future: concurrent.futures.Future[Any]) -> None:
         if future.cancelled() and not task.done():
