@@ -387,6 +387,41 @@ import time; time.sleep(0.1)
     assert marker.read_text() == "sync code cleaned up"
 
 
+def test_interpreter_exit_with_an_executor_never_shut_down():
+    # Its loop's thread is a daemon: the interpreter exits while sync code on one of its
+    # fibers keeps going through the loop, so the thread wants the GIL back during
+    # finalization with a fiber's stack in use.
+    script = """
+import asyncio, threading
+from awaitlet import awaitlet
+from awaitlet.executor import AsyncExecutor
+
+executor = AsyncExecutor()
+waiting = threading.Event()
+
+def sync_code():
+    waiting.set()
+    while True:
+        awaitlet(asyncio.sleep(0))
+
+async def main():
+    await executor.sync_to_async(sync_code)
+
+executor.submit(main)
+assert waiting.wait(10)
+print("exiting")
+"""
+    result = subprocess.run(
+        [sys.executable, "-X", "faulthandler", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "exiting\n"
+    assert "Fatal Python error" not in result.stderr
+
+
 # -- sync_to_async -----------------------------------------------------------------------------
 
 

@@ -352,7 +352,12 @@ class AsyncExecutor(concurrent.futures.Executor):
             self._drain_scheduled = True
         if wake:
             # One wake-up of the loop serves every submission queued until it drains.
-            self._loop.call_soon_threadsafe(self._drain)
+            try:
+                self._loop.call_soon_threadsafe(self._drain)
+            except RuntimeError:
+                # The loop closed since the check above: a shutdown ran all the way, and
+                # the drain it starts with took this submission.
+                pass
         return future
 
     def sync_to_async(
