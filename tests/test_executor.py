@@ -41,6 +41,13 @@ async def sleeps_then_returns(delay, value):
 
 
 @pytest.fixture
+def shuts_down_the_default_executor():
+    """For tests of the global executor: no loop thread left behind for later tests."""
+    yield
+    default_executor().shutdown(wait=True)
+
+
+@pytest.fixture
 def executor():
     with AsyncExecutor() as executor:
         yield executor
@@ -61,6 +68,7 @@ def test_submit_passes_keyword_arguments(executor):
     assert executor.submit(pair, 1, b=2).result() == (1, 2)
 
 
+@pytest.mark.usefixtures("shuts_down_the_default_executor")
 def test_run_async_shortcut():
     assert run_async(returns, SENTINEL).result() is SENTINEL
 
@@ -81,6 +89,7 @@ def test_sync_to_async(executor):
     assert executor.submit(through_sync, SENTINEL).result() is SENTINEL
 
 
+@pytest.mark.usefixtures("shuts_down_the_default_executor")
 def test_sync_to_async_shortcut():
     async def through_sync(value):
         return await sync_to_async(lambda x: x, value)
@@ -357,6 +366,7 @@ def test_shutdown_with_wait_from_the_executors_own_thread_raises(executor):
         executor.submit(shuts_down_its_own_executor).result(5)
 
 
+@pytest.mark.usefixtures("shuts_down_the_default_executor")
 def test_the_default_executor_is_made_again_after_a_shutdown():
     first = default_executor()
     assert default_executor() is first
