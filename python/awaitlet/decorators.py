@@ -1,0 +1,289 @@
+"""greenletio's decorators on awaitlet's fibers: ``async_``, ``await_`` and ``spawn``.
+
+``async_(fn)`` makes a sync function awaitable: ``await async_(fn)(*args)`` runs it on a
+fiber with :func:`awaitlet.async_def`.  ``await_(awaitable)``, called from sync code, waits
+for the awaitable and returns its result:
+
+- below ``async_`` (or any ``async_def``), it suspends the fiber with :func:`awaitlet.awaitlet`
+  while the event loop keeps running other tasks;
+- with no event loop running in the thread at all, it runs the awaitable to completion on an
+  asyncio event loop of the thread's own, created on first use and reused by later calls
+  (:func:`close_thread_loop` closes it).
+
+So one sync code path serves both sync callers and async callers (through ``async_``).
+Called from sync code that runs directly in a running event loop (a callback, or a
+coroutine that called a plain function), ``await_()`` cannot do either without blocking
+that loop: it raises :class:`AwaitInEventLoopError`.
+
+``@await_`` on an async function makes it a sync function that does ``await_(fn(...))``.
+``spawn(fn, *args)`` starts ``async_(fn)(*args)`` as an asyncio task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import inspect
+import sys
+import threading
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, ParamSpec, TypeVar, overload
+
+from ._awaitlet import NoAwaitletContext, async_def, awaitlet, in_async_def
+
+__all__ = [
+    "AwaitInEventLoopError",
+    "async_",
+    "await_",
+    "close_thread_loop",
+    "spawn",
+]
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+class AwaitInEventLoopError(NoAwaitletContext, RuntimeError):
+    """``await_()`` was called from sync code running directly in a running event loop.
+
+    The code is neither below :func:`async_` / :func:`awaitlet.async_def` (so it has no
+    fiber to suspend) nor free to start an event loop of its own (one is already running in
+    the thread, and blocking it would deadlock).  Run the sync code with ``async_`` instead.
+    A :class:`RuntimeError`, as greenletio raises, and a :class:`awaitlet.NoAwaitletContext`.
+    """
+
+
+def _run_on_fiber(
+    fn: Callable[..., _T], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Coroutine[Any, Any, _T]:
+    # async_def reserves the keyword `assert_await_occurs`; a function that takes one gets
+    # its arguments bound first.
+    if "assert_await_occurs" in kwargs:
+        return async_def(functools.partial(fn, *args, **kwargs))
+    return async_def(fn, *args, **kwargs)
+
+
+def _write_back(context: contextvars.Context) -> None:
+    """Set, in the current context, every variable whose value differs in ``context``."""
+    missing = object()
+    current = contextvars.copy_context()
+    for variable, value in context.items():
+        if current.get(variable, missing) is not value:
+            variable.set(value)
+
+
+def _make_async(fn: Callable[_P, _T], with_context: bool) -> Callable[_P, Coroutine[Any, Any, _T]]:
+    if not callable(fn):
+        raise TypeError(f"async_() needs a callable, not {type(fn).__name__}")
+    if with_context:
+
+        @functools.wraps(fn)
+        async def call_in_copied_context(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+            context = contextvars.copy_context()
+
+            def run_in_copied_context() -> _T:
+                return context.run(fn, *args, **kwargs)
+
+            try:
+                return await async_def(run_in_copied_context)
+            finally:
+                # As greenletio does: what the sync code set is seen by the caller, even
+                # when it raised.
+                _write_back(context)
+
+        return call_in_copied_context
+
+    @functools.wraps(fn)
+    async def call_on_fiber(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+        return await _run_on_fiber(fn, args, kwargs)
+
+    return call_on_fiber
+
+
+@overload
+def async_(
+    fn: Callable[_P, _T], /, *, with_context: bool = False
+) -> Callable[_P, Coroutine[Any, Any, _T]]: ...
+
+
+@overload
+def async_(
+    fn: None = None, /, *, with_context: bool = False
+) -> Callable[[Callable[_P, _T]], Callable[_P, Coroutine[Any, Any, _T]]]: ...
+
+
+def async_(
+    fn: Callable[_P, _T] | None = None, /, *, with_context: bool = False
+) -> (
+    Callable[_P, Coroutine[Any, Any, _T]]
+    | Callable[[Callable[_P, _T]], Callable[_P, Coroutine[Any, Any, _T]]]
+):
+    """Make the sync function ``fn`` awaitable: ``await async_(fn)(*args, **kwargs)``.
+
+    The returned coroutine function runs ``fn(*args, **kwargs)`` on a fiber of its own
+    (:func:`awaitlet.async_def`), so ``fn`` and anything it calls can use :func:`await_`
+    without blocking the event loop.  Usable as ``@async_``, ``@async_()`` and
+    ``@async_(with_context=True)``.
+
+    Args:
+        fn: the sync function; omit it to get a decorator.
+        with_context: run ``fn`` in a copy of the caller's :mod:`contextvars` context, and
+            afterwards (also when ``fn`` raised) set in the caller's context every variable
+            ``fn`` changed.  Without it, ``fn`` runs in the caller's own context, so its
+            changes are seen at once (greenletio runs it in an empty context instead).
+
+    Exceptions from ``fn`` propagate from the ``await`` with their traceback; cancelling
+    the awaiting task raises :class:`asyncio.CancelledError` in ``fn`` at its pending
+    ``await_()``.
+    """
+    if fn is None:
+        return functools.partial(_make_async, with_context=with_context)
+    return _make_async(fn, with_context)
+
+
+class _OwnedLoop:
+    """A thread's own event loop for ``await_()``; closed when the thread ends."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+
+    def close(self) -> None:
+        if not self.loop.is_closed():
+            try:
+                self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+            finally:
+                self.loop.close()
+
+    def __del__(self) -> None:
+        # The thread ended (its thread-local data is being cleared): close the loop, so
+        # that it does not warn that it was left unclosed.
+        if not self.loop.is_closed():
+            self.loop.close()
+
+
+class _ThreadLoop(threading.local):
+    """The event loop ``await_()`` runs awaitables on when no loop runs in the thread."""
+
+    owned: _OwnedLoop | None = None
+
+    def get(self) -> asyncio.AbstractEventLoop:
+        owned = self.owned
+        if owned is None or owned.loop.is_closed():
+            owned = self.owned = _OwnedLoop()
+        return owned.loop
+
+    def close(self) -> None:
+        owned, self.owned = self.owned, None
+        if owned is not None:
+            owned.close()
+
+
+_thread_loop = _ThreadLoop()
+
+
+def close_thread_loop() -> None:
+    """Close the event loop that :func:`await_` made for this thread, if it made one.
+
+    The next ``await_()`` with no loop running makes a new one.  A thread's loop is also
+    closed when the thread ends, and the main thread's when the interpreter exits.
+    """
+    _thread_loop.close()
+
+
+def _running_event_loop_name() -> str | None:
+    """The kind of event loop running in this thread (if any)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        return "an asyncio event loop"
+    trio = sys.modules.get("trio")
+    if trio is not None:
+        try:
+            trio.lowlevel.current_root_task()
+        except RuntimeError:
+            pass
+        else:
+            return "Trio"
+    return None
+
+
+def _wait_for(awaitable: Awaitable[_T]) -> _T:
+    if in_async_def():
+        return awaitlet(awaitable)
+    running = _running_event_loop_name()
+    if running is not None:
+        if inspect.iscoroutine(awaitable):
+            awaitable.close()  # it will never run: no "never awaited" warning
+        raise AwaitInEventLoopError(
+            f"await_() called from sync code running directly in {running}: it has no fiber"
+            " to suspend, and waiting would block the loop. Run the sync code with"
+            " awaitlet.decorators.async_() (or awaitlet.async_def()) instead."
+        )
+    return _thread_loop.get().run_until_complete(awaitable)
+
+
+@overload
+def await_(awaitable_or_fn: Awaitable[_T], /) -> _T: ...
+
+
+@overload
+def await_(awaitable_or_fn: Callable[_P, Awaitable[_T]], /) -> Callable[_P, _T]: ...
+
+
+def await_(
+    awaitable_or_fn: Awaitable[_T] | Callable[_P, Awaitable[_T]], /
+) -> _T | Callable[_P, _T]:
+    """Wait for an awaitable from sync code and return its result, or decorate an async
+    function to be called from sync code.
+
+    ``await_(awaitable)`` suspends the fiber of the surrounding :func:`async_` (or
+    :func:`awaitlet.async_def`) while the event loop awaits the awaitable.  With no event
+    loop running in the thread, it runs the awaitable on an event loop of the thread's own
+    (made on first use, reused after; see :func:`close_thread_loop`).
+
+    ``@await_`` on an async function gives a sync function that calls it and waits, the
+    same way, for what it returns.
+
+    Raises:
+        AwaitInEventLoopError: called from sync code running directly in a running event
+            loop (neither below ``async_`` nor free to start a loop).
+        TypeError: the argument is neither awaitable nor callable.
+
+    Whatever the awaitable raises is raised here, with its traceback.
+    """
+    if inspect.isawaitable(awaitable_or_fn):
+        return _wait_for(awaitable_or_fn)
+    given: object = awaitable_or_fn  # annotations do not stop a caller passing anything
+    if not callable(given):
+        kind = type(given).__name__
+        raise TypeError(f"await_() needs an awaitable or an async function, not {kind}")
+    async_fn = awaitable_or_fn
+
+    @functools.wraps(async_fn)
+    def call_and_wait(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+        return _wait_for(async_fn(*args, **kwargs))
+
+    return call_and_wait
+
+
+def spawn(fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> asyncio.Task[_T]:
+    """Start ``fn(*args, **kwargs)`` on a fiber, as a task of the running asyncio loop.
+
+    ``fn`` is a sync function; it runs as ``async_(fn)(*args, **kwargs)`` does, so it can
+    call :func:`await_`.  Call ``spawn`` from a coroutine or from sync code below ``async_``.
+    The task runs in a copy of the current :mod:`contextvars` context, as any task does.
+
+    Raises:
+        RuntimeError: no asyncio event loop is running in this thread.
+    """
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        raise RuntimeError(
+            "spawn() needs a running asyncio event loop: call it from a coroutine or from"
+            " sync code run by async_()"
+        ) from None
+    return loop.create_task(_run_on_fiber(fn, args, kwargs), name=getattr(fn, "__qualname__", None))
