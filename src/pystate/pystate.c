@@ -458,6 +458,8 @@ free_chunks_above_root(_PyStackChunk *chunk, _PyStackChunk *root)
 
 #if AWAITLET_PY311
 static int clear_abandoned_frames(awaitlet_fiber_state *s);
+#else
+static void release_abandoned_frames(awaitlet_fiber_state *s);
 #endif
 
 /* Drops the references held by the saved state of a suspended fiber that will never run
@@ -503,6 +505,8 @@ awaitlet_fiber_state_release_abandoned(awaitlet_fiber_state *s)
         s->fiber.datastack_limit = NULL;
         s->fiber.current_frame = NULL;
     }
+#else
+    release_abandoned_frames(s);
 #endif
     return 1;
 }
@@ -931,6 +935,36 @@ traverse_frames(awaitlet_fiber_state *s, visitproc visit, void *arg)
         }
     }
     return 0;
+}
+
+/* Releases the frames of a fiber that will never run again, 3.10: each frame a function
+ * call runs in (the fiber's own, see traverse_frames) is referenced by the C function that
+ * runs it, on the fiber's dead stack: that reference is dropped, so the frame goes (with its
+ * local variables) unless something else keeps it, as a traceback may.  First, the innermost
+ * frame's value stack as far as it is known (its deallocation does not release the value
+ * stack of a frame that runs).  The fiber's first frame has no f_back (init_fiber), so the
+ * walk stays within the fiber.  Each frame is read before the reference to it is dropped; the
+ * next one is kept alive meanwhile by its own runner's reference, or by its generator. */
+static void
+release_abandoned_frames(awaitlet_fiber_state *s)
+{
+    PyFrameObject *f = s->fiber.frame;
+    s->fiber.frame = NULL;
+    if (f != NULL && f->f_gen == NULL && f->f_stackdepth < 0) {
+        Py_ssize_t stack = slots_up_to(f->f_valuestack, sizeof(PyObject *), s->call_args_end, 0,
+                                       f->f_code->co_stacksize, 0);
+        while (stack > 0) {
+            stack--;
+            Py_CLEAR(f->f_valuestack[stack]);
+        }
+    }
+    while (f != NULL) {
+        PyFrameObject *back = f->f_back;
+        if (f->f_gen == NULL && !PyObject_GC_IsTracked((PyObject *)f)) {
+            Py_DECREF(f);
+        }
+        f = back;
+    }
 }
 #endif
 
