@@ -76,8 +76,29 @@ async def gather_sync(fn: Callable[..., Any], *arg_lists: tuple[Any, ...]) -> li
     return await asyncio.gather(*(async_def(fn, *args) for args in arg_lists))
 
 
-def run(coro: Any) -> Any:
-    return asyncio.run(coro)
+def run(coro: Any, loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None) -> Any:
+    """Run ``coro`` to completion on a new loop (asyncio's, or ``loop_factory()``'s)."""
+    loop = (loop_factory or asyncio.new_event_loop)()
+    try:
+        return loop.run_until_complete(coro)
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+
+
+def _loop_factories() -> list[Any]:
+    factories: list[Any] = [pytest.param(None, id="asyncio")]
+    try:
+        import uvloop
+    except ImportError:  # no uvloop on Windows
+        pass
+    else:
+        factories.append(pytest.param(uvloop.new_event_loop, id="uvloop"))
+    return factories
+
+
+#: The loops the I/O tests run on: asyncio's own, and uvloop (libuv) where it exists.
+LOOPS = _loop_factories()
 
 
 @contextlib.contextmanager
@@ -225,8 +246,9 @@ def test_green_modules_are_drop_in() -> None:
 # -- HTTP clients ------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("loop_factory", LOOPS)
 def test_many_http_client_requests_at_once_keep_the_loop_responsive(
-    http_server: str, green_http: tuple[Any, Any]
+    http_server: str, green_http: tuple[Any, Any], loop_factory: Any
 ) -> None:
     client, _ = green_http
     count = 20
@@ -247,7 +269,7 @@ def test_many_http_client_requests_at_once_keep_the_loop_responsive(
             elapsed = std_time.perf_counter() - start
         return results, elapsed, ticker.worst
 
-    results, elapsed, worst = run(main())
+    results, elapsed, worst = run(main(), loop_factory)
     assert results == [(200, f"you asked for /slow/{i}".encode()) for i in range(count)]
     # One after the other they would take count * DELAY = 1 s.
     assert elapsed < count * DELAY / 3, elapsed
@@ -309,8 +331,9 @@ def test_a_blocking_call_in_a_coroutine_not_on_a_fiber_blocks_as_the_stdlib(
 # -- sockets -----------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("loop_factory", LOOPS)
 def test_recv_timeout_raises_socket_timeout_on_the_fiber_with_a_traceback(
-    listener: std_socket.socket,
+    listener: std_socket.socket, loop_factory: Any
 ) -> None:
     port = listener.getsockname()[1]
 
@@ -327,7 +350,7 @@ def test_recv_timeout_raises_socket_timeout_on_the_fiber_with_a_traceback(
             elapsed = std_time.perf_counter() - start
         return caught.value, elapsed, ticker.worst
 
-    error, elapsed, worst = run(main())
+    error, elapsed, worst = run(main(), loop_factory)
     assert isinstance(error, TimeoutError)
     assert str(error) == "timed out"
     assert 0.18 < elapsed < 1.0, elapsed
@@ -373,7 +396,8 @@ def test_timeout_semantics_are_the_users_not_the_descriptors(
     sock.close()
 
 
-def test_socketpair_makefile_and_large_sendall_between_fibers() -> None:
+@pytest.mark.parametrize("loop_factory", LOOPS)
+def test_socketpair_makefile_and_large_sendall_between_fibers(loop_factory: Any) -> None:
     payload = bytes(range(256)) * 20_000  # 5 MB: far more than the socket buffers hold
 
     def writer(sock: green_socket.socket) -> None:
@@ -397,7 +421,7 @@ def test_socketpair_makefile_and_large_sendall_between_fibers() -> None:
             results = await asyncio.gather(async_def(reader, left), async_def(writer, right))
         return results[0], ticker.worst
 
-    (first, second, rest), _ = run(main())
+    (first, second, rest), _ = run(main(), loop_factory)
     assert (first, second) == (b"first line\n", b"second line\n")
     assert rest == payload
 
@@ -492,8 +516,9 @@ def test_udp_sendto_recvfrom_on_fibers() -> None:
     assert run(main())[1] == b"desserts"
 
 
+@pytest.mark.parametrize("loop_factory", LOOPS)
 def test_cancelling_the_task_reaches_sync_code_blocked_in_recv(
-    listener: std_socket.socket,
+    listener: std_socket.socket, loop_factory: Any
 ) -> None:
     port = listener.getsockname()[1]
     seen: list[str] = []
@@ -521,7 +546,7 @@ def test_cancelling_the_task_reaches_sync_code_blocked_in_recv(
             data = await async_def(sock.recv, 10)
         return still_registered, data
 
-    still_registered, data = run(main())
+    still_registered, data = run(main(), loop_factory)
     assert seen == ["cancelled in recv"]
     assert not still_registered
     assert data == b"later"
@@ -578,7 +603,10 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     return str(cert), str(key)
 
 
-def test_tls_handshake_and_echo_between_fibers(tls_files: tuple[str, str]) -> None:
+@pytest.mark.parametrize("loop_factory", LOOPS)
+def test_tls_handshake_and_echo_between_fibers(
+    tls_files: tuple[str, str], loop_factory: Any
+) -> None:
     from awaitlet.green import ssl as green_ssl
 
     cert, key = tls_files
@@ -615,7 +643,7 @@ def test_tls_handshake_and_echo_between_fibers(tls_files: tuple[str, str]) -> No
                     )
         return results[1:], ticker.worst
 
-    replies, worst = run(main())
+    replies, worst = run(main(), loop_factory)
     assert replies == [f"HELLO {index}".encode() for index in range(clients)]
     assert worst < MAX_LATENESS, worst
 
@@ -685,7 +713,8 @@ def test_green_ssl_outside_a_loop(tls_files: tuple[str, str]) -> None:
 # -- select and selectors ----------------------------------------------------------------
 
 
-def test_select_poll_and_selectors_wait_on_the_loop() -> None:
+@pytest.mark.parametrize("loop_factory", LOOPS)
+def test_select_poll_and_selectors_wait_on_the_loop(loop_factory: Any) -> None:
     def wait_each_way(sock: green_socket.socket) -> tuple[Any, ...]:
         start = std_time.perf_counter()
         nothing = green_select.select([sock], [], [], 0.1)
@@ -714,7 +743,7 @@ def test_select_poll_and_selectors_wait_on_the_loop() -> None:
                 result = await task
         return result, ticker.worst
 
-    (nothing, waited, readable, writable, polled, events), worst = run(main())
+    (nothing, waited, readable, writable, polled, events), worst = run(main(), loop_factory)
     assert nothing == ([], [], [])
     assert 0.09 < waited < 0.2
     assert len(readable) == 1 and len(writable) == 1

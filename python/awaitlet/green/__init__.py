@@ -46,9 +46,16 @@ def _green_loop() -> asyncio.AbstractEventLoop | None:
     if not in_async_def():
         return None
     try:
-        return asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
     except RuntimeError:
         return None
+    if _PROACTOR is not None and isinstance(loop, _PROACTOR):
+        return None  # it cannot watch descriptors (no add_reader): the standard call blocks
+    return loop
+
+
+# Windows' default loop, which has no add_reader/add_writer.
+_PROACTOR: type[asyncio.AbstractEventLoop] | None = getattr(asyncio, "ProactorEventLoop", None)
 
 
 class _FdWaiters:
@@ -91,8 +98,7 @@ def _wait_fds(
     """Suspend the fiber until one of the descriptors is ready or ``timeout`` passes.
 
     Returns true when woken by a descriptor, false on timeout.  Readiness is only a hint: the
-    caller retries its non-blocking call and waits again if it still would block.  Raises
-    :class:`NotImplementedError` where the loop cannot watch descriptors (Windows' proactor).
+    caller retries its non-blocking call and waits again if it still would block.
     """
     readers, writers = _registrations.setdefault(loop, ({}, {}))
     future: asyncio.Future[bool] = loop.create_future()
