@@ -995,6 +995,36 @@ def test_cancelled_lock_waiter_does_not_swallow_the_wake_up() -> None:
     assert not lock.locked()
 
 
+def test_queue_imported_under_patch_blocking_hands_items_between_fibers() -> None:
+    with fresh_green_imports("queue"):
+        with patch_blocking():
+            import queue
+    assert queue.threading is green_threading
+    channel = queue.Queue(maxsize=2)
+
+    def produce() -> None:
+        for item in range(10):
+            channel.put(item)  # blocks (suspends) while the queue is full
+
+    def consume() -> tuple[list[int], bool]:
+        items = [channel.get() for _ in range(10)]
+        try:
+            channel.get(timeout=0.05)
+        except queue.Empty:
+            return items, True
+        return items, False
+
+    async def main() -> tuple[list[Any], float]:
+        async with Ticker() as ticker:
+            results = await asyncio.gather(async_def(consume), async_def(produce))
+        return results, ticker.worst
+
+    ((items, empty), _), worst = run(main())
+    assert items == list(range(10))
+    assert empty
+    assert worst < MAX_LATENESS, worst
+
+
 def test_barrier_on_fibers() -> None:
     barrier = green_threading.Barrier(4, timeout=5)
     assert run(gather_sync(barrier.wait, *(() for _ in range(4)))) is not None

@@ -204,7 +204,7 @@ class _Lock:
 
 
 def _owner() -> object:
-    """Who owns an _RLock acquired here: the asyncio task on a fiber, else the OS thread."""
+    """Who owns an RLock acquired here: the asyncio task on a fiber, else the OS thread."""
     if _green_loop() is not None:
         task = asyncio.current_task()
         if task is not None:
@@ -306,7 +306,7 @@ class _Condition:
         self._waiters: collections.deque[_FiberWaiter | _ThreadWaiter] = collections.deque()
 
     def __repr__(self) -> str:
-        return f"<_Condition({self._lock!r}, {len(self._waiters)})>"
+        return f"<Condition({self._lock!r}, {len(self._waiters)})>"
 
     def __enter__(self) -> Any:
         return self._lock.__enter__()
@@ -321,7 +321,7 @@ class _Condition:
         self._lock.acquire()
 
     def _is_owned(self) -> bool:
-        # As the standard _Condition does for a lock it knows nothing of.
+        # As the standard Condition does for a lock it knows nothing of.
         if self._lock.acquire(False):
             self._lock.release()
             return False
