@@ -15,10 +15,12 @@ from __future__ import annotations
 import math as _math
 import select as _std
 from collections.abc import Iterable
-from select import *  # noqa: F403  (the drop-in module has every public name)
-from typing import Any
 
-from . import _copy_public_and_private, _green_loop, _wait_fds
+# The drop-in module has every name of the standard one (type checkers see them here).
+from select import *  # noqa: F403  # pyright: ignore[reportWildcardImportFromLibrary]
+from typing import Any, cast
+
+from ._loop import copy_standard_names, green_loop, wait_fds
 
 
 def _fileno(obj: Any) -> int:
@@ -31,15 +33,16 @@ def _fileno(obj: Any) -> int:
 
 
 def _checked_timeout(timeout: float | None) -> float | None:
-    if timeout is None:
+    value = cast(object, timeout)
+    if value is None:
         return None
-    if not isinstance(timeout, (int, float)):
+    if not isinstance(value, (int, float)):
         raise TypeError("timeout must be a float or None")
-    if _math.isnan(timeout):
+    if _math.isnan(value):
         raise ValueError("Invalid value NaN (not a number)")
-    if timeout < 0:
+    if value < 0:
         raise ValueError("timeout must be non-negative")
-    return float(timeout)
+    return float(value)
 
 
 def _green_select(
@@ -53,7 +56,7 @@ def _green_select(
 
     On a fiber the loop does the waiting (see the module's description).
     """
-    loop = _green_loop()
+    loop = green_loop()
     if loop is None:
         return _std.select(rlist, wlist, xlist, timeout)
     rlist, wlist, xlist = list(rlist), list(wlist), list(xlist)
@@ -69,7 +72,7 @@ def _green_select(
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return ready
-        _wait_fds(loop, read_fds, write_fds, remaining)
+        wait_fds(loop, read_fds, write_fds, remaining)
 
 
 _green_select.__name__ = _green_select.__qualname__ = "select"
@@ -106,14 +109,16 @@ class _GreenPoll:
 
     def poll(self, timeout: float | None = None, /) -> list[tuple[int, int]]:
         """The ``(fd, events)`` ready, waiting up to ``timeout`` milliseconds (None: no limit)."""
-        loop = _green_loop()
+        loop = green_loop()
         if loop is None:
             return self._poll.poll(timeout)
-        if timeout is not None:
-            if not isinstance(timeout, (int, float)):
+        value = cast(object, timeout)
+        seconds: float | None = None
+        if value is not None:
+            if not isinstance(value, (int, float)):
                 raise TypeError("timeout must be an integer or None")
-            timeout = None if timeout < 0 else timeout / 1000.0
-        deadline = None if timeout is None else loop.time() + timeout
+            seconds = None if value < 0 else value / 1000.0
+        deadline = None if seconds is None else loop.time() + seconds
         while True:
             ready = self._poll.poll(0)
             if ready:
@@ -123,7 +128,7 @@ class _GreenPoll:
                 return ready
             readers = [fd for fd, mask in self._events.items() if mask & _READ_EVENTS]
             writers = [fd for fd, mask in self._events.items() if mask & _WRITE_EVENTS]
-            _wait_fds(loop, readers, writers, remaining)
+            wait_fds(loop, readers, writers, remaining)
 
 
 if hasattr(_std, "poll"):
@@ -136,4 +141,4 @@ if hasattr(_std, "poll"):
     poll = _green_poll  # type: ignore[misc, assignment]
 
 
-_copy_public_and_private(_std, globals())
+copy_standard_names(_std, globals())

@@ -14,10 +14,12 @@ call.
 from __future__ import annotations
 
 import selectors as _std
-from selectors import *  # noqa: F403  (the drop-in module has every public name)
-from typing import Any
 
-from . import _copy_public_and_private, _green_loop, _wait_fds
+# The drop-in module has every name of the standard one (type checkers see them here).
+from selectors import *  # noqa: F403  # pyright: ignore[reportWildcardImportFromLibrary]
+from typing import Any, cast
+
+from ._loop import copy_standard_names, green_loop, wait_fds
 
 
 class _GreenSelect:
@@ -26,7 +28,7 @@ class _GreenSelect:
     def select(self, timeout: float | None = None) -> list[tuple[_std.SelectorKey, int]]:
         """The ``(key, events)`` ready, waiting up to ``timeout`` seconds (None: no limit)."""
         selector: Any = super()
-        loop = _green_loop()
+        loop = green_loop()
         if loop is None or (timeout is not None and timeout <= 0):
             return selector.select(timeout)  # type: ignore[no-any-return]
         deadline = None if timeout is None else loop.time() + timeout
@@ -37,10 +39,10 @@ class _GreenSelect:
             remaining = None if deadline is None else deadline - loop.time()
             if remaining is not None and remaining <= 0:
                 return ready  # type: ignore[no-any-return]
-            keys = self.get_map().values()  # type: ignore[attr-defined]
+            keys = cast(_std.BaseSelector, self).get_map().values()
             readers = [key.fd for key in keys if key.events & _std.EVENT_READ]
             writers = [key.fd for key in keys if key.events & _std.EVENT_WRITE]
-            _wait_fds(loop, readers, writers, remaining)
+            wait_fds(loop, readers, writers, remaining)
 
 
 # A green subclass of each standard selector class this platform has, under the same name.
@@ -63,4 +65,4 @@ del _name, _base
 #: The green counterpart of the platform's best selector (the standard ``DefaultSelector``).
 DefaultSelector = globals()[_std.DefaultSelector.__name__]  # type: ignore[misc]
 
-_copy_public_and_private(_std, globals())
+copy_standard_names(_std, globals())

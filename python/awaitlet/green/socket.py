@@ -20,17 +20,20 @@ import _socket
 import errno as _errno
 import os as _os
 import socket as _std
-from collections.abc import Callable, Iterable
-from socket import *  # noqa: F403  (the drop-in module has every public name)
-from typing import Any, TypeVar
+from collections.abc import Callable
 
-from . import _copy_public_and_private, _green_loop, _rebind, _wait_fds
+# The drop-in module has every name of the standard one (type checkers see them here).
+from socket import *  # noqa: F403  # pyright: ignore[reportWildcardImportFromLibrary]
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-__all__ = list(_std.__all__)
+from ._loop import READ, WRITE, copy_standard_names, green_loop, rebind_functions, wait_fds
+
+if TYPE_CHECKING:
+    # In the standard module at run time on some versions and platforms, not in typeshed.
+    IP_BIND_ADDRESS_NO_PORT: int
+    SO_INCOMING_CPU: int
 
 _T = TypeVar("_T")
-_READ = 0
-_WRITE = 1
 _C_SOCKET = _socket.socket
 _WOULD_BLOCK = (BlockingIOError, InterruptedError)
 _CONNECT_PENDING = {_errno.EINPROGRESS, _errno.EAGAIN, _errno.EWOULDBLOCK, _errno.EALREADY}
@@ -90,7 +93,7 @@ class _GreenSocket(_std.socket):
 
     def _loop_for_call(self) -> Any:
         """The loop to wait on (the descriptor made non-blocking), or None for the stdlib call."""
-        loop = _green_loop()
+        loop = green_loop()
         if loop is None:
             if self._green_forced:
                 self._green_forced = False
@@ -109,10 +112,10 @@ class _GreenSocket(_std.socket):
         fd = self.fileno()
         if fd < 0:
             raise OSError(_errno.EBADF, "Bad file descriptor")
-        ready = _wait_fds(
+        ready = wait_fds(
             loop,
-            (fd,) if direction == _READ else (),
-            (fd,) if direction == _WRITE else (),
+            (fd,) if direction == READ else (),
+            (fd,) if direction == WRITE else (),
             remaining,
         )
         if not ready:
@@ -144,10 +147,12 @@ class _GreenSocket(_std.socket):
     def accept(self) -> tuple[_GreenSocket, Any]:
         """Accept a connection: a green socket for it and the peer's address."""
         loop = self._loop_for_call()
+        accepted: tuple[int, Any]
         if loop is None:
-            fd, address = self._accept()  # type: ignore[attr-defined]
+            accepted = cast(tuple[int, Any], self._accept())  # type: ignore[attr-defined]
         else:
-            fd, address = self._green_call(loop, _READ, self._accept)  # type: ignore[attr-defined]
+            accepted = self._green_call(loop, READ, self._accept)  # type: ignore[attr-defined]
+        fd, address = accepted
         connection = _GreenSocket(self.family, self.type, self.proto, fileno=fd)
         # As the standard accept(): with no default timeout, a socket accepted from a listener
         # with a timeout blocks.
@@ -176,7 +181,7 @@ class _GreenSocket(_std.socket):
         error = _C_SOCKET.connect_ex(self, address)
         if self._green_timeout == 0.0 or error not in _CONNECT_PENDING:
             return error
-        self._wait(loop, _WRITE, _deadline(loop, self._green_timeout))
+        self._wait(loop, WRITE, _deadline(loop, self._green_timeout))
         error = self.getsockopt(SOL_SOCKET, SO_ERROR)  # noqa: F405
         return 0 if error == _errno.EISCONN else error
 
@@ -185,35 +190,35 @@ class _GreenSocket(_std.socket):
         loop = self._loop_for_call()
         if loop is None:
             return super().recv(bufsize, flags)
-        return self._green_call(loop, _READ, _C_SOCKET.recv, self, bufsize, flags)
+        return self._green_call(loop, READ, _C_SOCKET.recv, self, bufsize, flags)
 
-    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0, /) -> int:
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
         """Receive into ``buffer``; return the number of bytes received."""
         loop = self._loop_for_call()
         if loop is None:
             return super().recv_into(buffer, nbytes, flags)
-        return self._green_call(loop, _READ, _C_SOCKET.recv_into, self, buffer, nbytes, flags)
+        return self._green_call(loop, READ, _C_SOCKET.recv_into, self, buffer, nbytes, flags)
 
     def recvfrom(self, bufsize: int, flags: int = 0, /) -> tuple[bytes, Any]:
         """Receive up to ``bufsize`` bytes and the sender's address."""
         loop = self._loop_for_call()
         if loop is None:
             return super().recvfrom(bufsize, flags)
-        return self._green_call(loop, _READ, _C_SOCKET.recvfrom, self, bufsize, flags)
+        return self._green_call(loop, READ, _C_SOCKET.recvfrom, self, bufsize, flags)
 
-    def recvfrom_into(self, buffer: Any, nbytes: int = 0, flags: int = 0, /) -> tuple[int, Any]:
+    def recvfrom_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> tuple[int, Any]:
         """Receive into ``buffer``; return the number of bytes and the sender's address."""
         loop = self._loop_for_call()
         if loop is None:
             return super().recvfrom_into(buffer, nbytes, flags)
-        return self._green_call(loop, _READ, _C_SOCKET.recvfrom_into, self, buffer, nbytes, flags)
+        return self._green_call(loop, READ, _C_SOCKET.recvfrom_into, self, buffer, nbytes, flags)
 
     def send(self, data: Any, flags: int = 0, /) -> int:
         """Send ``data``; return the number of bytes sent."""
         loop = self._loop_for_call()
         if loop is None:
             return super().send(data, flags)
-        return self._green_call(loop, _WRITE, _C_SOCKET.send, self, data, flags)
+        return self._green_call(loop, WRITE, _C_SOCKET.send, self, data, flags)
 
     def sendall(self, data: Any, flags: int = 0, /) -> None:
         """Send all of ``data``; the timeout bounds the whole call, as in the stdlib."""
@@ -226,7 +231,7 @@ class _GreenSocket(_std.socket):
             while sent < total:
                 sent += self._green_call(
                     loop,
-                    _WRITE,
+                    WRITE,
                     _C_SOCKET.send,
                     self,
                     octets[sent:],
@@ -236,13 +241,12 @@ class _GreenSocket(_std.socket):
                 )
         return None
 
-    def sendto(self, data: Any, flags_or_address: Any, address: Any = None, /) -> int:
-        """Send ``data`` to an address: ``sendto(data, address)`` or ``(data, flags, address)``."""
-        args = (data, flags_or_address) if address is None else (data, flags_or_address, address)
+    def sendto(self, *args: Any) -> int:
+        """Send data to an address: ``sendto(data, address)``, ``sendto(data, flags, address)``."""
         loop = self._loop_for_call()
         if loop is None:
             return super().sendto(*args)
-        return self._green_call(loop, _WRITE, _C_SOCKET.sendto, self, *args)
+        return self._green_call(loop, WRITE, _C_SOCKET.sendto, self, *args)
 
     if hasattr(_C_SOCKET, "sendmsg"):
 
@@ -251,7 +255,7 @@ class _GreenSocket(_std.socket):
             loop = self._loop_for_call()
             if loop is None:
                 return super().sendmsg(*args)
-            return self._green_call(loop, _WRITE, _C_SOCKET.sendmsg, self, *args)
+            return self._green_call(loop, WRITE, _C_SOCKET.sendmsg, self, *args)
 
     if hasattr(_C_SOCKET, "recvmsg"):
 
@@ -260,35 +264,27 @@ class _GreenSocket(_std.socket):
             loop = self._loop_for_call()
             if loop is None:
                 return super().recvmsg(*args)
-            return self._green_call(loop, _READ, _C_SOCKET.recvmsg, self, *args)
+            return self._green_call(loop, READ, _C_SOCKET.recvmsg, self, *args)
 
         def recvmsg_into(self, *args: Any) -> tuple[int, list[tuple[int, int, bytes]], int, Any]:
             """Receive into buffers, as :meth:`socket.socket.recvmsg_into`."""
             loop = self._loop_for_call()
             if loop is None:
                 return super().recvmsg_into(*args)
-            return self._green_call(loop, _READ, _C_SOCKET.recvmsg_into, self, *args)
+            return self._green_call(loop, READ, _C_SOCKET.recvmsg_into, self, *args)
 
     def sendfile(self, file: Any, offset: int = 0, count: int | None = None) -> int:
         """Send a file; on a fiber it is read and sent with :meth:`send` (no ``os.sendfile``)."""
-        if _green_loop() is None:
+        if green_loop() is None:
             return super().sendfile(file, offset, count)
         # The stdlib's os.sendfile path waits with a blocking selector; its send() path
         # goes through this class's send(), which waits on the loop.
-        result: int = self._sendfile_use_send(file, offset, count)  # type: ignore[attr-defined]
-        return result
+        send_file = cast(Callable[..., int], self._sendfile_use_send)  # type: ignore[attr-defined]
+        return send_file(file, offset, count)
 
 
 def _errno_message(error: int) -> str:
     return _os.strerror(error)
-
-
-def _green_namespace_functions(names: Iterable[str]) -> None:
-    namespace = globals()
-    for name in names:
-        function = getattr(_std, name, None)
-        if function is not None and getattr(function, "__module__", None) == "socket":
-            namespace[name] = _rebind(function, namespace)
 
 
 _GreenSocket.__name__ = _GreenSocket.__qualname__ = "socket"
@@ -297,10 +293,15 @@ socket = _GreenSocket  # type: ignore[misc]
 
 # Everything else of the standard module (constants, exceptions, private helpers that
 # libraries reach for such as _GLOBAL_DEFAULT_TIMEOUT).
-_copy_public_and_private(_std, globals())
+copy_standard_names(_std, globals())
 
-# The standard helpers that build sockets by the global name `socket`, rebound here so that
-# they build green ones, with the running Python's own code.
-_green_namespace_functions(
-    ("create_connection", "create_server", "socketpair", "fromfd", "_fallback_socketpair")
+# The standard helpers that build sockets by the global name `socket`, rebound so that they
+# build green ones, with the running Python's own code.
+globals().update(
+    rebind_functions(
+        _std,
+        __name__,
+        {"socket": _GreenSocket},
+        ("create_connection", "create_server", "socketpair", "fromfd", "_fallback_socketpair"),
+    )
 )

@@ -14,14 +14,16 @@ timeout (:class:`TimeoutError` when it expires).  Anywhere else they are the sta
 
 from __future__ import annotations
 
+import socket as _std_socket
 import ssl as _std
 from collections.abc import Callable
-from ssl import *  # noqa: F403  (the drop-in module has every public name)
+
+# The drop-in module has every name of the standard one (type checkers see them here).
+from ssl import *  # noqa: F403  # pyright: ignore[reportWildcardImportFromLibrary]
 from typing import Any, TypeVar
 
-from . import _copy_public_and_private, _rebind
 from . import socket as _green_socket
-from .socket import _READ, _WRITE
+from ._loop import READ, WRITE, copy_standard_names, rebind_functions
 
 _T = TypeVar("_T")
 
@@ -39,9 +41,9 @@ class _GreenSSLSocket(_std.SSLSocket, _green_socket._GreenSocket):  # type: igno
             try:
                 return call(*args)
             except SSLWantReadError:  # noqa: F405
-                direction = _READ
+                direction = READ
             except SSLWantWriteError:  # noqa: F405
-                direction = _WRITE
+                direction = WRITE
             try:
                 self._wait(loop, direction, deadline)
             except TimeoutError:
@@ -60,20 +62,20 @@ class _GreenSSLSocket(_std.SSLSocket, _green_socket._GreenSocket):  # type: igno
 
     def read(self, len: int = 1024, buffer: Any = None) -> Any:
         """Read up to ``len`` bytes (into ``buffer`` if given), as :meth:`ssl.SSLSocket.read`."""
-        return self._green_tls("read", super().read, len, buffer)
+        return self._green_tls("read", super().read, len, buffer)  # pyright: ignore[reportDeprecated]
 
     def write(self, data: Any) -> int:
         """Write ``data`` to the TLS channel, as :meth:`ssl.SSLSocket.write`."""
-        return self._green_tls("write", super().write, data)
+        return self._green_tls("write", super().write, data)  # pyright: ignore[reportDeprecated]
 
-    def send(self, data: Any, flags: int = 0, /) -> int:
+    def send(self, data: Any, flags: int = 0) -> int:
         """Send ``data`` through TLS (or in the clear once unwrapped)."""
         sslobj: Any = self._sslobj
         if sslobj is None:
             return super().send(data, flags)
         return self._green_tls("write", super().send, data, flags)
 
-    def unwrap(self) -> _green_socket.socket:
+    def unwrap(self) -> _std_socket.socket:
         """Shut the TLS layer down and return the socket underneath."""
         sslobj: Any = self._sslobj  # type: ignore[has-type]
         if not sslobj or self._loop_for_call() is None:
@@ -86,7 +88,7 @@ class _GreenSSLSocket(_std.SSLSocket, _green_socket._GreenSocket):  # type: igno
 class _GreenSSLContext(_std.SSLContext):
     """The standard :class:`ssl.SSLContext`; ``wrap_socket`` gives a green :class:`SSLSocket`."""
 
-    sslsocket_class = _GreenSSLSocket
+    sslsocket_class: type[_std.SSLSocket] = _GreenSSLSocket
 
 
 _GreenSSLSocket.__name__ = _GreenSSLSocket.__qualname__ = "SSLSocket"
@@ -95,21 +97,28 @@ _GreenSSLContext.__name__ = _GreenSSLContext.__qualname__ = "SSLContext"
 SSLSocket = _GreenSSLSocket  # type: ignore[misc]
 SSLContext = _GreenSSLContext  # type: ignore[misc]
 
-# The names the standard module imported from socket, made green for the helpers below.
+# The names the standard module took from socket, green here too.
 socket = _green_socket.socket
 create_connection = _green_socket.create_connection
-_copy_public_and_private(_std, globals())
+copy_standard_names(_std, globals())
 
-# Standard helpers that build a context, a socket or a connection by global name: rebound to
-# this namespace they build green ones.
-for _name in (
-    "create_default_context",
-    "_create_unverified_context",
-    "wrap_socket",
-    "get_server_certificate",
-):
-    _function = getattr(_std, _name, None)
-    if _function is not None:
-        globals()[_name] = _rebind(_function, globals())
-_create_default_https_context = create_default_context  # noqa: F405
-del _name, _function
+# Standard helpers that build a context, a socket or a connection by global name, rebound so
+# that they build green ones (their aliases, such as _create_default_https_context, too).
+globals().update(
+    rebind_functions(
+        _std,
+        __name__,
+        {
+            "SSLContext": _GreenSSLContext,
+            "SSLSocket": _GreenSSLSocket,
+            "socket": _green_socket.socket,
+            "create_connection": _green_socket.create_connection,
+        },
+        (
+            "create_default_context",
+            "_create_unverified_context",
+            "wrap_socket",
+            "get_server_certificate",
+        ),
+    )
+)

@@ -20,14 +20,14 @@ import asyncio
 import collections
 import threading as _std
 import time as _time
-from threading import *  # noqa: F403  (the drop-in module has every public name)
+
+# The drop-in module has every name of the standard one (type checkers see them here).
+from threading import *  # noqa: F403  # pyright: ignore[reportWildcardImportFromLibrary]
 from types import TracebackType
 from typing import Any
 
 from .. import awaitlet
-from . import _copy_public_and_private, _green_loop
-
-__all__ = list(_std.__all__)
+from ._loop import copy_standard_names, green_loop
 
 
 def _set_result_once(future: asyncio.Future[bool], value: bool) -> None:
@@ -90,7 +90,7 @@ class _ThreadWaiter:
 
 
 def _new_waiter() -> _FiberWaiter | _ThreadWaiter:
-    loop = _green_loop()
+    loop = green_loop()
     return _ThreadWaiter() if loop is None else _FiberWaiter(loop)
 
 
@@ -129,7 +129,7 @@ class _Lock:
             return True
         if seconds == 0.0:
             return False
-        loop = _green_loop()
+        loop = green_loop()
         if loop is None:
             return self._lock.acquire(True, -1 if seconds is None else seconds)
         deadline = None if seconds is None else _time.monotonic() + seconds
@@ -205,7 +205,7 @@ class _Lock:
 
 def _owner() -> object:
     """Who owns an RLock acquired here: the asyncio task on a fiber, else the OS thread."""
-    if _green_loop() is not None:
+    if green_loop() is not None:
         task = asyncio.current_task()
         if task is not None:
             return task
@@ -273,7 +273,7 @@ class _RLock:
         self._count, self._owner = state
 
     def _at_fork_reinit(self) -> None:
-        self._block._at_fork_reinit()
+        self._block = _Lock()
         self._owner, self._count = None, 0
 
     def __enter__(self) -> bool:
@@ -418,7 +418,7 @@ class _Semaphore:
         if value < 0:
             raise ValueError("semaphore initial value must be >= 0")
         self._cond = _Condition(_Lock())
-        self._value = value
+        self._value: int = value
 
     def __repr__(self) -> str:
         return f"<{type(self).__module__}.{type(self).__qualname__} object value={self._value}>"
@@ -553,4 +553,4 @@ Event = _Event  # type: ignore[misc, assignment]
 Barrier = _Barrier  # type: ignore[misc]
 del _public
 
-_copy_public_and_private(_std, globals())
+copy_standard_names(_std, globals())

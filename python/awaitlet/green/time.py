@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import math as _math
 import time as _std
-from time import *  # noqa: F403  (the drop-in module has every public name)
 
-from . import _copy_public_and_private, _green_loop, _sleep_on_loop
+# The drop-in module has every name of the standard one (type checkers see them here).
+from time import *  # noqa: F403  # pyright: ignore[reportWildcardImportFromLibrary]
+from typing import cast
+
+from ._loop import copy_standard_names, green_loop, sleep_on_loop
 
 
 def _green_sleep(secs: float, /) -> None:
@@ -19,19 +22,20 @@ def _green_sleep(secs: float, /) -> None:
     Anywhere else it is :func:`time.sleep`.  The argument is checked as the standard
     function checks it (:class:`TypeError`, :class:`ValueError` for a negative or NaN value).
     """
-    if _green_loop() is None:
+    if green_loop() is None:
         return _std.sleep(secs)
-    if not isinstance(secs, (int, float)):
+    value = cast(object, secs)
+    if not isinstance(value, (int, float)):
         raise TypeError(f"'{type(secs).__name__}' object cannot be interpreted as an integer")
-    if _math.isnan(secs):
+    if _math.isnan(value):
         raise ValueError("Invalid value NaN (not a number)")
-    if secs < 0:
+    if value < 0:
         raise ValueError("sleep length must be non-negative")
-    _sleep_on_loop(float(secs))
+    sleep_on_loop(float(value))
     return None
 
 
 _green_sleep.__name__ = _green_sleep.__qualname__ = "sleep"
 sleep = _green_sleep  # type: ignore[assignment]
 
-_copy_public_and_private(_std, globals())
+copy_standard_names(_std, globals())
