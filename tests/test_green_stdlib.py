@@ -121,6 +121,11 @@ def fresh_green_imports(*packages: str) -> Iterator[None]:
         for name in [name for name in sys.modules if ours(name)]:
             del sys.modules[name]
         sys.modules.update(saved)
+        # A fresh import of a submodule rebinds it on its package: point that back too.
+        for name, module in saved.items():
+            package_name, _, attribute = name.rpartition(".")
+            if package_name in sys.modules:
+                setattr(sys.modules[package_name], attribute, module)
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -203,6 +208,7 @@ def test_patch_blocking_swaps_the_modules_for_the_block_and_restores_them() -> N
 
         assert again is not socketserver
         assert again.socket is std_socket
+        assert socketserver.socket is green_socket  # the name bound in the block stays green
 
 
 def test_patch_blocking_partial_and_nested() -> None:
@@ -1092,3 +1098,26 @@ def test_pg8000_queries_from_many_fibers_at_once(postgres_server: Any) -> None:
     # One after the other: connections * DELAY = 1 s.
     assert DELAY <= elapsed < 0.25, elapsed
     assert worst < MAX_LATENESS, worst
+
+
+def test_green_threading_between_os_threads_is_the_standard_behaviour() -> None:
+    condition = green_threading.Condition()
+    semaphore = green_threading.Semaphore(0)
+    items: list[int] = []
+
+    def producer() -> None:
+        for value in range(5):
+            with condition:
+                items.append(value)
+                condition.notify()
+            semaphore.release()
+
+    thread = std_threading.Thread(target=producer)
+    thread.start()
+    for _ in range(5):
+        assert semaphore.acquire(timeout=5)
+    with condition:
+        assert condition.wait_for(lambda: len(items) == 5, timeout=5)
+    thread.join()
+    assert items == list(range(5))
+    assert semaphore.acquire(timeout=0.01) is False
