@@ -432,6 +432,36 @@ def test_socketpair_makefile_and_large_sendall_between_fibers(loop_factory: Any)
     assert rest == payload
 
 
+def test_sendfile_sendmsg_recvmsg_and_recv_into_between_fibers(tmp_path: Any) -> None:
+    payload = bytes(range(256)) * 8_000  # 2 MB through sendfile
+    source = tmp_path / "payload.bin"
+    source.write_bytes(payload)
+
+    def sender(sock: green_socket.socket) -> int:
+        with sock:
+            sock.sendmsg([b"head", b"er"])
+            with source.open("rb") as file:
+                return sock.sendfile(file)
+
+    def receiver(sock: green_socket.socket) -> tuple[bytes, bytes]:
+        with sock:
+            header, _, _, _ = sock.recvmsg(6)
+            received = bytearray()
+            chunk = bytearray(65536)
+            while count := sock.recv_into(chunk):
+                received += chunk[:count]
+        return header, bytes(received)
+
+    async def main() -> list[Any]:
+        left, right = green_socket.socketpair()
+        return await asyncio.gather(async_def(sender, left), async_def(receiver, right))
+
+    sent, (header, received) = run(main())
+    assert header == b"header"
+    assert sent == len(payload)
+    assert received == payload
+
+
 def test_accept_connect_send_recv_and_a_closed_peer_on_fibers() -> None:
     def serve(server: green_socket.socket) -> list[bytes]:
         connection, _ = server.accept()
