@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import errno
 import http.server
+import os
 import socket as std_socket
 import sys
 import threading as std_threading
@@ -395,6 +396,18 @@ def test_timeout_semantics_are_the_users_not_the_descriptors(
     assert 0.04 < std_time.perf_counter() - start < 1.0
     sock.settimeout(None)
     assert sock.gettimeout() is None and sock.getblocking()
+
+    def wait_then_detach(sock: green_socket.socket) -> int:
+        sock.settimeout(0.01)
+        with pytest.raises(TimeoutError):
+            sock.recv(1)
+        sock.settimeout(None)
+        return sock.detach()
+
+    # Detached after waiting on the loop, the descriptor is in the user's (blocking) mode.
+    fd = run(async_def(wait_then_detach, sock))
+    assert os.get_blocking(fd)
+    os.close(fd)
     with pytest.raises(ValueError):
         sock.settimeout(-1)
     with pytest.raises(TypeError):

@@ -36,7 +36,8 @@ if TYPE_CHECKING:
 _T = TypeVar("_T")
 _C_SOCKET = _socket.socket
 _WOULD_BLOCK = (BlockingIOError, InterruptedError)
-_CONNECT_PENDING = {_errno.EINPROGRESS, _errno.EAGAIN, _errno.EWOULDBLOCK, _errno.EALREADY}
+# As the stdlib in timeout mode: only a connection in progress is waited for.
+_CONNECT_PENDING = {_errno.EINPROGRESS}
 
 
 def _deadline(loop: Any, timeout: float | None) -> float | None:
@@ -88,6 +89,17 @@ class _GreenSocket(_std.socket):
     def timeout(self) -> float | None:
         """The timeout, as :meth:`gettimeout` gives it."""
         return self._green_timeout
+
+    def detach(self) -> int:
+        """Close the socket object without closing the descriptor, which is returned.
+
+        The descriptor is handed over in the user's blocking mode, not the non-blocking one
+        that waits on the loop put it in.
+        """
+        if self._green_forced:
+            self._green_forced = False
+            _C_SOCKET.settimeout(self, self._green_timeout)
+        return super().detach()
 
     # -- choosing between the loop and the standard call --------------------------------
 
