@@ -120,8 +120,16 @@ fn slots_are_laid_out_as_documented() {
             // Slot boundaries sit in the middle of a page-table span.
             assert_eq!(bottom % PAGE_TABLE_SPAN, PAGE_TABLE_SPAN / 2);
             assert_eq!(stack.limit().get(), bottom + GUARD_SIZE);
-            assert_eq!(stack.base().get(), top(stack) - FRAMES);
+            assert_eq!(
+                stack.base().get(),
+                top(stack) - FRAMES - FRAMES_IN_STACK_TOP_PAGE
+            );
             assert_eq!(stack.frames_area(), stack.base().get());
+            // The page holding the frames area's start holds the machine stack's top too.
+            assert_eq!(
+                stack.frames_area() % 4096,
+                4096 - FRAMES_IN_STACK_TOP_PAGE % 4096
+            );
             assert_eq!(
                 stack.usable_low(),
                 bottom + GUARD_SIZE + CANARY_BYTES + RED_ZONE
@@ -286,14 +294,19 @@ fn a_retired_slot_keeps_its_frames_area_and_is_never_reused() {
     in_fresh_thread(|| {
         let stack = take(FRAMES).unwrap();
         let bottom = stack.slot.bottom();
-        let frames = top(&stack) - 1;
-        let machine = [stack.base().get() - 8, stack.usable_low() + 4096];
-        write(frames, 0xa5);
-        for address in machine {
+        let frames = [stack.frames_area(), stack.frames_area() + FRAMES - 1];
+        // Below the page that holds the frames area's start (kept with it).
+        let machine = [
+            stack.frames_area() / 4096 * 4096 - 8,
+            stack.usable_low() + 4096,
+        ];
+        for address in frames.into_iter().chain(machine) {
             write(address, 0xa5);
         }
         retire(stack);
-        assert_eq!(read(frames), 0xa5, "frame objects may still point into it");
+        for address in frames {
+            assert_eq!(read(address), 0xa5, "frame objects may still point into it");
+        }
         for address in machine {
             assert_eq!(read(address), 0);
         }
