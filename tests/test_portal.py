@@ -932,6 +932,10 @@ _KEYBOARD_INTERRUPT_SCRIPT = """
 import os, signal, sys
 from awaitlet.portal import await_, ensure_portal
 
+# A process started in the background by a shell inherits SIGINT ignored, and Python then
+# keeps it ignored: install Python's own handler, as an interactive run has.
+signal.signal(signal.SIGINT, signal.default_int_handler)
+
 seen = []
 
 def wait(sleep):
