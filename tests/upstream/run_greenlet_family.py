@@ -34,7 +34,6 @@ passed and collected tests.  Unknown arguments go to pytest.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import re
 import shutil
@@ -46,6 +45,8 @@ import xml.etree.ElementTree as ElementTree
 from collections import defaultdict
 from importlib import metadata
 from pathlib import Path
+
+from pinned_sdist import fetch_pinned_sdist
 
 HERE = Path(__file__).resolve().parent
 NOT_APPLICABLE = HERE / "greenlet_not_applicable.txt"
@@ -156,32 +157,10 @@ def pytest_report_header(config):
 PLUGIN_NAME = "_awaitlet_greenlet_family_probe"
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 16), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def fetch_sdist(suite: str, dest: Path) -> Path:
     """Make sure ``dest`` holds the pinned sdist of ``suite``; return its path."""
     spec, name, want = SDISTS[suite]
-    sdist = dest / name
-    if sdist.is_file() and sha256(sdist) == want:
-        print(f"run_greenlet_family: using cached {sdist}", flush=True)
-        return sdist
-    dest.mkdir(parents=True, exist_ok=True)
-    sdist.unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--no-deps"]
-    cmd += ["--no-binary", ":all:", spec, "-d", str(dest)]
-    print("run_greenlet_family: " + " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True)
-    actual = sha256(sdist)
-    if actual != want:
-        sdist.unlink()
-        raise SystemExit(f"run_greenlet_family: {name} has sha256 {actual}, want {want}")
-    return sdist
+    return fetch_pinned_sdist(spec, name, want, dest, "run_greenlet_family")
 
 
 def ensure_installed(suite: str, sdist: Path) -> None:

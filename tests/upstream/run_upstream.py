@@ -18,13 +18,14 @@ pytest's, except that "no tests collected" (5) counts as a failure.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
 from pathlib import Path
+
+from pinned_sdist import fetch_pinned_sdist
 
 UPSTREAM = "awaitlet==0.0.1"
 SDIST_NAME = "awaitlet-0.0.1.tar.gz"
@@ -70,32 +71,9 @@ def pytest_terminal_summary(terminalreporter):
 """
 
 
-def sha256(path: Path) -> str:
-    """Return the hex SHA-256 of a file."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 16), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def fetch_sdist(dest: Path) -> Path:
     """Make sure ``dest`` holds the pinned sdist, downloading it if needed; return its path."""
-    sdist = dest / SDIST_NAME
-    if sdist.is_file() and sha256(sdist) == SDIST_SHA256:
-        print(f"run_upstream: using cached {sdist}", flush=True)
-        return sdist
-    dest.mkdir(parents=True, exist_ok=True)
-    sdist.unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check"]
-    cmd += ["--no-deps", "--no-binary", ":all:", UPSTREAM, "-d", str(dest)]
-    print("run_upstream: " + " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True)
-    actual = sha256(sdist)
-    if actual != SDIST_SHA256:
-        sdist.unlink()
-        raise SystemExit(f"run_upstream: {SDIST_NAME} has sha256 {actual}, want {SDIST_SHA256}")
-    return sdist
+    return fetch_pinned_sdist(UPSTREAM, SDIST_NAME, SDIST_SHA256, dest, "run_upstream")
 
 
 def extract_tests(sdist: Path, run_dir: Path) -> Path:
