@@ -1359,7 +1359,11 @@ static AWAITLET_FUNCTION: AtomicPtr<ffi::PyObject> = AtomicPtr::new(std::ptr::nu
 fn real_greenlet_module(py: Python<'_>) -> PyResult<Option<Bound<'_, PyAny>>> {
     // SAFETY: GIL held; returns a borrowed reference to the interpreter's module dict.
     let modules = unsafe { Bound::from_borrowed_ptr(py, ffi::PyImport_GetModuleDict()) };
-    let Ok(greenlet) = modules.get_item(pyo3::intern!(py, "greenlet")) else {
+    // A dict lookup: no KeyError made (and dropped) at each call while greenlet is absent.
+    let Some(greenlet) = modules
+        .cast::<PyDict>()?
+        .get_item(pyo3::intern!(py, "greenlet"))?
+    else {
         return Ok(None);
     };
     if greenlet.is_none() || greenlet.hasattr(pyo3::intern!(py, "__awaitlet_facade__"))? {

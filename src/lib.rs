@@ -7,6 +7,7 @@ mod gil_cell;
 mod greenlet;
 mod portal;
 mod pystate;
+mod thread_loop;
 
 use pyo3::prelude::*;
 
@@ -65,5 +66,7 @@ fn _awaitlet(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("GreenletError", py.get_type::<exceptions::GreenletError>())?;
     // awaitlet.portal's step loop.
     portal::add_to_module(m)?;
+    // awaitlet.decorators' await_() with no loop running.
+    m.add_function(wrap_pyfunction!(thread_loop::first_step, m)?)?;
     Ok(())
 }

@@ -1,5 +1,6 @@
 """Type stubs for the native module ``awaitlet._awaitlet``."""
 
+import asyncio
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from contextvars import Context
 from types import CodeType, FrameType, TracebackType
@@ -44,6 +45,16 @@ def in_async_def() -> bool:
     """Whether ``awaitlet()`` called here would suspend rather than raise
     :class:`NoAwaitletContext`: the caller runs below ``async_def()`` (or in a greenlet that
     awaits on behalf of its code, as SQLAlchemy's does)."""
+
+def first_step(
+    loop: asyncio.AbstractEventLoop,
+    task: asyncio.Task[Any],
+    coroutine: Coroutine[Any, Any, _T],
+    /,
+) -> tuple[Any, Context | None]:
+    """Run the first step of ``coroutine`` as ``task`` on ``loop`` (no loop may be running),
+    in a copy of the caller's context: ``(value, None)`` if it returned ``value``,
+    ``(yielded, context)`` if it yielded (the loop must finish it, in ``context``)."""
 
 @final
 class async_def_coroutine(Coroutine[Any, Any, _T]):

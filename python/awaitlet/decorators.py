@@ -26,11 +26,13 @@ import contextvars
 import functools
 import inspect
 import sys
-import threading
+import types
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar, overload
 
 from ._awaitlet import NoAwaitletContext, async_def, awaitlet, in_async_def
+from ._thread_loop import close_thread_loop as _close_thread_loop
+from ._thread_loop import run_on_thread_loop
 
 __all__ = [
     "AwaitInEventLoopError",
@@ -39,6 +41,8 @@ __all__ = [
     "close_thread_loop",
     "spawn",
 ]
+
+_get_running_loop = asyncio.events._get_running_loop
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
@@ -148,62 +152,18 @@ def async_(
     return _make_async(fn, with_context)
 
 
-class _OwnedLoop:
-    """A thread's own event loop for ``await_()``; closed when the thread ends."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-
-    def close(self) -> None:
-        if not self.loop.is_closed():
-            try:
-                self.loop.run_until_complete(self.loop.shutdown_asyncgens())
-            finally:
-                self.loop.close()
-
-    def __del__(self) -> None:
-        # The thread ended (its thread-local data is being cleared): close the loop, so
-        # that it does not warn that it was left unclosed.
-        if not self.loop.is_closed():
-            self.loop.close()
-
-
-class _ThreadLoop(threading.local):
-    """The event loop ``await_()`` runs awaitables on when no loop runs in the thread."""
-
-    owned: _OwnedLoop | None = None
-
-    def get(self) -> asyncio.AbstractEventLoop:
-        owned = self.owned
-        if owned is None or owned.loop.is_closed():
-            owned = self.owned = _OwnedLoop()
-        return owned.loop
-
-    def close(self) -> None:
-        owned, self.owned = self.owned, None
-        if owned is not None:
-            owned.close()
-
-
-_thread_loop = _ThreadLoop()
-
-
 def close_thread_loop() -> None:
     """Close the event loop that :func:`await_` made for this thread, if it made one.
 
     The next ``await_()`` with no loop running makes a new one.  A thread's loop is also
     closed when the thread ends, and the main thread's when the interpreter exits.
     """
-    _thread_loop.close()
+    _close_thread_loop()
 
 
 def _running_event_loop_name() -> str | None:
     """The kind of event loop running in this thread (if any)."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        pass
-    else:
+    if _get_running_loop() is not None:
         return "an asyncio event loop"
     trio = sys.modules.get("trio")
     if trio is not None:
@@ -219,6 +179,8 @@ def _running_event_loop_name() -> str | None:
 def _wait_for(awaitable: Awaitable[_T]) -> _T:
     if in_async_def():
         return awaitlet(awaitable)
+    if _get_running_loop() is None and "trio" not in sys.modules:
+        return run_on_thread_loop(awaitable)
     running = _running_event_loop_name()
     if running is not None:
         if inspect.iscoroutine(awaitable):
@@ -228,7 +190,7 @@ def _wait_for(awaitable: Awaitable[_T]) -> _T:
             " to suspend, and waiting would block the loop. Run the sync code with"
             " awaitlet.decorators.async_() (or awaitlet.async_def()) instead."
         )
-    return _thread_loop.get().run_until_complete(awaitable)
+    return run_on_thread_loop(awaitable)
 
 
 @overload
@@ -260,7 +222,7 @@ def await_(
 
     Whatever the awaitable raises is raised here, with its traceback.
     """
-    if inspect.isawaitable(awaitable_or_fn):
+    if type(awaitable_or_fn) is types.CoroutineType or inspect.isawaitable(awaitable_or_fn):
         return _wait_for(awaitable_or_fn)
     # Annotations do not stop a caller passing anything.
     if not _is_callable(awaitable_or_fn):
