@@ -23,43 +23,21 @@ the ratio is greenletio's time over ours (above 1: ours is faster).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
-import os
-import subprocess
 import sys
-import tempfile
-import time
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Callable, Iterator
 from typing import Any
+
+from originals import argument_parser, best, best_async, installed, print_table, run_sides
+
+KINDS = ("ours", "greenletio")  # ours, then the originals
 
 ORIGINALS = ("greenlet==3.5.6", "greenletio==0.11.0")
 
 
-def _best(run: Callable[[int], Any], loops: int, repeat: int) -> float:
-    """Best time per loop, in ns, of `run(loops)` over `repeat` runs."""
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter_ns()
-        run(loops)
-        best = min(best, (time.perf_counter_ns() - start) / loops)
-    return best
-
-
 async def _completes_at_once() -> None:
     return None
-
-
-async def _best_async(run: Callable[[int], Any], loops: int, repeat: int) -> float:
-    """Best time per loop, in ns, of `await run(loops)` over `repeat` runs, on one loop."""
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter_ns()
-        await run(loops)
-        best = min(best, (time.perf_counter_ns() - start) / loops)
-    return best
 
 
 def _measure(
@@ -85,9 +63,9 @@ def _measure(
 
     async def in_a_loop() -> dict[str, float]:
         return {
-            "await_() round trip": await _best_async(async_(await_loop), 20_000, repeat),
-            "await async_(f)()": await _best_async(async_calls, 5_000, repeat),
-            "async_ + 1 await_": await _best_async(one_await_each, 5_000, repeat),
+            "await_() round trip": await best_async(async_(await_loop), 20_000, repeat),
+            "await async_(f)()": await best_async(async_calls, 5_000, repeat),
+            "async_ + 1 await_": await best_async(one_await_each, 5_000, repeat),
         }
 
     # First: greenletio's bridge uses asyncio.get_event_loop(), which raises once
@@ -95,7 +73,7 @@ def _measure(
     # greenletio's stays marked running until bridge.stop().
     no_loop: float | None
     try:
-        no_loop = _best(await_loop, 5_000, repeat)
+        no_loop = best(await_loop, 5_000, repeat)
     except RuntimeError:
         # greenletio on 3.14+: asyncio.get_event_loop() raises when no loop is set.
         no_loop = None
@@ -121,49 +99,29 @@ def child(kind: str, repeat: int) -> None:
     print(json.dumps(_measure(async_, await_, close_thread_loop, repeat)))
 
 
-def run_child(kind: str, repeat: int, originals_dir: Path | None) -> dict[str, float | None]:
-    env = dict(os.environ)
-    env.pop("PYTHONPATH", None)
-    if originals_dir is not None:
-        env["PYTHONPATH"] = str(originals_dir)
-    cmd = [sys.executable, __file__, "--child", kind, "--repeat", str(repeat)]
-    output = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
-    results: dict[str, float | None] = json.loads(output.strip().splitlines()[-1])
-    return results
-
-
 def main() -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--originals-dir", type=Path, help="pip --target dir of greenletio")
-    parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--child", choices=("ours", "greenletio"), help=argparse.SUPPRESS)
+    parser = argument_parser(__doc__, "--originals-dir", "pip --target dir of greenletio", KINDS)
     args = parser.parse_args()
     if args.child:
         child(args.child, args.repeat)
         return 0
 
-    with tempfile.TemporaryDirectory(prefix="awaitlet-bench-greenletio-") as tmp:
-        originals = args.originals_dir or Path(tmp) / "originals"
-        if not (originals / "greenletio").is_dir():
-            subprocess.run(
-                [sys.executable, "-m", "pip", "install", "--quiet", "--target"]
-                + [str(originals), *ORIGINALS],
-                check=True,
-            )
-        ours = run_child("ours", args.repeat, None)
-        theirs = run_child("greenletio", args.repeat, originals)
+    with installed(args.originals_dir, ORIGINALS, "greenletio") as originals:
+        ours, theirs = run_sides(__file__, KINDS, args.repeat, originals)
+
+    def rows() -> Iterator[tuple[str, str, str, str]]:
+        for case, value in ours.items():
+            original = theirs[case]
+            if value is None:
+                raise SystemExit(f"{case}: ours failed")
+            if original is None:
+                yield case, f"{value:,.0f}", "fails (RuntimeError)", "-"
+            else:
+                yield case, f"{value:,.0f}", f"{original:,.0f}", f"{original / value:.2f}x"
 
     print(f"CPython {sys.version.split()[0]}; ns per operation, best of {args.repeat}\n")
-    print("| case | awaitlet.decorators | greenletio 0.11.0 (greenlet) | greenletio / ours |")
-    print("|---|---:|---:|---:|")
-    for case, value in ours.items():
-        original = theirs[case]
-        if value is None:
-            raise SystemExit(f"{case}: ours failed")
-        if original is None:
-            print(f"| {case} | {value:,.0f} | fails (RuntimeError) | - |")
-        else:
-            print(f"| {case} | {value:,.0f} | {original:,.0f} | {original / value:.2f}x |")
+    header = ("case", "awaitlet.decorators", "greenletio 0.11.0 (greenlet)", "greenletio / ours")
+    print_table(header, rows())
     return 0
 
 

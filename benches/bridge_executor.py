@@ -25,32 +25,25 @@ completing a ``concurrent.futures.Future``).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import concurrent.futures
 import json
-import os
 import queue
-import subprocess
 import sys
-import tempfile
 import threading
-import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
+
+from originals import argument_parser, best, compared, installed, print_table, run_sides
+
+KINDS = ("ours", "aiofutures")  # ours, then the originals
 
 ORIGINALS = ("greenlet==3.5.6", "aiofutures==0.1.3")
 
 
 def _best(run: Callable[[int], Any], loops: int, repeat: int) -> float:
     """Best time per loop, in microseconds, of `run(loops)` over `repeat` runs."""
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter_ns()
-        run(loops)
-        best = min(best, (time.perf_counter_ns() - start) / loops / 1000)
-    return best
+    return best(run, loops, repeat) / 1000
 
 
 async def _returns(value: int) -> int:
@@ -161,45 +154,21 @@ def child(kind: str, repeat: int) -> None:
     print(json.dumps(results))
 
 
-def run_child(kind: str, repeat: int, originals_dir: Path | None) -> dict[str, float]:
-    env = dict(os.environ)
-    env.pop("PYTHONPATH", None)
-    if originals_dir is not None:
-        env["PYTHONPATH"] = str(originals_dir)
-    cmd = [sys.executable, __file__, "--child", kind, "--repeat", str(repeat)]
-    output = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
-    results: dict[str, float] = json.loads(output.strip().splitlines()[-1])
-    return results
-
-
 def main() -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--originals-dir", type=Path, help="pip --target dir of aiofutures")
-    parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--child", choices=("ours", "aiofutures"), help=argparse.SUPPRESS)
+    parser = argument_parser(__doc__, "--originals-dir", "pip --target dir of aiofutures", KINDS)
     args = parser.parse_args()
     if args.child:
         child(args.child, args.repeat)
         return 0
 
-    with tempfile.TemporaryDirectory(prefix="awaitlet-bench-aiofutures-") as tmp:
-        originals = args.originals_dir or Path(tmp) / "originals"
-        if not (originals / "aiofutures").is_dir():
-            subprocess.run(
-                [sys.executable, "-m", "pip", "install", "--quiet", "--target"]
-                + [str(originals), *ORIGINALS],
-                check=True,
-            )
-        ours = run_child("ours", args.repeat, None)
-        theirs = run_child("aiofutures", args.repeat, originals)
+    with installed(args.originals_dir, ORIGINALS, "aiofutures") as originals:
+        ours, theirs = run_sides(__file__, KINDS, args.repeat, originals)
 
     floor = min(ours.pop("thread hand-off floor"), theirs.pop("thread hand-off floor"))
     loop_floor = min(ours.pop("loop hand-off floor"), theirs.pop("loop hand-off floor"))
     print(f"CPython {sys.version.split()[0]}; µs per operation, best of {args.repeat}\n")
-    print("| case | awaitlet.executor | aiofutures 0.1.3 | aiofutures / ours |")
-    print("|---|---:|---:|---:|")
-    for case, value in ours.items():
-        print(f"| {case} | {value:,.2f} | {theirs[case]:,.2f} | {theirs[case] / value:.2f}x |")
+    header = ("case", "awaitlet.executor", "aiofutures 0.1.3", "aiofutures / ours")
+    print_table(header, compared(ours, theirs, ",.2f"))
     print(
         f"\nFloors on this machine, in the same runs: a SimpleQueue ping-pong between two"
         f" threads, {floor:.2f} µs; waking a loop in another thread with"

@@ -28,15 +28,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
+from originals import argument_parser, best, compared, installed, print_table, run_sides
+
+KINDS = ("awaitlet", "greenletio")  # ours, then the originals
 GREENLET = "greenlet==3.5.6"
 GREENLETIO = "greenletio==0.11.0"
 FIBERS = 50
@@ -101,14 +101,9 @@ def child(kind: str, port: int, repeat: int) -> None:
         import threading
         import time as green_time
 
-    def best(batch: Callable[[], Any], operations: int) -> float:
+    def best_run(batch: Callable[[], Any], operations: int) -> float:
         """Best of `repeat` runs of the coroutine function `batch`, in µs per operation."""
-        result = float("inf")
-        for _ in range(repeat):
-            start = time.perf_counter()
-            asyncio.run(batch())
-            result = min(result, (time.perf_counter() - start) / operations * 1e6)
-        return result
+        return best(lambda _: asyncio.run(batch()), operations, repeat) / 1000
 
     def keep_alive(requests: int) -> None:
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
@@ -173,32 +168,18 @@ def child(kind: str, port: int, repeat: int) -> None:
         return batch
 
     results = {
-        "http keep-alive": best(gather(keep_alive, 20), FIBERS * 20),
-        "http new connection": best(gather(new_connections, 4), FIBERS * 4),
-        "http 50 x 50 ms": best(gather(new_connections, 1, "/slow"), 1),
-        "tcp round trip": best(round_trips(5000), 5000),
-        "time.sleep(0)": best(many_sleeps, 100 * 100),
-        "Lock uncontended": best(locks(20000), 20000),
+        "http keep-alive": best_run(gather(keep_alive, 20), FIBERS * 20),
+        "http new connection": best_run(gather(new_connections, 4), FIBERS * 4),
+        "http 50 x 50 ms": best_run(gather(new_connections, 1, "/slow"), 1),
+        "tcp round trip": best_run(round_trips(5000), 5000),
+        "time.sleep(0)": best_run(many_sleeps, 100 * 100),
+        "Lock uncontended": best_run(locks(20000), 20000),
     }
     print(json.dumps(results))
 
 
-def run_child(kind: str, port: int, repeat: int, pythonpath: Path | None) -> dict[str, float]:
-    env = dict(os.environ)
-    env.pop("PYTHONPATH", None)
-    if pythonpath is not None:
-        env["PYTHONPATH"] = str(pythonpath)
-    command = [sys.executable, __file__, "--child", kind, "--port", str(port)]
-    command += ["--repeat", str(repeat)]
-    output = subprocess.run(command, env=env, check=True, capture_output=True, text=True).stdout
-    return json.loads(output.strip().splitlines()[-1])  # type: ignore[no-any-return]
-
-
 def main() -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--greenlet-dir", type=Path, help="a pip --target dir of greenletio")
-    parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--child", choices=("awaitlet", "greenletio"), help=argparse.SUPPRESS)
+    parser = argument_parser(__doc__, "--greenlet-dir", "a pip --target dir of greenletio", KINDS)
     parser.add_argument("--server", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -218,16 +199,8 @@ def main() -> int:
     try:
         assert server.stdout is not None
         port = int(server.stdout.readline())
-        with tempfile.TemporaryDirectory(prefix="awaitlet-bench-green-") as tmp:
-            target = args.greenlet_dir or Path(tmp) / "greenletio"
-            if not (target / "greenletio").is_dir():
-                subprocess.run(
-                    [sys.executable, "-m", "pip", "install", "--quiet", "--target"]
-                    + [str(target), GREENLET, GREENLETIO],
-                    check=True,
-                )
-            ours = run_child("awaitlet", port, args.repeat, None)
-            theirs = run_child("greenletio", port, args.repeat, target)
+        with installed(args.greenlet_dir, (GREENLET, GREENLETIO), "greenletio") as target:
+            ours, theirs = run_sides(__file__, KINDS, args.repeat, target, "--port", str(port))
     finally:
         assert server.stdin is not None
         server.stdin.close()
@@ -235,10 +208,8 @@ def main() -> int:
 
     print(f"CPython {sys.version.split()[0]}; µs, best of {args.repeat} ({time.strftime('%F')})")
     print()
-    print("| case | awaitlet.green (µs) | greenletio (µs) | greenletio / awaitlet |")
-    print("| --- | ---: | ---: | ---: |")
-    for case, value in ours.items():
-        print(f"| {case} | {value:.1f} | {theirs[case]:.1f} | {theirs[case] / value:.2f}x |")
+    header = ("case", "awaitlet.green (µs)", "greenletio (µs)", "greenletio / awaitlet")
+    print_table(header, compared(ours, theirs, ".1f"))
     return 0
 
 

@@ -19,17 +19,14 @@ Each figure is the best of ``--repeat`` runs (default 5), in nanoseconds per ope
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
-import os
-import subprocess
 import sys
-import tempfile
-import time
-from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
+
+from originals import argument_parser, best_async, compared, installed, print_table, run_sides
+
+KINDS = ("ours", "greenback")  # ours, then the originals
 
 REQUIREMENTS = ["greenback==1.3.0", "greenlet==3.5.6"]
 LOOPS = 20_000
@@ -43,16 +40,6 @@ def _returns() -> None:
     return None
 
 
-async def _best(step: Callable[[int], Awaitable[None]], repeat: int) -> float:
-    """Best time per loop, in ns, of `await step(LOOPS)` over `repeat` runs."""
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter_ns()
-        await step(LOOPS)
-        best = min(best, (time.perf_counter_ns() - start) / LOOPS)
-    return best
-
-
 async def _sleeps(loops: int) -> None:
     sleep = asyncio.sleep
     for _ in range(loops):
@@ -64,10 +51,10 @@ def measure(api: Any, repeat: int) -> dict[str, float]:
 
     async def with_portal() -> float:
         await api.ensure_portal()
-        return await _best(_sleeps, repeat)
+        return await best_async(_sleeps, LOOPS, repeat)
 
     async def without_portal() -> float:
-        return await _best(_sleeps, repeat)
+        return await best_async(_sleeps, LOOPS, repeat)
 
     async def await_round_trip() -> float:
         await api.ensure_portal()
@@ -77,7 +64,7 @@ def measure(api: Any, repeat: int) -> dict[str, float]:
             for _ in range(loops):
                 await_(_noop())
 
-        return await _best(step, repeat)
+        return await best_async(step, LOOPS, repeat)
 
     async def run_sync() -> float:
         with_portal_run_sync = api.with_portal_run_sync
@@ -86,7 +73,7 @@ def measure(api: Any, repeat: int) -> dict[str, float]:
             for _ in range(loops):
                 await with_portal_run_sync(_returns)
 
-        return await _best(step, repeat)
+        return await best_async(step, LOOPS, repeat)
 
     # Interleaved, so that both sides of the difference see the same machine.
     portal = plain = float("inf")
@@ -120,44 +107,19 @@ def child(kind: str, repeat: int) -> None:
     print(json.dumps(measure(api, repeat)))
 
 
-def run_child(kind: str, repeat: int, path: Path | None) -> dict[str, float]:
-    env = dict(os.environ)
-    env.pop("PYTHONPATH", None)
-    if path is not None:
-        env["PYTHONPATH"] = str(path)
-    cmd = [sys.executable, __file__, "--child", kind, "--repeat", str(repeat)]
-    output = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
-    result: dict[str, float] = json.loads(output.strip().splitlines()[-1])
-    return result
-
-
 def main() -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--greenback-dir", type=Path, help="a pip --target dir of greenback")
-    parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--child", choices=("ours", "greenback"), help=argparse.SUPPRESS)
+    parser = argument_parser(__doc__, "--greenback-dir", "a pip --target dir of greenback", KINDS)
     args = parser.parse_args()
     if args.child:
         child(args.child, args.repeat)
         return 0
 
-    with tempfile.TemporaryDirectory(prefix="awaitlet-bench-greenback-") as tmp:
-        target = args.greenback_dir or Path(tmp) / "greenback"
-        if not (target / "greenback").is_dir():
-            subprocess.run(
-                [sys.executable, "-m", "pip", "install", "--quiet", "--target", str(target)]
-                + REQUIREMENTS,
-                check=True,
-            )
-        ours = run_child("ours", args.repeat, None)
-        theirs = run_child("greenback", args.repeat, target)
+    with installed(args.greenback_dir, REQUIREMENTS, "greenback") as target:
+        ours, theirs = run_sides(__file__, KINDS, args.repeat, target)
 
     print(f"CPython {sys.version.split()[0]}, asyncio; ns per operation, best of {args.repeat}\n")
-    print("| case | awaitlet.portal (ns) | greenback 1.3.0 (ns) | greenback / ours |")
-    print("| --- | ---: | ---: | ---: |")
-    for case, value in ours.items():
-        ratio = theirs[case] / value if value > 0 else float("inf")
-        print(f"| {case} | {value:.0f} | {theirs[case]:.0f} | {ratio:.2f}x |")
+    header = ("case", "awaitlet.portal (ns)", "greenback 1.3.0 (ns)", "greenback / ours")
+    print_table(header, compared(ours, theirs, ".0f"))
     return 0
 
 

@@ -24,27 +24,14 @@ figure is the best of ``--repeat`` runs (default 5), in nanoseconds per operatio
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import subprocess
 import sys
-import tempfile
-import time
-from pathlib import Path
 
+from originals import argument_parser, best, best_async, installed, run_sides
+
+KINDS = ("facade", "real")  # ours, then the originals
 GREENLET = "greenlet==3.5.6"
 DEPTHS = (1, 100, 1000)
-
-
-def _best(fn, loops: int, repeat: int) -> float:
-    """Best time per loop, in ns, of `fn(loops)` over `repeat` runs."""
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter_ns()
-        fn(loops)
-        best = min(best, (time.perf_counter_ns() - start) / loops)
-    return best
 
 
 def bench_switch(depth: int, repeat: int, through_c: bool = False) -> float:
@@ -70,7 +57,7 @@ def bench_switch(depth: int, repeat: int, through_c: bool = False) -> float:
         for _ in range(loops):
             switch()
 
-    per_round_trip = _best(loop, 20_000, repeat)
+    per_round_trip = best(loop, 20_000, repeat)
     child.throw()
     return per_round_trip / 2
 
@@ -88,17 +75,7 @@ def bench_greenletio_await(repeat: int) -> float:
         for _ in range(loops):
             await_(_noop())
 
-    timed = async_(sync)
-
-    async def main() -> float:
-        best = float("inf")
-        for _ in range(repeat):
-            start = time.perf_counter_ns()
-            await timed(20_000)
-            best = min(best, (time.perf_counter_ns() - start) / 20_000)
-        return best
-
-    return asyncio.run(main())
+    return asyncio.run(best_async(async_(sync), 20_000, repeat))
 
 
 def bench_greenletio_async(repeat: int) -> float:
@@ -108,16 +85,11 @@ def bench_greenletio_async(repeat: int) -> float:
 
     wrapped = async_(lambda: None)
 
-    async def main() -> float:
-        best = float("inf")
-        for _ in range(repeat):
-            start = time.perf_counter_ns()
-            for _ in range(5_000):
-                await wrapped()
-            best = min(best, (time.perf_counter_ns() - start) / 5_000)
-        return best
+    async def calls(loops: int) -> None:
+        for _ in range(loops):
+            await wrapped()
 
-    return asyncio.run(main())
+    return asyncio.run(best_async(calls, 5_000, repeat))
 
 
 def bench_greenback_await(repeat: int) -> float:
@@ -131,12 +103,7 @@ def bench_greenback_await(repeat: int) -> float:
 
     async def main() -> float:
         await greenback.ensure_portal()
-        best = float("inf")
-        for _ in range(repeat):
-            start = time.perf_counter_ns()
-            sync(20_000)
-            best = min(best, (time.perf_counter_ns() - start) / 20_000)
-        return best
+        return best(sync, 20_000, repeat)
 
     return asyncio.run(main())
 
@@ -158,36 +125,17 @@ def child(kind: str, repeat: int) -> None:
     print(json.dumps(results))
 
 
-def run_child(kind: str, repeat: int, greenlet_dir: Path | None) -> dict[str, float]:
-    env = dict(os.environ)
-    env.pop("PYTHONPATH", None)
-    if greenlet_dir is not None:
-        env["PYTHONPATH"] = str(greenlet_dir)
-    cmd = [sys.executable, __file__, "--child", kind, "--repeat", str(repeat)]
-    output = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
-    return json.loads(output.strip().splitlines()[-1])
-
-
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--greenlet-dir", type=Path, help="a pip --target directory of greenlet")
-    parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--child", choices=("facade", "real"), help=argparse.SUPPRESS)
+    parser = argument_parser(
+        __doc__, "--greenlet-dir", "a pip --target directory of greenlet", KINDS
+    )
     args = parser.parse_args()
     if args.child:
         child(args.child, args.repeat)
         return 0
 
-    with tempfile.TemporaryDirectory(prefix="awaitlet-bench-greenlet-") as tmp:
-        greenlet_dir = args.greenlet_dir or Path(tmp) / "greenlet"
-        if not (greenlet_dir / "greenlet").is_dir():
-            subprocess.run(
-                [sys.executable, "-m", "pip", "install", "--quiet", "--target"]
-                + [str(greenlet_dir), GREENLET],
-                check=True,
-            )
-        facade = run_child("facade", args.repeat, None)
-        real = run_child("real", args.repeat, greenlet_dir)
+    with installed(args.greenlet_dir, (GREENLET,), "greenlet") as greenlet_dir:
+        facade, real = run_sides(__file__, KINDS, args.repeat, greenlet_dir)
 
     print(f"CPython {sys.version.split()[0]}; ns per operation, best of {args.repeat}")
     print(f"{'case':<20} {'facade':>10} {'greenlet':>10} {'greenlet/facade':>16}")

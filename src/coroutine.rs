@@ -27,6 +27,7 @@ use crate::fiber::{
     current_thread, panic_to_pyerr, ActiveFiber, ArgsEnd, Fiber, Kind, Resume, Step,
 };
 use crate::gil_cell::GilCell;
+use crate::method_def::{add_static_function, MethodDef};
 use crate::pystate::{coroutine_origin_tracking_depth, is_iterable_coroutine};
 
 enum State {
@@ -1287,27 +1288,13 @@ unsafe fn single_argument<'a, 'py>(
     Ok((unsafe { Borrowed::from_ptr(py, *args) }, 1))
 }
 
-/// `PyMethodDef`s are read by CPython through a raw pointer for as long as the function
-/// exists: a static of this wrapper can be shared.
-struct MethodDef(ffi::PyMethodDef);
-
-// SAFETY: the definition is immutable and only ever read (by CPython, with the GIL held).
-unsafe impl Sync for MethodDef {}
-
-static AWAITLET_DEF: MethodDef = MethodDef(ffi::PyMethodDef {
-    ml_name: c"awaitlet".as_ptr(),
-    // The trampoline PyO3's own wrappers use: it tells PyO3 the thread is attached (so that
-    // references dropped in the call are released at once, not queued in PyO3's pool) and
-    // turns an error or a panic into a raised exception.
-    ml_meth: ffi::PyMethodDefPointer {
-        PyCFunctionFastWithKeywords: pyo3::impl_::trampoline::get_trampoline_function!(
-            fastcall_cfunction_with_keywords,
-            awaitlet_fastcall
-        ),
-    },
-    ml_flags: ffi::METH_FASTCALL | ffi::METH_KEYWORDS,
-    // The first lines give CPython the function's `__text_signature__` ("name(sig)\n--\n\n").
-    ml_doc: c"awaitlet(awaitable)
+static AWAITLET_DEF: MethodDef = MethodDef::fastcall_with_keywords(
+    c"awaitlet",
+    pyo3::impl_::trampoline::get_trampoline_function!(
+        fastcall_cfunction_with_keywords,
+        awaitlet_fastcall
+    ),
+    c"awaitlet(awaitable)
 --
 
 Wait for ``awaitable`` from sync code running under ``async_def()``; return its result.
@@ -1325,31 +1312,16 @@ Raises:
     NoAwaitletContext: called outside ``async_def()`` (and outside such a greenlet);
         a coroutine passed is closed, so that it does not warn it was never awaited.
     BaseException: whatever awaiting ``awaitable`` raises, including
-        ``asyncio.CancelledError`` when the awaiting task is cancelled."
-        .as_ptr(),
-});
+        ``asyncio.CancelledError`` when the awaiting task is cancelled.",
+);
 
 /// Adds `awaitlet()` to `module`.
 pub fn add_awaitlet(module: &Bound<'_, PyModule>) -> PyResult<()> {
-    let py = module.py();
-    let name = module.name()?;
-    // SAFETY: GIL held; the definition is a static CPython only reads (the pointer is `*mut`
-    // in the signature only); `module` and `name` are valid; returns a new reference or NULL
-    // with an exception set.
-    let function = unsafe {
-        Bound::from_owned_ptr_or_err(
-            py,
-            ffi::PyCFunction_NewEx(
-                std::ptr::addr_of!(AWAITLET_DEF.0).cast_mut(),
-                module.as_ptr(),
-                name.as_ptr(),
-            ),
-        )
-    }?;
+    let function = add_static_function(module, &AWAITLET_DEF)?;
     // Kept for good (the module keeps it anyway): profile functions are told about calls of it
     // at switches (see `ArgsEnd::with_callable`).
-    AWAITLET_FUNCTION.store(function.clone().into_ptr(), Ordering::Relaxed);
-    module.add("awaitlet", function)
+    AWAITLET_FUNCTION.store(function.into_ptr(), Ordering::Relaxed);
+    Ok(())
 }
 
 /// The `awaitlet()` function object (null until the module is initialized).

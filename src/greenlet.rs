@@ -31,6 +31,7 @@ use crate::fiber::{
     current_thread, panic_to_pyerr, ActiveFiber, ArgsEnd, Fiber, Kind, Resume, Step,
 };
 use crate::gil_cell::GilCell;
+use crate::method_def::MethodDef;
 use crate::pystate::{
     current_context, interpreter_finalizing, set_current_context, switch_hooks_set,
 };
@@ -1352,33 +1353,20 @@ unsafe fn switch_fastcall(
     switch(&slf, payload, ArgsEnd::of(args, count)).map(Py::into_ptr)
 }
 
-/// `PyMethodDef`s are read by CPython through a raw pointer for as long as the method exists:
-/// a static of this wrapper can be shared.
-struct MethodDef(ffi::PyMethodDef);
-
-// SAFETY: the definition is immutable and only ever read (by CPython, with the GIL held).
-unsafe impl Sync for MethodDef {}
-
-static SWITCH_DEF: MethodDef = MethodDef(ffi::PyMethodDef {
-    ml_name: c"switch".as_ptr(),
-    // PyO3's own trampoline: it tells PyO3 the thread is attached and turns an error or a
-    // panic into a raised exception.
-    ml_meth: ffi::PyMethodDefPointer {
-        PyCFunctionFastWithKeywords: pyo3::impl_::trampoline::get_trampoline_function!(
-            fastcall_cfunction_with_keywords,
-            switch_fastcall
-        ),
-    },
-    ml_flags: ffi::METH_FASTCALL | ffi::METH_KEYWORDS,
-    ml_doc: c"switch($self, /, *args, **kwargs)
+static SWITCH_DEF: MethodDef = MethodDef::fastcall_with_keywords(
+    c"switch",
+    pyo3::impl_::trampoline::get_trampoline_function!(
+        fastcall_cfunction_with_keywords,
+        switch_fastcall
+    ),
+    c"switch($self, /, *args, **kwargs)
 --
 
 Switch to this greenlet, handing it the arguments: the first switch calls its ``run``
 with them; a later one returns them from the ``switch()`` it is suspended in (one
 argument as itself, else the tuple, or ``(args, kwargs)``). Returns what comes back
-when something switches to the calling greenlet again (or a child of it finishes)."
-        .as_ptr(),
-});
+when something switches to the calling greenlet again (or a child of it finishes).",
+);
 
 /// Puts the hand-made `switch` method (see [`switch_fastcall`]) on the greenlet class.
 fn install_switch(class: &Bound<'_, pyo3::types::PyType>) -> PyResult<()> {
@@ -1387,10 +1375,7 @@ fn install_switch(class: &Bound<'_, pyo3::types::PyType>) -> PyResult<()> {
     // SAFETY: GIL held; the definition is a static CPython only reads (the pointer is `*mut`
     // in the signature only); returns a new reference or NULL with an exception set.
     let descriptor = unsafe {
-        Bound::from_owned_ptr_or_err(
-            py,
-            ffi::PyDescr_NewMethod(type_ptr, std::ptr::addr_of!(SWITCH_DEF.0).cast_mut()),
-        )
+        Bound::from_owned_ptr_or_err(py, ffi::PyDescr_NewMethod(type_ptr, SWITCH_DEF.as_ptr()))
     }?;
     // SAFETY: GIL held; the class was created by this module just now, with no instance or
     // subclass yet; a heap type's dict is a dict it owns. It is immutable to Python code, so

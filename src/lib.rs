@@ -5,6 +5,7 @@ mod exceptions;
 mod fiber;
 mod gil_cell;
 mod greenlet;
+mod method_def;
 mod portal;
 mod pystate;
 mod thread_loop;

@@ -18,6 +18,7 @@ use pyo3::{Borrowed, PyTraverseError, PyVisit};
 
 use crate::coroutine::switch_to_resumer;
 use crate::fiber::{ActiveFiber, ArgsEnd, Kind};
+use crate::method_def::{add_static_function, MethodDef};
 
 /// An awaitable that yields `value` once, then returns what it is sent (raising what is
 /// thrown: it has no `throw`, so an exception thrown in is raised at the suspended call).
@@ -179,55 +180,28 @@ unsafe fn portal_drive_fastcall(
     }
 }
 
-/// `PyMethodDef`s are read by CPython through a raw pointer for as long as the function
-/// exists: a static of this wrapper can be shared.
-struct MethodDef(ffi::PyMethodDef);
-
-// SAFETY: the definition is immutable and only ever read (by CPython, with the GIL held).
-unsafe impl Sync for MethodDef {}
-
-static PORTAL_DRIVE_DEF: MethodDef = MethodDef(ffi::PyMethodDef {
-    ml_name: c"_portal_drive".as_ptr(),
-    // PyO3's trampoline: it tells PyO3 the thread is attached and turns an error or a panic
-    // into a raised exception.
-    ml_meth: ffi::PyMethodDefPointer {
-        PyCFunctionFastWithKeywords: pyo3::impl_::trampoline::get_trampoline_function!(
-            fastcall_cfunction_with_keywords,
-            portal_drive_fastcall
-        ),
-    },
-    ml_flags: ffi::METH_FASTCALL | ffi::METH_KEYWORDS,
-    ml_doc: c"_portal_drive(coro, value, exception, detach)
+static PORTAL_DRIVE_DEF: MethodDef = MethodDef::fastcall_with_keywords(
+    c"_portal_drive",
+    pyo3::impl_::trampoline::get_trampoline_function!(
+        fastcall_cfunction_with_keywords,
+        portal_drive_fastcall
+    ),
+    c"_portal_drive(coro, value, exception, detach)
 --
 
 Run ``coro`` to its end from an ``async_def()`` fiber, handing what it yields to the task
-that awaits that fiber's coroutine (awaitlet.portal's step loop)."
-        .as_ptr(),
-});
+that awaits that fiber's coroutine (awaitlet.portal's step loop).",
+);
 
 /// The `_portal_drive()` function object (null until the module is initialized).
 static PORTAL_DRIVE_FUNCTION: AtomicPtr<ffi::PyObject> = AtomicPtr::new(std::ptr::null_mut());
 
 /// Adds `_portal_drive()` and its hand-off class to `module`.
 pub fn add_to_module(module: &Bound<'_, PyModule>) -> PyResult<()> {
-    let py = module.py();
     module.add_class::<Handoff>()?;
-    let name = module.name()?;
-    // SAFETY: GIL held; the definition is a static CPython only reads (the pointer is `*mut`
-    // in the signature only); `module` and `name` are valid; returns a new reference or NULL
-    // with an exception set.
-    let function = unsafe {
-        Bound::from_owned_ptr_or_err(
-            py,
-            ffi::PyCFunction_NewEx(
-                std::ptr::addr_of!(PORTAL_DRIVE_DEF.0).cast_mut(),
-                module.as_ptr(),
-                name.as_ptr(),
-            ),
-        )
-    }?;
+    let function = add_static_function(module, &PORTAL_DRIVE_DEF)?;
     // Kept for good (the module keeps it anyway): profile functions are told about calls of
     // it at switches (see `ArgsEnd::with_callable`).
-    PORTAL_DRIVE_FUNCTION.store(function.clone().into_ptr(), Ordering::Relaxed);
-    module.add("_portal_drive", function)
+    PORTAL_DRIVE_FUNCTION.store(function.into_ptr(), Ordering::Relaxed);
+    Ok(())
 }

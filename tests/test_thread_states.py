@@ -321,12 +321,10 @@ def suspended_holding(kind, held):
     return coroutine
 
 
-@pytest.mark.skipif(
-    sys.version_info < (3, 11), reason="3.10's frames are objects the fiber's C stack holds"
-)
-@pytest.mark.parametrize("kind", ["greenlet", "async_def"])
-@pytest.mark.parametrize("frame_kept", [False, True])
-def test_what_frames_of_a_fiber_whose_thread_is_gone_reference_is_released(kind, frame_kept):
+def dropped_after_its_thread(kind, frame_kept):
+    """Drops a fiber suspended as by suspended_holding in a thread that has exited since;
+    returns a weak reference to the object only its frames held, and the frame of `sync_code`
+    if `frame_kept` (taken before the drop)."""
     worker = Worker()
     held = Held()
     gone = weakref.ref(held)
@@ -340,6 +338,16 @@ def test_what_frames_of_a_fiber_whose_thread_is_gone_reference_is_released(kind,
             frame = frame.f_back
     del suspended
     gc.collect()
+    return gone, frame
+
+
+@pytest.mark.skipif(
+    sys.version_info < (3, 11), reason="3.10's frames are objects the fiber's C stack holds"
+)
+@pytest.mark.parametrize("kind", ["greenlet", "async_def"])
+@pytest.mark.parametrize("frame_kept", [False, True])
+def test_what_frames_of_a_fiber_whose_thread_is_gone_reference_is_released(kind, frame_kept):
+    gone, frame = dropped_after_its_thread(kind, frame_kept)
     # The frames can never run again (their thread state is gone): what they referenced is
     # released, as when a frame is cleared.
     assert gone() is None
@@ -348,5 +356,26 @@ def test_what_frames_of_a_fiber_whose_thread_is_gone_reference_is_released(kind,
         assert frame.f_code.co_name == "sync_code"
         assert frame.f_lineno > 0
         assert "local" not in frame.f_locals and "item" not in frame.f_locals
+    # This thread's own fibers are unaffected.
+    assert asyncio.run(async_def(lambda: awaitlet(asyncio.sleep(0, "ok")))) == "ok"
+
+
+@pytest.mark.skipif(
+    sys.version_info >= (3, 11), reason="3.11+ frames live in the fiber's data stack: tested above"
+)
+@pytest.mark.parametrize("kind", ["greenlet", "async_def"])
+@pytest.mark.parametrize("frame_kept", [False, True])
+def test_frames_of_a_fiber_whose_thread_is_gone_are_released_on_3_10(kind, frame_kept):
+    gone, frame = dropped_after_its_thread(kind, frame_kept)
+    if frame is not None:
+        # The dead C stack's references to the frames are dropped, not the frames' own: a
+        # frame object kept elsewhere (as by a traceback) keeps its variables, as any does.
+        assert frame.f_locals["local"] is gone()
+        del frame
+        gc.collect()
+    # With nothing else keeping them, the frames went, with what they referenced: the local
+    # variable, and the arguments of the call the fiber was suspended in (the innermost
+    # frame's value stack, which a frame's deallocation leaves alone while it runs).
+    assert gone() is None
     # This thread's own fibers are unaffected.
     assert asyncio.run(async_def(lambda: awaitlet(asyncio.sleep(0, "ok")))) == "ok"

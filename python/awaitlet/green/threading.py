@@ -105,14 +105,37 @@ def _checked_timeout(blocking: bool, timeout: float) -> float | None:
     return None if timeout == -1 else float(timeout)
 
 
-class _Lock:
+class _LockBase:
+    """What ``Lock`` and ``RLock`` share: the context manager over ``acquire``/``release``."""
+
+    __slots__ = ("__weakref__",)
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        raise NotImplementedError
+
+    def release(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.release()
+
+
+class _Lock(_LockBase):
     """A primitive lock, as :class:`threading.Lock`; a blocking acquire on a fiber suspends it.
 
     It wraps a real lock, so fibers and OS threads can share it: a release from any of them
     wakes a waiting fiber (through its loop) or a waiting thread.
     """
 
-    __slots__ = ("__weakref__", "_fiber_waiters", "_lock")
+    __slots__ = ("_fiber_waiters", "_lock")
 
     def __init__(self) -> None:
         self._lock = _thread.allocate_lock()
@@ -191,17 +214,6 @@ class _Lock:
     release_lock = release
     locked_lock = locked
 
-    def __enter__(self) -> bool:
-        return self.acquire()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.release()
-
 
 def _owner() -> object:
     """Who owns an RLock acquired here: the asyncio task on a fiber, else the OS thread."""
@@ -212,10 +224,10 @@ def _owner() -> object:
     return _thread.get_ident()
 
 
-class _RLock:
+class _RLock(_LockBase):
     """A reentrant lock, as :class:`threading.RLock`; on a fiber its owner is the asyncio task."""
 
-    __slots__ = ("__weakref__", "_block", "_count", "_owner")
+    __slots__ = ("_block", "_count", "_owner")
 
     def __init__(self) -> None:
         self._block = _Lock()
@@ -275,17 +287,6 @@ class _RLock:
     def _at_fork_reinit(self) -> None:
         self._block = _Lock()
         self._owner, self._count = None, 0
-
-    def __enter__(self) -> bool:
-        return self.acquire()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.release()
 
 
 class _Condition:
