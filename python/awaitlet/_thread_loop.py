@@ -141,33 +141,22 @@ class _Bridge:
                 self.idle = False
                 return  # the next call makes a new task
 
-    def run(self, awaitable: Awaitable[_T]) -> _T:
-        """Run ``awaitable`` to completion as this task (which must be idle)."""
+    def finish(
+        self, coroutine: Coroutine[Any, Any, _T], yielded: Any, context: contextvars.Context
+    ) -> _T:
+        """Take over ``coroutine``, which yielded ``yielded``, and run the loop until it is
+        done; this task must be idle."""
         loop = self.loop
-        coroutine: Coroutine[Any, Any, _T]
-        if type(awaitable) is types.CoroutineType:
-            coroutine = awaitable
-        else:
-            coroutine = _awaiting(awaitable)
-        try:
-            value, context = first_step(loop, self.task, coroutine)
-        except BaseException:
-            self._let_scheduled_callbacks_run()
-            raise
-        if context is None:
-            self._let_scheduled_callbacks_run()
-            return value  # type: ignore[no-any-return]
-        # It waits for something: this task takes it over, and the loop runs.
         outcome: asyncio.Future[_T] = loop.create_future()
-        self.handover = (coroutine, value, context)
+        self.handover = (coroutine, yielded, context)
         self.outcome = outcome
         self.idle = False
-        if not self.wake.done():
-            self.wake.set_result(None)
         try:
+            if not self.wake.done():
+                self.wake.set_result(None)
             return loop.run_until_complete(outcome)
         except BaseException:
-            if not outcome.done():
+            if not outcome.done() and not loop.is_closed():
                 # Interrupted (by KeyboardInterrupt, say) while it waits: it stays a pending
                 # task of the loop, as after an interrupted run_until_complete(), and goes on
                 # when the loop next runs; this task ends with it, no longer answering.
@@ -175,28 +164,22 @@ class _Bridge:
                 self.retired = True
             raise
 
-    def _let_scheduled_callbacks_run(self) -> None:
-        """Run one turn of the loop if the step scheduled callbacks (tasks it created, ...).
-
-        ``loop.run_until_complete()`` gives them that turn before it returns; so does this.
-        """
-        ready = self.ready
-        if ready is None or ready:  # unknown loop types: always one turn
-            self.loop.call_soon(self.loop.stop)
-            self.loop.run_forever()
+    def after_step(self) -> None:
+        """Run one turn of the loop, for the callbacks the step scheduled (tasks it created,
+        ...): ``loop.run_until_complete()`` gives them that turn before it returns."""
+        loop = self.loop
+        if loop.is_closed():
+            self.idle = False  # closed by someone else: the next call makes a new loop
+            return
+        loop.call_soon(loop.stop)
+        loop.run_forever()
 
 
 class _OwnedLoop:
-    """A thread's own event loop and its bridge task; closed when the thread ends."""
+    """A thread's own event loop; closed when the thread ends."""
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
-        self.bridge: _Bridge | None = None
-
-    def new_bridge(self) -> _Bridge:
-        """A new bridge task, the one to use from now on."""
-        bridge = self.bridge = _Bridge(self.loop)
-        return bridge
 
     def close(self) -> None:
         loop = self.loop
@@ -222,18 +205,21 @@ class _OwnedLoop:
 
 
 class _ThreadLoop(threading.local):
-    """Each thread's own loop, made on first use."""
+    """Each thread's own loop, made on first use, and its bridge task."""
 
     owned: _OwnedLoop | None = None
+    #: The bridge task to hand awaitables to, if it is idle.
+    bridge: _Bridge | None = None
 
-    def get(self) -> _OwnedLoop:
+    def new_bridge(self) -> _Bridge:
         owned = self.owned
         if owned is None or owned.loop.is_closed():
             owned = self.owned = _OwnedLoop()
-        return owned
+        bridge = self.bridge = _Bridge(owned.loop)
+        return bridge
 
     def close(self) -> None:
-        owned, self.owned = self.owned, None
+        owned, self.owned, self.bridge = self.owned, None, None
         if owned is not None:
             owned.close()
 
@@ -243,15 +229,27 @@ _thread_loop = _ThreadLoop()
 
 def run_on_thread_loop(awaitable: Awaitable[_T]) -> _T:
     """Run ``awaitable`` to completion on this thread's own loop; no loop may be running."""
-    owned = _thread_loop.owned
-    if owned is None or owned.loop.is_closed():
-        owned = _thread_loop.get()
-    bridge = owned.bridge
+    bridge = _thread_loop.bridge
     if bridge is None or not bridge.idle:
         # None yet, or its task ended, or a call interrupted while it waited (by
         # KeyboardInterrupt, say) left it busy with that awaitable: a new one.
-        bridge = owned.new_bridge()
-    return bridge.run(awaitable)
+        bridge = _thread_loop.new_bridge()
+    coroutine: Coroutine[Any, Any, _T]
+    if type(awaitable) is types.CoroutineType:
+        coroutine = awaitable
+    else:
+        coroutine = _awaiting(awaitable)
+    try:
+        value, context = first_step(bridge.loop, bridge.task, coroutine)
+    except BaseException:
+        bridge.after_step()
+        raise
+    if context is None:
+        ready = bridge.ready
+        if ready is None or ready:  # it scheduled callbacks (or the loop's kind is unknown)
+            bridge.after_step()
+        return value  # type: ignore[no-any-return]
+    return bridge.finish(coroutine, value, context)
 
 
 def close_thread_loop() -> None:
