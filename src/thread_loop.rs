@@ -83,7 +83,7 @@ fn send_in_context<'py>(
     first_error(sent, exited)
 }
 
-/// `first_step(loop, task, coroutine)`: runs the first step of `coroutine` with `loop` as the
+/// `_first_step(loop, task, coroutine)`: runs the first step of `coroutine` with `loop` as the
 /// running loop, `task` as the current task and a copy of the caller's context entered, then
 /// clears the running loop and the current task again.
 ///
@@ -91,7 +91,7 @@ fn send_in_context<'py>(
 /// yielded `yielded` (it waits: the caller runs the loop to finish it in `context`); what
 /// the coroutine raised is raised. No loop may be running in the thread.
 #[pyfunction]
-#[pyo3(text_signature = "(loop, task, coroutine, /)")]
+#[pyo3(name = "_first_step", text_signature = "(loop, task, coroutine, /)")]
 pub fn first_step<'py>(
     py: Python<'py>,
     #[pyo3(from_py_with = loop_not_running)] event_loop: Bound<'py, PyAny>,
@@ -131,7 +131,7 @@ fn loop_not_running<'py>(event_loop: &Bound<'py, PyAny>) -> PyResult<Bound<'py, 
     })?;
     if !get_running_loop.call0(py)?.is_none(py) {
         return Err(PyRuntimeError::new_err(
-            "first_step() needs a thread with no event loop running",
+            "_first_step() needs a thread with no event loop running",
         ));
     }
     Ok(event_loop.clone())

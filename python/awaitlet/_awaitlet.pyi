@@ -27,6 +27,7 @@ __all__ = [
     "GreenletError",
     "_PortalHandoff",
     "_portal_drive",
+    "_first_step",
 ]
 
 _T = TypeVar("_T")
@@ -46,7 +47,7 @@ def in_async_def() -> bool:
     :class:`NoAwaitletContext`: the caller runs below ``async_def()`` (or in a greenlet that
     awaits on behalf of its code, as SQLAlchemy's does)."""
 
-def first_step(
+def _first_step(
     loop: asyncio.AbstractEventLoop,
     task: asyncio.Task[Any],
     coroutine: Coroutine[Any, Any, _T],

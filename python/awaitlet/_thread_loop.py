@@ -25,9 +25,9 @@ import contextvars
 import threading
 import types
 from collections.abc import Awaitable, Coroutine, Generator, Sized
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
-from ._awaitlet import first_step
+from ._awaitlet import _first_step as first_step
 
 _T = TypeVar("_T")
 
@@ -121,14 +121,14 @@ class _Bridge:
             coroutine, yielded, context = self.handover
             outcome = self.outcome
             assert outcome is not None
+            result: Any = None
+            error: BaseException | None = None
             try:
                 result = await _Steps(coroutine, yielded, context, cancel)
             except GeneratorExit:
                 raise  # this coroutine is being closed (its task is garbage)
             except BaseException as exc:  # it goes to the caller, who waits for `outcome`
-                error: BaseException | None = exc
-            else:
-                error = None
+                error = exc
             self.handover = self.outcome = None
             self.wake = self.loop.create_future()
             if not outcome.done():
@@ -236,7 +236,7 @@ def run_on_thread_loop(awaitable: Awaitable[_T]) -> _T:
         bridge = _thread_loop.new_bridge()
     coroutine: Coroutine[Any, Any, _T]
     if type(awaitable) is types.CoroutineType:
-        coroutine = awaitable
+        coroutine = cast("Coroutine[Any, Any, _T]", awaitable)
     else:
         coroutine = _awaiting(awaitable)
     try:
@@ -249,7 +249,8 @@ def run_on_thread_loop(awaitable: Awaitable[_T]) -> _T:
         if ready is None or ready:  # it scheduled callbacks (or the loop's kind is unknown)
             bridge.after_step()
         return value  # type: ignore[no-any-return]
-    return bridge.finish(coroutine, value, context)
+    finished: _T = bridge.finish(coroutine, value, context)
+    return finished
 
 
 def close_thread_loop() -> None:

@@ -28,7 +28,7 @@ import inspect
 import sys
 import types
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, ParamSpec, TypeVar, overload
+from typing import Any, ParamSpec, TypeVar, cast, overload
 
 from ._awaitlet import NoAwaitletContext, async_def, awaitlet, in_async_def
 from ._thread_loop import close_thread_loop as _close_thread_loop
@@ -222,13 +222,9 @@ def await_(
 
     Whatever the awaitable raises is raised here, with its traceback.
     """
+    # A coroutine, the common case, without isawaitable()'s several checks.
     if type(awaitable_or_fn) is types.CoroutineType or inspect.isawaitable(awaitable_or_fn):
-        # _wait_for(), inlined for its common cases: one call less per await_().
-        if in_async_def():
-            return awaitlet(awaitable_or_fn)
-        if _get_running_loop() is None and "trio" not in sys.modules:
-            return run_on_thread_loop(awaitable_or_fn)
-        return _wait_for(awaitable_or_fn)
+        return _wait_for(cast("Awaitable[_T]", awaitable_or_fn))
     # Annotations do not stop a caller passing anything.
     if not _is_callable(awaitable_or_fn):
         kind = type(awaitable_or_fn).__name__
