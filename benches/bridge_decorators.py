@@ -13,7 +13,8 @@ greenletio put first on ``PYTHONPATH`` (made in a temporary directory unless
   at once (a fiber or greenlet started and finished).
 - ``async_ + 1 await_``: the two together: a sync function that awaits once.
 - ``await_() with no loop``: plain sync code (no loop running) awaits a coroutine that
-  completes at once: ours runs it on the thread's own loop (``run_until_complete``),
+  completes at once: ours runs its first step on the caller's stack as the task of the
+  thread's own loop (the loop turns only for an awaitable that waits),
   greenletio switches to its bridge greenlet, which keeps a loop running across calls
   (on 3.14+ it fails: it asks ``asyncio.get_event_loop()``, which raises when no loop is set).
 
