@@ -292,10 +292,12 @@ def test_memory_of_fibers_whose_thread_is_gone_is_returned():
     del coroutines
     gc.collect()
     after = resident_memory_bytes()
-    # 500 stacks 150 C calls deep hold tens of MiB of machine stack; most of what they grew
-    # by must be returned (their Python frames stay, as they may be referenced).
+    # 500 stacks 150 C calls deep hold tens of MiB of machine stack, which must be returned.
+    # The rest of the growth is Python objects (on 3.10 heap frames: about as much as the
+    # stacks), whose memory the allocator may keep once freed: a third of the growth is the
+    # stacks' part with a margin, and not returning them would leave all of it.
     grown = with_stacks - resident
-    assert after < with_stacks - grown // 2, (resident, with_stacks, after)
+    assert after < with_stacks - grown // 3, (resident, with_stacks, after)
 
 
 class Held:
