@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import os
 import threading
 import types
 from collections.abc import Awaitable, Coroutine, Generator, Sized
@@ -225,6 +226,30 @@ class _ThreadLoop(threading.local):
 
 
 _thread_loop = _ThreadLoop()
+
+
+def _leave_the_parents_loop_alone() -> None:
+    """In a child just forked: this thread's loop is the parent's, sharing its epoll instance
+    and its wake-up pipe with the parent. The child makes a loop of its own; the parent's is
+    left unused and marked closed, so that nothing here closes it for real: closing would
+    unregister its descriptors from the epoll instance the parent still waits on (the
+    parent's loop would no longer be woken by other threads)."""
+    owned = _thread_loop.owned
+    _thread_loop.owned = None
+    _thread_loop.bridge = None
+    if owned is None:
+        return
+    if isinstance(owned.loop, asyncio.BaseEventLoop):
+        owned.loop._closed = True  # type: ignore[attr-defined]
+    else:
+        _inherited.append(owned)  # another kind of loop: at least never closed from here
+
+
+# In a forked child, the parent's loops of kinds that cannot be marked closed (see above).
+_inherited: list[_OwnedLoop] = []
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_leave_the_parents_loop_alone)
 
 
 def run_on_thread_loop(awaitable: Awaitable[_T]) -> _T:
