@@ -1183,11 +1183,27 @@ fn awaitlet(
     args_end: ArgsEnd,
 ) -> PyResult<Py<PyAny>> {
     match ActiveFiber::running() {
+        Some(fiber) if fiber.kind() == Kind::AsyncDef => {
+            switch_to_resumer(py, fiber, awaitable, args_end)
+        }
+        fiber => awaitlet_elsewhere(py, fiber, awaitable, args_end),
+    }
+}
+
+/// [`awaitlet`] not on an `async_def` fiber (kept out of its frame, see
+/// [`switch_to_resumer`]).
+#[inline(never)]
+fn awaitlet_elsewhere(
+    py: Python<'_>,
+    fiber: Option<ActiveFiber>,
+    awaitable: &Bound<'_, PyAny>,
+    args_end: ArgsEnd,
+) -> PyResult<Py<PyAny>> {
+    match fiber {
         Some(fiber)
-            if fiber.kind() == Kind::AsyncDef
-                || fiber
-                    .greenlet(py)
-                    .map_or(Ok(false), |greenlet| is_awaitlet_provider(py, &greenlet))? =>
+            if fiber
+                .greenlet(py)
+                .map_or(Ok(false), |greenlet| is_awaitlet_provider(py, &greenlet))? =>
         {
             return switch_to_resumer(py, fiber, awaitable, args_end);
         }
@@ -1240,7 +1256,13 @@ unsafe fn awaitlet_fastcall(
 ) -> PyResult<*mut ffi::PyObject> {
     // SAFETY: CPython passes `nargs` arguments at `args`, then one value for each name in
     // `kwnames` (a tuple of str, or NULL), all valid for the duration of the call.
-    let (awaitable, count) = unsafe { single_argument(py, args, nargs, kwnames) }?;
+    let (awaitable, count) = if nargs == 1 && kwnames.is_null() {
+        // SAFETY: as above, with exactly one argument.
+        (unsafe { Borrowed::from_ptr(py, *args) }, 1)
+    } else {
+        // SAFETY: as above.
+        unsafe { single_argument(py, args, nargs, kwnames) }?
+    };
     let call = ArgsEnd::of(args, count).with_callable(AWAITLET_FUNCTION.load(Ordering::Relaxed));
     awaitlet(py, &awaitable, call).map(Py::into_ptr)
 }
@@ -1251,6 +1273,7 @@ unsafe fn awaitlet_fastcall(
 /// # Safety
 /// `args`, `nargs` and `kwnames` are as CPython passes them to a `METH_FASTCALL |
 /// METH_KEYWORDS` function.
+#[inline(never)]
 unsafe fn single_argument<'a, 'py>(
     py: Python<'py>,
     args: *const *mut ffi::PyObject,
@@ -1376,31 +1399,95 @@ pub fn switch_to_resumer(
     args_end: ArgsEnd,
 ) -> PyResult<Py<PyAny>> {
     if fiber.is_closing() {
-        close_if_coroutine(py, value)?;
-        return Err(PyRuntimeError::new_err(match fiber.kind() {
-            Kind::AsyncDef => "coroutine ignored GeneratorExit",
-            Kind::Greenlet => "greenlet ignored GreenletExit and switched again while being killed",
-        }));
+        return Err(refuse_while_closing(py, fiber, value));
     }
+    // The code on the way to a suspension keeps small stack frames, with what it does not
+    // always do out of line: the frames stay on the fiber's stack, in the pages that stay
+    // resident while it is suspended.
     let resumed = match fiber.kind() {
         Kind::AsyncDef if fiber.resumer().is_none() => {
             // Resumed by a task on the thread's own stack: run the awaitable's first step
             // here, as that task would, and switch only if it does not complete at once.
-            let iterator = awaitable_iterator(value)?.unbind();
-            match fiber.run_as_resumer(|| send_into(py, &iterator, None)) {
-                Delegated::Returned(result) => return Ok(result),
-                Delegated::Raised(err) => return Err(err),
-                Delegated::Yielded(yielded) => {
+            // Where CPython allows it, the step runs on that task's stack rather than the
+            // fiber's: however deep it goes, it leaves no touched pages on the fiber's stack,
+            // which stay resident while the fiber is suspended.
+            #[cfg(not(Py_3_12))]
+            let first_step = fiber.on_resumer_stack(|| first_step(py, fiber, value));
+            #[cfg(Py_3_12)]
+            let first_step = first_step(py, fiber, value);
+            match first_step {
+                FirstStep::Returned(result) => return Ok(result),
+                FirstStep::Raised(exception) => return Err(raised(py, exception)),
+                FirstStep::Yielded(iterator, yielded) => {
                     fiber.suspend_after_first_step(py, iterator, yielded, args_end)
                 }
             }
         }
+        _ => return switch_to_fiber_resumer(py, fiber, value, args_end),
+    };
+    match resumed {
+        Resume::Value(value) => Ok(value),
+        Resume::Throw(err) => Err(err),
+    }
+}
+
+/// [`switch_to_resumer`] for a greenlet, or for an `async_def` fiber resumed by another fiber.
+#[inline(never)]
+fn switch_to_fiber_resumer(
+    py: Python<'_>,
+    fiber: ActiveFiber,
+    value: &Bound<'_, PyAny>,
+    args_end: ArgsEnd,
+) -> PyResult<Py<PyAny>> {
+    let resumed = match fiber.kind() {
         Kind::AsyncDef => fiber.suspend_in_call(py, awaitable_iterator(value)?.unbind(), args_end),
         Kind::Greenlet => fiber.suspend_in_call(py, value.clone().unbind(), args_end),
     };
     match resumed {
         Resume::Value(value) => Ok(value),
         Resume::Throw(err) => Err(err),
+    }
+}
+
+/// The error for a switch out of a fiber that is being closed.
+#[cold]
+#[inline(never)]
+fn refuse_while_closing(py: Python<'_>, fiber: ActiveFiber, value: &Bound<'_, PyAny>) -> PyErr {
+    if let Err(err) = close_if_coroutine(py, value) {
+        return err;
+    }
+    PyRuntimeError::new_err(match fiber.kind() {
+        Kind::AsyncDef => "coroutine ignored GeneratorExit",
+        Kind::Greenlet => "greenlet ignored GreenletExit and switched again while being killed",
+    })
+}
+
+/// How the first step of `await value` ended.
+enum FirstStep {
+    Returned(Py<PyAny>),
+    /// (An exception object rather than a `PyErr`: a word, where a `PyErr` takes several.)
+    Raised(Py<pyo3::exceptions::PyBaseException>),
+    /// The iterator to delegate to, and what it yielded.
+    Yielded(Py<PyAny>, Py<PyAny>),
+}
+
+#[cold]
+#[inline(never)]
+fn raised(py: Python<'_>, exception: Py<pyo3::exceptions::PyBaseException>) -> PyErr {
+    PyErr::from_value(exception.into_bound(py).into_any())
+}
+
+/// The first step of `await value`, run as the fiber's resumer would run it.
+#[inline(never)]
+fn first_step(py: Python<'_>, fiber: ActiveFiber, value: &Bound<'_, PyAny>) -> FirstStep {
+    let iterator = match awaitable_iterator(value) {
+        Ok(iterator) => iterator.unbind(),
+        Err(err) => return FirstStep::Raised(err.into_value(py)),
+    };
+    match fiber.run_as_resumer(|| send_into(py, &iterator, None)) {
+        Delegated::Returned(result) => FirstStep::Returned(result),
+        Delegated::Raised(err) => FirstStep::Raised(err.into_value(py)),
+        Delegated::Yielded(yielded) => FirstStep::Yielded(iterator, yielded),
     }
 }
 

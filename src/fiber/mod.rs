@@ -183,8 +183,9 @@ impl Call {
     }
 
     /// Makes the call through the fiber stack's bottom frame for unwinders (see
-    /// `stack_root.c`).
-    fn invoke(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+    /// `stack_root.c`): a new reference, or NULL with an exception set.
+    #[inline(never)]
+    fn invoke(&self) -> *mut ffi::PyObject {
         let mut root = RootCall {
             callable: self.func.as_ptr(),
             args: ptr::null_mut(),
@@ -209,11 +210,10 @@ impl Call {
                 root.kwnames = kwnames.as_ptr();
             }
         }
-        // SAFETY: GIL held; the objects (and the argument array, with as many keyword values
-        // after the positional ones as `kwnames` has names) are kept by `self` for the whole
-        // call; returns a new reference or NULL with an exception set.
-        unsafe { Bound::from_owned_ptr_or_err(py, awaitlet_call_at_stack_root(&root)) }
-            .map(Bound::unbind)
+        // SAFETY: GIL held (by the fiber's caller); the objects (and the argument array, with
+        // as many keyword values after the positional ones as `kwnames` has names) are kept by
+        // `self` for the whole call; returns a new reference or NULL with an exception set.
+        unsafe { awaitlet_call_at_stack_root(&root) }
     }
 
     fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
@@ -268,7 +268,9 @@ impl ArgsEnd {
     }
 }
 
-type Machine = Coroutine<Resume, Py<PyAny>, PyResult<Py<PyAny>>, stack_pool::SlotStack>;
+/// A fiber's function returns an [`Outcome`] rather than a `PyResult` (which the resumer
+/// makes of it): corosensei keeps room for it in the fiber's bottom frame.
+type Machine = Coroutine<Resume, Py<PyAny>, Outcome, stack_pool::SlotStack>;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Status {
@@ -312,15 +314,20 @@ impl Shared {
     }
 
     /// Makes the call stored in `self.call`, which keeps its references until it returns.
-    fn run_call(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+    fn run_call(&self, py: Python<'_>) -> Outcome {
         let result = match &*self.call.borrow() {
-            Some(call) => call.invoke(py),
-            None => Err(PyRuntimeError::new_err("the fiber has no call to make")),
+            Some(call) => NonNull::new(call.invoke()).ok_or_else(|| fetch_exception(py)),
+            None => Err(no_call().into_value(py)),
         };
-        // Released outside the borrow: dropping them can run any code.
+        self.drop_call();
+        result
+    }
+
+    /// Releases the call's references, outside any borrow: dropping them can run any code.
+    #[inline(never)]
+    fn drop_call(&self) {
         let call = self.call.borrow_mut().take();
         drop(call);
-        result
     }
 }
 
@@ -448,34 +455,11 @@ impl Fiber {
         let shared_addr = shared.as_ptr() as usize;
         let machine = Coroutine::with_stack(
             stack,
-            move |yielder: &Yielder<Resume, Py<PyAny>>, _start: Resume| {
+            move |yielder: &Yielder<Resume, Py<PyAny>>, start: Resume| {
                 // SAFETY: `Shared` is freed only after the machine has finished (or never, when
                 // the fiber is leaked), so it outlives this closure.
                 let shared = unsafe { &*(shared_addr as *const Shared) };
-                shared.yielder.set(yielder);
-                // SAFETY: fibers are resumed only by code holding the GIL, and it stays held
-                // across the switch onto this stack.
-                let py = unsafe { Python::assume_attached() };
-                if shared.start_without_context.get() {
-                    // SAFETY: GIL held, on the fiber's stack; None is allowed.
-                    unsafe { crate::pystate::set_current_context(&py.None().into_bound(py)) };
-                }
-                // A panic must not unwind out of this stack: corosensei would carry it through
-                // the resumer's CPython frames.
-                let result = match catch_unwind(AssertUnwindSafe(|| shared.run_call(py))) {
-                    Ok(result) => result,
-                    Err(payload) => Err(panic_to_pyerr(payload)),
-                };
-                // Finalizers run while the fiber's state is released must not suspend it.
-                shared.closing.set(true);
-                if shared.kind == Kind::Greenlet {
-                    let context = crate::pystate::current_context(py).unbind();
-                    shared.final_context.set(Some(context));
-                }
-                // SAFETY: on the fiber's stack, GIL held, the function has returned, and the
-                // fiber returns right after.
-                unsafe { shared.pystate.finish() };
-                result
+                fiber_main(shared, yielder, start)
             },
         );
         Ok(Self {
@@ -562,7 +546,7 @@ impl Fiber {
             }
             CoroutineResult::Return(result) => {
                 self.status = Status::Finished;
-                Step::Finished(result)
+                Step::Finished(outcome_into_result(py, result))
             }
         }
     }
@@ -804,6 +788,86 @@ impl Orphan {
     }
 }
 
+/// What a fiber's call returned (a new reference) or raised: two words, where a `PyResult`
+/// takes several, in the frames that stay on a suspended fiber's stack.
+type Outcome = Result<NonNull<ffi::PyObject>, Py<pyo3::exceptions::PyBaseException>>;
+
+/// The body of every fiber. It and the functions it calls on the way to the Python call keep
+/// small stack frames, with what they do before and after the call out of line: their frames
+/// stay on the fiber's stack, in the pages a suspended fiber keeps resident.
+#[inline(never)]
+fn fiber_main(shared: &Shared, yielder: &Yielder<Resume, Py<PyAny>>, start: Resume) -> Outcome {
+    drop(start);
+    shared.yielder.set(yielder);
+    // SAFETY: fibers are resumed only by code holding the GIL, and it stays held across the
+    // switch onto this stack.
+    let py = unsafe { Python::assume_attached() };
+    if shared.start_without_context.get() {
+        start_without_context(py);
+    }
+    let outcome = run_guarded(shared, py);
+    finish_fiber(shared, py);
+    outcome
+}
+
+#[inline(never)]
+fn start_without_context(py: Python<'_>) {
+    // SAFETY: GIL held, on the fiber's stack; None is allowed.
+    unsafe { crate::pystate::set_current_context(&py.None().into_bound(py)) };
+}
+
+/// Makes the fiber's call, turning a panic into an exception: a panic must not unwind out of
+/// the fiber's stack, as corosensei would carry it through the resumer's CPython frames.
+#[inline(never)]
+fn run_guarded(shared: &Shared, py: Python<'_>) -> Outcome {
+    match catch_unwind(AssertUnwindSafe(|| shared.run_call(py))) {
+        Ok(outcome) => outcome,
+        Err(payload) => panic_outcome(py, payload),
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn panic_outcome(py: Python<'_>, payload: Box<dyn std::any::Any + Send>) -> Outcome {
+    Err(panic_to_pyerr(payload).into_value(py))
+}
+
+/// The exception set by a call that returned NULL, taken out of the thread state.
+#[cold]
+#[inline(never)]
+fn fetch_exception(py: Python<'_>) -> Py<pyo3::exceptions::PyBaseException> {
+    PyErr::fetch(py).into_value(py)
+}
+
+/// The `PyResult` an [`Outcome`] stands for.
+fn outcome_into_result(py: Python<'_>, outcome: Outcome) -> PyResult<Py<PyAny>> {
+    match outcome {
+        // SAFETY: a new reference returned by the call, GIL held.
+        Ok(result) => Ok(unsafe { Bound::from_owned_ptr(py, result.as_ptr()) }.unbind()),
+        Err(exception) => Err(PyErr::from_value(exception.into_bound(py).into_any())),
+    }
+}
+
+/// What a fiber does after its call returned, before its stack is left for good.
+#[inline(never)]
+fn finish_fiber(shared: &Shared, py: Python<'_>) {
+    // Finalizers run while the fiber's state is released must not suspend it.
+    shared.closing.set(true);
+    if shared.kind == Kind::Greenlet {
+        let context = crate::pystate::current_context(py).unbind();
+        shared.final_context.set(Some(context));
+    }
+    // SAFETY: on the fiber's stack, GIL held, the function has returned, and the fiber
+    // returns right after.
+    unsafe { shared.pystate.finish() };
+}
+
+#[cold]
+#[inline(never)]
+fn no_call() -> PyErr {
+    PyRuntimeError::new_err("the fiber has no call to make")
+}
+
 /// A MemoryError, made without allocating.
 fn no_memory(py: Python<'_>) -> PyErr {
     // SAFETY: GIL held; sets the preallocated MemoryError.
@@ -909,6 +973,46 @@ impl ActiveFiber {
         })
     }
 
+    /// Runs `step` on the stack of the thread's own code that resumed this (running) fiber,
+    /// below the frames it waits in, and returns what it returns: whatever `step` calls then
+    /// leaves no pages touched on the fiber's stack, which stays resident while the fiber is
+    /// suspended. Only for fibers resumed by the thread's own stack, and only where CPython's
+    /// depth checks do not depend on which machine stack runs (3.11 and before: they count
+    /// calls; 3.12+ count C recursion against the fiber's budget or compare the stack pointer
+    /// with the fiber's bounds).
+    #[cfg(not(Py_3_12))]
+    pub fn on_resumer_stack<R>(&self, step: impl FnOnce() -> R) -> R {
+        /// `on_parent_stack` wants a `Send` closure, only so that it cannot take the yielder
+        /// to the parent's stack and suspend from there.
+        struct SameThread<F>(F);
+        // SAFETY: the closure runs on this thread, synchronously, and it has no path to the
+        // yielder: `step` runs under `run_as_resumer`, where no fiber is current, so nothing
+        // it calls can suspend this one.
+        unsafe impl<F> Send for SameThread<F> {}
+        impl<F> SameThread<F> {
+            fn run<R>(self) -> R
+            where
+                F: FnOnce() -> R,
+            {
+                (self.0)()
+            }
+        }
+        let shared = self.shared();
+        debug_assert!(
+            shared.resumer.get().is_null(),
+            "on_resumer_stack with a fiber resumer"
+        );
+        let yielder = shared.yielder.get();
+        if yielder.is_null() {
+            return step();
+        }
+        let step = SameThread(step);
+        // SAFETY: the yielder lives on this fiber's stack for as long as its closure runs,
+        // which it does: we are in it. The resumer waits in its switch onto this fiber, so
+        // its stack below the switch is free until the closure returns.
+        unsafe { &*yielder }.on_parent_stack(move || step.run())
+    }
+
     /// Suspends the fiber after the first step of `awaitable` ran on it and yielded
     /// `yielded`: the resumer hands `yielded` on and delegates to `awaitable` from there.
     /// `args_end`: see [`ActiveFiber::suspend_in_call`].
@@ -933,6 +1037,7 @@ impl ActiveFiber {
     /// while the fiber is suspended (see [`Fiber::traverse`]). Trace and profile functions that
     /// keep a call stack are told that the fiber's frames leave and come back (see
     /// [`crate::pystate::report_suspend`]).
+    #[inline(never)]
     pub fn suspend_in_call(
         &self,
         py: Python<'_>,
@@ -955,23 +1060,34 @@ impl ActiveFiber {
         // which it does: we are in it.
         let resumed = unsafe { &*yielder }.suspend(awaitable);
         if switch_hooks_set(py) {
-            // SAFETY: as above, right after the switch back onto this stack.
-            if let Err(err) = unsafe { report_resume(py, args_end.callable) } {
-                // Raised where the fiber resumes, unless an exception is already thrown in
-                // (closing it, say), which must go on.
-                return match resumed {
-                    Resume::Value(_) => Resume::Throw(err),
-                    Resume::Throw(thrown) => {
-                        err.write_unraisable(py, None);
-                        Resume::Throw(thrown)
-                    }
-                };
-            }
+            return report_resume_or_raise(py, args_end.callable, resumed);
         }
         resumed
     }
 }
 
+/// Tells profile functions that a suspended fiber came back (see
+/// [`crate::pystate::report_resume`]); an error from them is raised where the fiber resumes,
+/// unless an exception is already thrown in (closing it, say), which must go on.
+#[cold]
+#[inline(never)]
+fn report_resume_or_raise(py: Python<'_>, callable: *mut ffi::PyObject, resumed: Resume) -> Resume {
+    // SAFETY: on the fiber's stack right after the switch back onto it, GIL held (token);
+    // the callable is null or a function object alive until now (see `ArgsEnd`).
+    match unsafe { report_resume(py, callable) } {
+        Ok(()) => resumed,
+        Err(err) => match resumed {
+            Resume::Value(_) => Resume::Throw(err),
+            Resume::Throw(thrown) => {
+                err.write_unraisable(py, None);
+                Resume::Throw(thrown)
+            }
+        },
+    }
+}
+
+#[cold]
+#[inline(never)]
 pub fn panic_to_pyerr(payload: Box<dyn std::any::Any + Send>) -> PyErr {
     let message = if let Some(text) = payload.downcast_ref::<String>() {
         text.clone()

@@ -78,9 +78,10 @@ const MAX_CACHED_PER_THREAD: usize = 256;
 /// Bytes of the page that holds the top of a fiber's machine stack that go to the start of its
 /// frames area instead: the frames area starts this far below a page boundary (its end stays
 /// below the slot's top), so that a fiber suspended shallow touches one page fewer. Measured
-/// with a task suspended 20 Python frames deep (benches/cases/scale.py): 2-3 KiB of frames
-/// and 3-4.5 KiB of machine stack on CPython 3.11-3.14; with a page-aligned frames area that
-/// is 2 pages on 3.11 and 3 on 3.14, with this split 2 on both.
+/// with a task suspended 20 Python frames deep (benches/cases/scale.py): 2.5-2.7 KiB of frames
+/// and 1.6 (3.11) to 4.3 KiB (3.14) of machine stack; with a page-aligned frames area that is
+/// 2 pages on 3.11 and 3 on 3.14, with this split 2 on both. (One page on 3.11 would need
+/// frames and stack to fit in 4 KiB together: about 180 bytes short.)
 const FRAMES_IN_STACK_TOP_PAGE: usize = 3 * 1024;
 /// Slots per region (the first region is this many; later ones too, unless the system
 /// refuses that much address space, then fewer).

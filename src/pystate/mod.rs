@@ -318,6 +318,8 @@ pub fn switch_hooks_set(_py: Python<'_>) -> bool {
 /// # Safety
 /// GIL held, on the running fiber's stack, before [`FiberPyState::leave`]; `callable` is null
 /// or a valid object.
+#[cold]
+#[inline(never)]
 pub unsafe fn report_suspend(py: Python<'_>, callable: *mut ffi::PyObject) {
     // SAFETY: guaranteed by the caller.
     if unsafe { awaitlet_report_suspend(callable) } < 0 {
