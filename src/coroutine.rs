@@ -1267,6 +1267,115 @@ unsafe fn awaitlet_fastcall(
     awaitlet(py, &awaitable, call).map(Py::into_ptr)
 }
 
+/// The C function behind `awaitlet()`. Its common case, `awaitlet(x)` in sync code on a fiber
+/// that a task on the thread's own stack resumed, takes a short way with small stack frames
+/// (they stay on the fiber's stack, in the pages that stay resident while it is suspended);
+/// everything else goes through the trampoline PyO3's own wrappers use, which tells PyO3 the
+/// thread is attached (so that references dropped in the call are released at once, not
+/// queued in PyO3's pool) and turns an error or a panic into a raised exception. The short
+/// way needs no such telling: the fiber runs inside the `send` (or `throw`) of the coroutine
+/// that resumed it, a PyO3 method, which did it.
+///
+/// # Safety
+/// Called by CPython with the arguments of a `METH_FASTCALL | METH_KEYWORDS` function.
+unsafe extern "C" fn awaitlet_entry(
+    module: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    if nargs == 1 && kwnames.is_null() {
+        if let Some(fiber) = ActiveFiber::running() {
+            if fiber.kind() == Kind::AsyncDef && fiber.resumer().is_none() {
+                // SAFETY: CPython passes one argument at `args`, valid for the call.
+                return unsafe { awaitlet_on_task_fiber(fiber, args) };
+            }
+        }
+    }
+    // SAFETY: the arguments as CPython passed them.
+    unsafe { awaitlet_general(module, args, nargs, kwnames) }
+}
+
+/// [`awaitlet_entry`]'s way for everything but its common case (kept out of its frame).
+///
+/// # Safety
+/// As for [`awaitlet_entry`].
+#[inline(never)]
+unsafe fn awaitlet_general(
+    module: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    let general = pyo3::impl_::trampoline::get_trampoline_function!(
+        fastcall_cfunction_with_keywords,
+        awaitlet_fastcall
+    );
+    // SAFETY: the arguments as CPython passed them, to the wrapper made for them.
+    unsafe { general(module, args, nargs, kwnames) }
+}
+
+/// `awaitlet(*args)` with one argument, on `fiber`, an `async_def` fiber resumed by the
+/// thread's own stack (see [`awaitlet_entry`]): a new reference, or NULL with an exception
+/// set.
+///
+/// # Safety
+/// GIL held (CPython calls `awaitlet()` with it); `args` points to one valid object.
+#[inline(never)]
+unsafe fn awaitlet_on_task_fiber(
+    fiber: ActiveFiber,
+    args: *const *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: CPython calls `awaitlet()` with the GIL held.
+    let py = unsafe { Python::assume_attached() };
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        // SAFETY: one valid object at `args` for the duration of the call.
+        let awaitable = unsafe { Borrowed::from_ptr(py, *args) };
+        let call = ArgsEnd::of(args, 1).with_callable(AWAITLET_FUNCTION.load(Ordering::Relaxed));
+        await_on_task_fiber(py, fiber, &awaitable, call)
+    }));
+    match outcome {
+        Ok(result) => result,
+        Err(payload) => raise(py, panic_to_pyerr(payload)),
+    }
+}
+
+/// [`switch_to_resumer`] for an `async_def` fiber resumed by the thread's own stack, returning
+/// what a C function returns (a new reference, or NULL with an exception set) rather than a
+/// `PyResult`, which takes several words in a frame that stays on the fiber's stack.
+fn await_on_task_fiber(
+    py: Python<'_>,
+    fiber: ActiveFiber,
+    value: &Bound<'_, PyAny>,
+    args_end: ArgsEnd,
+) -> *mut ffi::PyObject {
+    if fiber.is_closing() {
+        return raise(py, refuse_while_closing(py, fiber, value));
+    }
+    #[cfg(not(Py_3_12))]
+    let first_step = fiber.on_resumer_stack(|| first_step(py, fiber, value));
+    #[cfg(Py_3_12)]
+    let first_step = first_step(py, fiber, value);
+    match first_step {
+        FirstStep::Returned(result) => result.into_ptr(),
+        FirstStep::Raised(exception) => raise(py, raised(py, exception)),
+        FirstStep::Yielded(iterator, yielded) => {
+            match fiber.suspend_after_first_step(py, iterator, yielded, args_end) {
+                Resume::Value(value) => value.into_ptr(),
+                Resume::Throw(err) => raise(py, err),
+            }
+        }
+    }
+}
+
+/// Sets `err` as the current exception and returns NULL, for a C function to return.
+#[cold]
+#[inline(never)]
+fn raise(py: Python<'_>, err: PyErr) -> *mut ffi::PyObject {
+    err.restore(py);
+    std::ptr::null_mut()
+}
+
 /// The one argument of `awaitlet(awaitable)` (positional or by name), borrowed from the
 /// caller, and how many values the caller passed.
 ///
@@ -1313,10 +1422,7 @@ unsafe fn single_argument<'a, 'py>(
 
 static AWAITLET_DEF: MethodDef = MethodDef::fastcall_with_keywords(
     c"awaitlet",
-    pyo3::impl_::trampoline::get_trampoline_function!(
-        fastcall_cfunction_with_keywords,
-        awaitlet_fastcall
-    ),
+    awaitlet_entry,
     c"awaitlet(awaitable)
 --
 
