@@ -83,7 +83,8 @@ const MAX_CACHED_PER_THREAD: usize = 256;
 /// a page-aligned frames area. On 3.11, where the awaitable's first step runs on the
 /// resumer's stack (`ActiveFiber::on_resumer_stack`) and the way to the switch keeps small
 /// frames, 2622 bytes of frames and 1256 of machine stack share one page with the smaller
-/// split (about 100 bytes to spare on either side).
+/// split (about 100 bytes to spare on either side). 3.10 keeps its frames on the heap and
+/// recurses in C at every Python call: the split makes no difference there.
 #[cfg(not(Py_3_12))]
 const FRAMES_IN_STACK_TOP_PAGE: usize = 2736;
 #[cfg(Py_3_12)]
