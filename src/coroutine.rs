@@ -1352,11 +1352,7 @@ fn await_on_task_fiber(
     if fiber.is_closing() {
         return raise(py, refuse_while_closing(py, fiber, value));
     }
-    #[cfg(not(Py_3_12))]
-    let first_step = fiber.on_resumer_stack(|| first_step(py, fiber, value));
-    #[cfg(Py_3_12)]
-    let first_step = first_step(py, fiber, value);
-    match first_step {
+    match first_step(py, fiber, value) {
         FirstStep::Returned(result) => result.into_ptr(),
         FirstStep::Raised(exception) => raise(py, raised(py, exception)),
         FirstStep::Yielded(iterator, yielded) => {
@@ -1512,16 +1508,10 @@ pub fn switch_to_resumer(
     // resident while it is suspended.
     let resumed = match fiber.kind() {
         Kind::AsyncDef if fiber.resumer().is_none() => {
-            // Resumed by a task on the thread's own stack: run the awaitable's first step
-            // here, as that task would, and switch only if it does not complete at once.
-            // Where CPython allows it, the step runs on that task's stack rather than the
-            // fiber's: however deep it goes, it leaves no touched pages on the fiber's stack,
-            // which stay resident while the fiber is suspended.
-            #[cfg(not(Py_3_12))]
-            let first_step = fiber.on_resumer_stack(|| first_step(py, fiber, value));
-            #[cfg(Py_3_12)]
-            let first_step = first_step(py, fiber, value);
-            match first_step {
+            // Resumed by a task on the thread's own stack: run the awaitable's first step as
+            // that task would, on its machine stack (see `run_as_resumer`), without a switch,
+            // and switch only if it does not complete at once.
+            match first_step(py, fiber, value) {
                 FirstStep::Returned(result) => return Ok(result),
                 FirstStep::Raised(exception) => return Err(raised(py, exception)),
                 FirstStep::Yielded(iterator, yielded) => {
@@ -1571,29 +1561,38 @@ fn refuse_while_closing(py: Python<'_>, fiber: ActiveFiber, value: &Bound<'_, Py
 /// How the first step of `await value` ended.
 enum FirstStep {
     Returned(Py<PyAny>),
-    /// (An exception object rather than a `PyErr`: a word, where a `PyErr` takes several.)
+    /// (An exception object rather than a `PyErr`: a word, where a `PyErr` takes several, in
+    /// a frame that stays on the fiber's stack.)
     Raised(Py<pyo3::exceptions::PyBaseException>),
     /// The iterator to delegate to, and what it yielded.
     Yielded(Py<PyAny>, Py<PyAny>),
 }
 
+/// The `PyErr` of an exception object.
 #[cold]
 #[inline(never)]
 fn raised(py: Python<'_>, exception: Py<pyo3::exceptions::PyBaseException>) -> PyErr {
     PyErr::from_value(exception.into_bound(py).into_any())
 }
 
-/// The first step of `await value`, run as the fiber's resumer would run it.
+/// The first step of `await value`, as the fiber's resumer would run it (see
+/// [`ActiveFiber::run_as_resumer`]). `value`'s iterator is made here, on the fiber, in its
+/// context, as `await` would make it.
 #[inline(never)]
 fn first_step(py: Python<'_>, fiber: ActiveFiber, value: &Bound<'_, PyAny>) -> FirstStep {
     let iterator = match awaitable_iterator(value) {
         Ok(iterator) => iterator.unbind(),
         Err(err) => return FirstStep::Raised(err.into_value(py)),
     };
-    match fiber.run_as_resumer(|| send_into(py, &iterator, None)) {
-        Delegated::Returned(result) => FirstStep::Returned(result),
-        Delegated::Raised(err) => FirstStep::Raised(err.into_value(py)),
-        Delegated::Yielded(yielded) => FirstStep::Yielded(iterator, yielded),
+    let sent = fiber.run_as_resumer(|| match send_into(py, &iterator, None) {
+        Delegated::Returned(result) => Ok(Ok(result)),
+        Delegated::Raised(err) => Err(err.into_value(py)),
+        Delegated::Yielded(yielded) => Ok(Err(yielded)),
+    });
+    match sent {
+        Ok(Ok(result)) => FirstStep::Returned(result),
+        Err(exception) => FirstStep::Raised(exception),
+        Ok(Err(yielded)) => FirstStep::Yielded(iterator, yielded),
     }
 }
 

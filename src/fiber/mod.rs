@@ -351,7 +351,7 @@ struct Shared {
     /// While the fiber runs: the fiber that resumed it (null: the thread's own stack).
     resumer: Cell<*const Shared>,
     /// What the awaitable the fiber suspends with already yielded, when its first step ran
-    /// on the fiber (see [`ActiveFiber::run_as_resumer`]).
+    /// before the switch (see [`ActiveFiber::run_as_resumer`]).
     first_yield: Cell<Option<Py<PyAny>>>,
     greenlet: RefCell<GreenletRef>,
     /// The call the fiber makes, until it returns (see [`Call`]).
@@ -997,56 +997,20 @@ impl ActiveFiber {
         self.shared().closing.get()
     }
 
-    /// Runs `step` on this (running) fiber's stack as if its resumer ran it: with the
-    /// resumer's context and handled-exception state, and with no fiber current, so that
-    /// `awaitlet()` inside refuses as it would there. Only for fibers resumed by the thread's
-    /// own stack.
+    /// Runs `step` as if this (running) fiber's resumer ran it: on the resumer's machine
+    /// stack, below the frames it waits in (however deep `step` goes, it leaves no pages
+    /// touched on the fiber's stack, which stay resident while the fiber is suspended), with
+    /// that stack's limits for CPython's checks, the resumer's context and handled-exception
+    /// state, and no fiber current, so that `awaitlet()` inside refuses as it would there.
+    /// The fiber's Python frames stay the current ones. Only for fibers resumed by the
+    /// thread's own stack.
     pub fn run_as_resumer<R>(&self, step: impl FnOnce() -> R) -> R {
-        struct Restore<'a> {
-            shared: &'a Shared,
-            thread: &'a ThreadFibers,
-            previous: *const Shared,
-        }
-        impl Drop for Restore<'_> {
-            fn drop(&mut self) {
-                // SAFETY: pairs the swap below, on the same stack, with no switch between.
-                unsafe { self.shared.pystate.swap_resumer_context() };
-                self.thread.current.set(self.previous);
-            }
-        }
-        let shared = self.shared();
-        debug_assert!(
-            shared.resumer.get().is_null(),
-            "run_as_resumer with a fiber resumer"
-        );
-        THREAD.with(|thread| {
-            let previous = thread.current.replace(ptr::null());
-            // SAFETY: on the fiber's stack while it runs, GIL held; Restore swaps back.
-            unsafe { shared.pystate.swap_resumer_context() };
-            let _restore = Restore {
-                shared,
-                thread,
-                previous,
-            };
-            step()
-        })
-    }
-
-    /// Runs `step` on the stack of the thread's own code that resumed this (running) fiber,
-    /// below the frames it waits in, and returns what it returns: whatever `step` calls then
-    /// leaves no pages touched on the fiber's stack, which stays resident while the fiber is
-    /// suspended. Only for fibers resumed by the thread's own stack, and only where CPython's
-    /// depth checks do not depend on which machine stack runs (3.11 and before: they count
-    /// calls; 3.12+ count C recursion against the fiber's budget or compare the stack pointer
-    /// with the fiber's bounds).
-    #[cfg(not(Py_3_12))]
-    pub fn on_resumer_stack<R>(&self, step: impl FnOnce() -> R) -> R {
         /// `on_parent_stack` wants a `Send` closure, only so that it cannot take the yielder
         /// to the parent's stack and suspend from there.
         struct SameThread<F>(F);
-        // SAFETY: the closure runs on this thread, synchronously, and it has no path to the
-        // yielder: `step` runs under `run_as_resumer`, where no fiber is current, so nothing
-        // it calls can suspend this one.
+        // SAFETY: the closure runs on this thread, synchronously, and has no path to the
+        // yielder: no fiber is current while `step` runs, so nothing it calls can suspend
+        // this one (`awaitlet()` and greenlet switches refuse).
         unsafe impl<F> Send for SameThread<F> {}
         impl<F> SameThread<F> {
             fn run<R>(self) -> R
@@ -1056,23 +1020,54 @@ impl ActiveFiber {
                 (self.0)()
             }
         }
+        struct Restore<'a> {
+            shared: &'a Shared,
+            thread: &'a ThreadFibers,
+            previous: *const Shared,
+        }
+        impl Drop for Restore<'_> {
+            fn drop(&mut self) {
+                // SAFETY: pairs the swaps below, on the resumer's stack, with no switch
+                // between.
+                unsafe {
+                    self.shared.pystate.swap_resumer_context();
+                    self.shared.pystate.swap_resumer_stack_limits();
+                }
+                self.thread.current.set(self.previous);
+            }
+        }
         let shared = self.shared();
-        debug_assert!(
+        assert!(
             shared.resumer.get().is_null(),
-            "on_resumer_stack with a fiber resumer"
+            "run_as_resumer with a fiber resumer"
         );
         let yielder = shared.yielder.get();
-        if yielder.is_null() {
-            return step();
-        }
-        let step = SameThread(step);
+        assert!(!yielder.is_null(), "run_as_resumer on a fiber not running");
+        let step = SameThread(move || {
+            THREAD.with(|thread| {
+                let previous = thread.current.replace(ptr::null());
+                // SAFETY: GIL held, while the fiber runs, just moved onto its resumer's stack
+                // below where it waits (see on_parent_stack below); Restore swaps back before
+                // leaving it.
+                unsafe {
+                    shared.pystate.swap_resumer_stack_limits();
+                    shared.pystate.swap_resumer_context();
+                }
+                let _restore = Restore {
+                    shared,
+                    thread,
+                    previous,
+                };
+                step()
+            })
+        });
         // SAFETY: the yielder lives on this fiber's stack for as long as its closure runs,
-        // which it does: we are in it. The resumer waits in its switch onto this fiber, so
-        // its stack below the switch is free until the closure returns.
+        // which it does: we are in it. The resumer is the thread's own stack, waiting in its
+        // switch onto this fiber: its stack below that point is free until this returns.
         unsafe { &*yielder }.on_parent_stack(move || step.run())
     }
 
-    /// Suspends the fiber after the first step of `awaitable` ran on it and yielded
+    /// Suspends the fiber after the first step of `awaitable` ran without a switch and yielded
     /// `yielded`: the resumer hands `yielded` on and delegates to `awaitable` from there.
     /// `args_end`: see [`ActiveFiber::suspend_in_call`].
     pub fn suspend_after_first_step(
