@@ -1183,11 +1183,27 @@ fn awaitlet(
     args_end: ArgsEnd,
 ) -> PyResult<Py<PyAny>> {
     match ActiveFiber::running() {
+        Some(fiber) if fiber.kind() == Kind::AsyncDef => {
+            switch_to_resumer(py, fiber, awaitable, args_end)
+        }
+        fiber => awaitlet_elsewhere(py, fiber, awaitable, args_end),
+    }
+}
+
+/// [`awaitlet`] not on an `async_def` fiber (kept out of its frame, see
+/// [`switch_to_resumer`]).
+#[inline(never)]
+fn awaitlet_elsewhere(
+    py: Python<'_>,
+    fiber: Option<ActiveFiber>,
+    awaitable: &Bound<'_, PyAny>,
+    args_end: ArgsEnd,
+) -> PyResult<Py<PyAny>> {
+    match fiber {
         Some(fiber)
-            if fiber.kind() == Kind::AsyncDef
-                || fiber
-                    .greenlet(py)
-                    .map_or(Ok(false), |greenlet| is_awaitlet_provider(py, &greenlet))? =>
+            if fiber
+                .greenlet(py)
+                .map_or(Ok(false), |greenlet| is_awaitlet_provider(py, &greenlet))? =>
         {
             return switch_to_resumer(py, fiber, awaitable, args_end);
         }
@@ -1240,9 +1256,120 @@ unsafe fn awaitlet_fastcall(
 ) -> PyResult<*mut ffi::PyObject> {
     // SAFETY: CPython passes `nargs` arguments at `args`, then one value for each name in
     // `kwnames` (a tuple of str, or NULL), all valid for the duration of the call.
-    let (awaitable, count) = unsafe { single_argument(py, args, nargs, kwnames) }?;
+    let (awaitable, count) = if nargs == 1 && kwnames.is_null() {
+        // SAFETY: as above, with exactly one argument.
+        (unsafe { Borrowed::from_ptr(py, *args) }, 1)
+    } else {
+        // SAFETY: as above.
+        unsafe { single_argument(py, args, nargs, kwnames) }?
+    };
     let call = ArgsEnd::of(args, count).with_callable(AWAITLET_FUNCTION.load(Ordering::Relaxed));
     awaitlet(py, &awaitable, call).map(Py::into_ptr)
+}
+
+/// The C function behind `awaitlet()`. Its common case, `awaitlet(x)` in sync code on a fiber
+/// that a task on the thread's own stack resumed, takes a short way with small stack frames
+/// (they stay on the fiber's stack, in the pages that stay resident while it is suspended);
+/// everything else goes through the trampoline PyO3's own wrappers use, which tells PyO3 the
+/// thread is attached (so that references dropped in the call are released at once, not
+/// queued in PyO3's pool) and turns an error or a panic into a raised exception. The short
+/// way needs no such telling: the fiber runs inside the `send` (or `throw`) of the coroutine
+/// that resumed it, a PyO3 method, which did it.
+///
+/// # Safety
+/// Called by CPython with the arguments of a `METH_FASTCALL | METH_KEYWORDS` function.
+unsafe extern "C" fn awaitlet_entry(
+    module: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    if nargs == 1 && kwnames.is_null() {
+        if let Some(fiber) = ActiveFiber::running() {
+            if fiber.kind() == Kind::AsyncDef && fiber.resumer().is_none() {
+                // SAFETY: CPython passes one argument at `args`, valid for the call.
+                return unsafe { awaitlet_on_task_fiber(fiber, args) };
+            }
+        }
+    }
+    // SAFETY: the arguments as CPython passed them.
+    unsafe { awaitlet_general(module, args, nargs, kwnames) }
+}
+
+/// [`awaitlet_entry`]'s way for everything but its common case (kept out of its frame).
+///
+/// # Safety
+/// As for [`awaitlet_entry`].
+#[inline(never)]
+unsafe fn awaitlet_general(
+    module: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    let general = pyo3::impl_::trampoline::get_trampoline_function!(
+        fastcall_cfunction_with_keywords,
+        awaitlet_fastcall
+    );
+    // SAFETY: the arguments as CPython passed them, to the wrapper made for them.
+    unsafe { general(module, args, nargs, kwnames) }
+}
+
+/// `awaitlet(*args)` with one argument, on `fiber`, an `async_def` fiber resumed by the
+/// thread's own stack (see [`awaitlet_entry`]): a new reference, or NULL with an exception
+/// set.
+///
+/// # Safety
+/// GIL held (CPython calls `awaitlet()` with it); `args` points to one valid object.
+#[inline(never)]
+unsafe fn awaitlet_on_task_fiber(
+    fiber: ActiveFiber,
+    args: *const *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: CPython calls `awaitlet()` with the GIL held.
+    let py = unsafe { Python::assume_attached() };
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        // SAFETY: one valid object at `args` for the duration of the call.
+        let awaitable = unsafe { Borrowed::from_ptr(py, *args) };
+        let call = ArgsEnd::of(args, 1).with_callable(AWAITLET_FUNCTION.load(Ordering::Relaxed));
+        await_on_task_fiber(py, fiber, &awaitable, call)
+    }));
+    match outcome {
+        Ok(result) => result,
+        Err(payload) => raise(py, panic_to_pyerr(payload)),
+    }
+}
+
+/// [`switch_to_resumer`] for an `async_def` fiber resumed by the thread's own stack, returning
+/// what a C function returns (a new reference, or NULL with an exception set) rather than a
+/// `PyResult`, which takes several words in a frame that stays on the fiber's stack.
+fn await_on_task_fiber(
+    py: Python<'_>,
+    fiber: ActiveFiber,
+    value: &Bound<'_, PyAny>,
+    args_end: ArgsEnd,
+) -> *mut ffi::PyObject {
+    if fiber.is_closing() {
+        return raise(py, refuse_while_closing(py, fiber, value));
+    }
+    match first_step(py, fiber, value) {
+        FirstStep::Returned(result) => result.into_ptr(),
+        FirstStep::Raised(exception) => raise(py, raised(py, exception)),
+        FirstStep::Yielded(iterator, yielded) => {
+            match fiber.suspend_after_first_step(py, iterator, yielded, args_end) {
+                Resume::Value(value) => value.into_ptr(),
+                Resume::Throw(err) => raise(py, err),
+            }
+        }
+    }
+}
+
+/// Sets `err` as the current exception and returns NULL, for a C function to return.
+#[cold]
+#[inline(never)]
+fn raise(py: Python<'_>, err: PyErr) -> *mut ffi::PyObject {
+    err.restore(py);
+    std::ptr::null_mut()
 }
 
 /// The one argument of `awaitlet(awaitable)` (positional or by name), borrowed from the
@@ -1251,6 +1378,7 @@ unsafe fn awaitlet_fastcall(
 /// # Safety
 /// `args`, `nargs` and `kwnames` are as CPython passes them to a `METH_FASTCALL |
 /// METH_KEYWORDS` function.
+#[inline(never)]
 unsafe fn single_argument<'a, 'py>(
     py: Python<'py>,
     args: *const *mut ffi::PyObject,
@@ -1290,10 +1418,7 @@ unsafe fn single_argument<'a, 'py>(
 
 static AWAITLET_DEF: MethodDef = MethodDef::fastcall_with_keywords(
     c"awaitlet",
-    pyo3::impl_::trampoline::get_trampoline_function!(
-        fastcall_cfunction_with_keywords,
-        awaitlet_fastcall
-    ),
+    awaitlet_entry,
     c"awaitlet(awaitable)
 --
 
@@ -1376,31 +1501,98 @@ pub fn switch_to_resumer(
     args_end: ArgsEnd,
 ) -> PyResult<Py<PyAny>> {
     if fiber.is_closing() {
-        close_if_coroutine(py, value)?;
-        return Err(PyRuntimeError::new_err(match fiber.kind() {
-            Kind::AsyncDef => "coroutine ignored GeneratorExit",
-            Kind::Greenlet => "greenlet ignored GreenletExit and switched again while being killed",
-        }));
+        return Err(refuse_while_closing(py, fiber, value));
     }
+    // The code on the way to a suspension keeps small stack frames, with what it does not
+    // always do out of line: the frames stay on the fiber's stack, in the pages that stay
+    // resident while it is suspended.
     let resumed = match fiber.kind() {
         Kind::AsyncDef if fiber.resumer().is_none() => {
-            // Resumed by a task on the thread's own stack: run the awaitable's first step
-            // here, as that task would, and switch only if it does not complete at once.
-            let iterator = awaitable_iterator(value)?.unbind();
-            match fiber.run_as_resumer(|| send_into(py, &iterator, None)) {
-                Delegated::Returned(result) => return Ok(result),
-                Delegated::Raised(err) => return Err(err),
-                Delegated::Yielded(yielded) => {
+            // Resumed by a task on the thread's own stack: run the awaitable's first step as
+            // that task would, on its machine stack (see `run_as_resumer`), without a switch,
+            // and switch only if it does not complete at once.
+            match first_step(py, fiber, value) {
+                FirstStep::Returned(result) => return Ok(result),
+                FirstStep::Raised(exception) => return Err(raised(py, exception)),
+                FirstStep::Yielded(iterator, yielded) => {
                     fiber.suspend_after_first_step(py, iterator, yielded, args_end)
                 }
             }
         }
+        _ => return switch_to_fiber_resumer(py, fiber, value, args_end),
+    };
+    match resumed {
+        Resume::Value(value) => Ok(value),
+        Resume::Throw(err) => Err(err),
+    }
+}
+
+/// [`switch_to_resumer`] for a greenlet, or for an `async_def` fiber resumed by another fiber.
+#[inline(never)]
+fn switch_to_fiber_resumer(
+    py: Python<'_>,
+    fiber: ActiveFiber,
+    value: &Bound<'_, PyAny>,
+    args_end: ArgsEnd,
+) -> PyResult<Py<PyAny>> {
+    let resumed = match fiber.kind() {
         Kind::AsyncDef => fiber.suspend_in_call(py, awaitable_iterator(value)?.unbind(), args_end),
         Kind::Greenlet => fiber.suspend_in_call(py, value.clone().unbind(), args_end),
     };
     match resumed {
         Resume::Value(value) => Ok(value),
         Resume::Throw(err) => Err(err),
+    }
+}
+
+/// The error for a switch out of a fiber that is being closed.
+#[cold]
+#[inline(never)]
+fn refuse_while_closing(py: Python<'_>, fiber: ActiveFiber, value: &Bound<'_, PyAny>) -> PyErr {
+    if let Err(err) = close_if_coroutine(py, value) {
+        return err;
+    }
+    PyRuntimeError::new_err(match fiber.kind() {
+        Kind::AsyncDef => "coroutine ignored GeneratorExit",
+        Kind::Greenlet => "greenlet ignored GreenletExit and switched again while being killed",
+    })
+}
+
+/// How the first step of `await value` ended.
+enum FirstStep {
+    Returned(Py<PyAny>),
+    /// (An exception object rather than a `PyErr`: a word, where a `PyErr` takes several, in
+    /// a frame that stays on the fiber's stack.)
+    Raised(Py<pyo3::exceptions::PyBaseException>),
+    /// The iterator to delegate to, and what it yielded.
+    Yielded(Py<PyAny>, Py<PyAny>),
+}
+
+/// The `PyErr` of an exception object.
+#[cold]
+#[inline(never)]
+fn raised(py: Python<'_>, exception: Py<pyo3::exceptions::PyBaseException>) -> PyErr {
+    PyErr::from_value(exception.into_bound(py).into_any())
+}
+
+/// The first step of `await value`, as the fiber's resumer would run it (see
+/// [`ActiveFiber::run_as_resumer`]). `value`'s iterator is made here, on the fiber, in its
+/// context, as `await` would make it.
+#[inline(never)]
+fn first_step(py: Python<'_>, fiber: ActiveFiber, value: &Bound<'_, PyAny>) -> FirstStep {
+    let iterator = match awaitable_iterator(value) {
+        Ok(iterator) => iterator.unbind(),
+        Err(err) => return FirstStep::Raised(err.into_value(py)),
+    };
+    let sent = fiber.run_as_resumer(|| match send_into(py, &iterator, None) {
+        Delegated::Returned(result) => Ok(Ok(result)),
+        Delegated::Raised(err) => Err(err.into_value(py)),
+        Delegated::Yielded(yielded) => Ok(Err(yielded)),
+    });
+    match sent {
+        Ok(Ok(result)) => FirstStep::Returned(result),
+        Err(exception) => FirstStep::Raised(exception),
+        Ok(Err(yielded)) => FirstStep::Yielded(iterator, yielded),
     }
 }
 

@@ -29,6 +29,7 @@ def test_unbounded_recursion_in_sync_code_raises_recursion_error_and_stays_usabl
 @pytest.mark.parametrize(
     "scenario",
     [
+        "recursion_error_in_first_steps",
         "awaitlet_at_depth_pure_python",
         "awaitlet_at_depth_through_c_calls",
         "depth_counter_stable_after_many_switches",

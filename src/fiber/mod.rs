@@ -108,6 +108,12 @@ struct RootCall {
 extern "C" {
     /// Makes `call` through a frame that unwinders take for the bottom of the stack.
     fn awaitlet_call_at_stack_root(call: *const RootCall) -> *mut ffi::PyObject;
+    /// The function and instance (borrowed) of a bound method object, else NULLs.
+    fn awaitlet_bound_method_parts(
+        callable: *mut ffi::PyObject,
+        function: *mut *mut ffi::PyObject,
+        instance: *mut *mut ffi::PyObject,
+    );
 }
 
 /// The call a fiber makes ([`Fiber::calling`]), kept in [`Shared`] until it returns rather
@@ -127,13 +133,15 @@ enum CallArgs {
         args: Py<PyTuple>,
         kwargs: Option<Py<PyDict>>,
     },
-    /// Keyword arguments for a vectorcall callable, laid out as vectorcall takes them
-    /// (positional values, then keyword values named by `kwnames`): `PyObject_Call` would copy
-    /// them into an array of new references of its own, out of the collector's sight.
+    /// The arguments for a vectorcall callable, laid out as vectorcall takes them (positional
+    /// values, then keyword values named by `kwnames`): for keyword arguments, which
+    /// `PyObject_Call` would copy into an array of new references of its own, out of the
+    /// collector's sight, and for a bound method's function, with the instance first.
     Vector {
         values: Vec<Py<PyAny>>,
         positional: usize,
-        kwnames: Py<PyTuple>,
+        /// None without keyword arguments.
+        kwnames: Option<Py<PyTuple>>,
     },
 }
 
@@ -145,6 +153,34 @@ impl Call {
         kwargs: Option<Py<PyDict>>,
     ) -> PyResult<Self> {
         let kwargs = kwargs.filter(|kwargs| !kwargs.bind(py).is_empty());
+        let (mut function, mut instance) = (ptr::null_mut(), ptr::null_mut());
+        // SAFETY: GIL held, valid object; the parts are borrowed from it.
+        unsafe { awaitlet_bound_method_parts(func.as_ptr(), &mut function, &mut instance) };
+        // SAFETY: GIL held; `function` is null or a valid object.
+        if !function.is_null() && unsafe { ffi::PyVectorcall_Function(function) }.is_some() {
+            // A bound method is called as its function with the instance first, as the
+            // method object itself would call it, without the method object's C frame on the
+            // fiber's stack (144 bytes on 3.11, in the pages a suspended fiber keeps).
+            // SAFETY: GIL held; both parts are valid objects, kept alive by the method for
+            // the moment and by the new references from then on.
+            let (function, instance) = unsafe {
+                (
+                    Bound::from_borrowed_ptr(py, function).unbind(),
+                    Bound::from_borrowed_ptr(py, instance).unbind(),
+                )
+            };
+            let args = args.bind(py);
+            let names_are_strings = kwargs.as_ref().is_none_or(|kwargs| {
+                kwargs
+                    .bind(py)
+                    .keys()
+                    .iter()
+                    .all(|name| name.is_instance_of::<PyString>())
+            });
+            if names_are_strings {
+                return Self::vector(py, function, Some(instance), args, kwargs.as_ref());
+            }
+        }
         // SAFETY: GIL held, valid object; reads its type's vectorcall slot.
         let vectorcall = unsafe { ffi::PyVectorcall_Function(func.as_ptr()) }.is_some();
         let names_are_strings = |kwargs: &Py<PyDict>| {
@@ -157,34 +193,58 @@ impl Call {
         let args = match kwargs {
             // (Keys that are not strings are left to PyObject_Call to refuse.)
             Some(kwargs) if vectorcall && names_are_strings(&kwargs) => {
-                let (args, kwargs) = (args.bind(py), kwargs.bind(py));
-                // Out of memory is a MemoryError, not an abort.
-                let mut values: Vec<Py<PyAny>> = Vec::new();
-                let mut names = Vec::new();
-                if values.try_reserve_exact(args.len() + kwargs.len()).is_err()
-                    || names.try_reserve_exact(kwargs.len()).is_err()
-                {
-                    return Err(no_memory(py));
-                }
-                values.extend(args.iter().map(Bound::unbind));
-                for (name, value) in kwargs.iter() {
-                    names.push(name);
-                    values.push(value.unbind());
-                }
-                CallArgs::Vector {
-                    values,
-                    positional: args.len(),
-                    kwnames: PyTuple::new(py, names)?.unbind(),
-                }
+                return Self::vector(py, func, None, args.bind(py), Some(&kwargs));
             }
             kwargs => CallArgs::Tuple { args, kwargs },
         };
         Ok(Self { func, args })
     }
 
+    /// `func(first, *args, **kwargs)` (without `first` when None) with the arguments laid out
+    /// for vectorcall; `kwargs`' keys are strings.
+    fn vector(
+        py: Python<'_>,
+        func: Py<PyAny>,
+        first: Option<Py<PyAny>>,
+        args: &Bound<'_, PyTuple>,
+        kwargs: Option<&Py<PyDict>>,
+    ) -> PyResult<Self> {
+        let kwargs = kwargs.map(|kwargs| kwargs.bind(py));
+        let keywords = kwargs.map_or(0, |kwargs| kwargs.len());
+        let positional = usize::from(first.is_some()) + args.len();
+        // Out of memory is a MemoryError, not an abort.
+        let mut values: Vec<Py<PyAny>> = Vec::new();
+        let mut names = Vec::new();
+        if values.try_reserve_exact(positional + keywords).is_err()
+            || names.try_reserve_exact(keywords).is_err()
+        {
+            return Err(no_memory(py));
+        }
+        values.extend(first);
+        values.extend(args.iter().map(Bound::unbind));
+        for (name, value) in kwargs.iter().flat_map(|kwargs| kwargs.iter()) {
+            names.push(name);
+            values.push(value.unbind());
+        }
+        let kwnames = if names.is_empty() {
+            None
+        } else {
+            Some(PyTuple::new(py, names)?.unbind())
+        };
+        Ok(Self {
+            func,
+            args: CallArgs::Vector {
+                values,
+                positional,
+                kwnames,
+            },
+        })
+    }
+
     /// Makes the call through the fiber stack's bottom frame for unwinders (see
-    /// `stack_root.c`).
-    fn invoke(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+    /// `stack_root.c`): a new reference, or NULL with an exception set.
+    #[inline(never)]
+    fn invoke(&self) -> *mut ffi::PyObject {
         let mut root = RootCall {
             callable: self.func.as_ptr(),
             args: ptr::null_mut(),
@@ -206,14 +266,13 @@ impl Call {
                 // `Py` is a transparent object pointer: the values are the argument array.
                 root.vector = values.as_ptr().cast();
                 root.nargsf = *positional;
-                root.kwnames = kwnames.as_ptr();
+                root.kwnames = kwnames.as_ref().map_or(ptr::null_mut(), Py::as_ptr);
             }
         }
-        // SAFETY: GIL held; the objects (and the argument array, with as many keyword values
-        // after the positional ones as `kwnames` has names) are kept by `self` for the whole
-        // call; returns a new reference or NULL with an exception set.
-        unsafe { Bound::from_owned_ptr_or_err(py, awaitlet_call_at_stack_root(&root)) }
-            .map(Bound::unbind)
+        // SAFETY: GIL held (by the fiber's caller); the objects (and the argument array, with
+        // as many keyword values after the positional ones as `kwnames` has names) are kept by
+        // `self` for the whole call; returns a new reference or NULL with an exception set.
+        unsafe { awaitlet_call_at_stack_root(&root) }
     }
 
     fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
@@ -268,7 +327,9 @@ impl ArgsEnd {
     }
 }
 
-type Machine = Coroutine<Resume, Py<PyAny>, PyResult<Py<PyAny>>, stack_pool::SlotStack>;
+/// A fiber's function returns an [`Outcome`] rather than a `PyResult` (which the resumer
+/// makes of it): corosensei keeps room for it in the fiber's bottom frame.
+type Machine = Coroutine<Resume, Py<PyAny>, Outcome, stack_pool::SlotStack>;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Status {
@@ -290,7 +351,7 @@ struct Shared {
     /// While the fiber runs: the fiber that resumed it (null: the thread's own stack).
     resumer: Cell<*const Shared>,
     /// What the awaitable the fiber suspends with already yielded, when its first step ran
-    /// on the fiber (see [`ActiveFiber::run_as_resumer`]).
+    /// before the switch (see [`ActiveFiber::run_as_resumer`]).
     first_yield: Cell<Option<Py<PyAny>>>,
     greenlet: RefCell<GreenletRef>,
     /// The call the fiber makes, until it returns (see [`Call`]).
@@ -312,15 +373,20 @@ impl Shared {
     }
 
     /// Makes the call stored in `self.call`, which keeps its references until it returns.
-    fn run_call(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+    fn run_call(&self, py: Python<'_>) -> Outcome {
         let result = match &*self.call.borrow() {
-            Some(call) => call.invoke(py),
-            None => Err(PyRuntimeError::new_err("the fiber has no call to make")),
+            Some(call) => NonNull::new(call.invoke()).ok_or_else(|| fetch_exception(py)),
+            None => Err(no_call().into_value(py)),
         };
-        // Released outside the borrow: dropping them can run any code.
+        self.drop_call();
+        result
+    }
+
+    /// Releases the call's references, outside any borrow: dropping them can run any code.
+    #[inline(never)]
+    fn drop_call(&self) {
         let call = self.call.borrow_mut().take();
         drop(call);
-        result
     }
 }
 
@@ -448,34 +514,11 @@ impl Fiber {
         let shared_addr = shared.as_ptr() as usize;
         let machine = Coroutine::with_stack(
             stack,
-            move |yielder: &Yielder<Resume, Py<PyAny>>, _start: Resume| {
+            move |yielder: &Yielder<Resume, Py<PyAny>>, start: Resume| {
                 // SAFETY: `Shared` is freed only after the machine has finished (or never, when
                 // the fiber is leaked), so it outlives this closure.
                 let shared = unsafe { &*(shared_addr as *const Shared) };
-                shared.yielder.set(yielder);
-                // SAFETY: fibers are resumed only by code holding the GIL, and it stays held
-                // across the switch onto this stack.
-                let py = unsafe { Python::assume_attached() };
-                if shared.start_without_context.get() {
-                    // SAFETY: GIL held, on the fiber's stack; None is allowed.
-                    unsafe { crate::pystate::set_current_context(&py.None().into_bound(py)) };
-                }
-                // A panic must not unwind out of this stack: corosensei would carry it through
-                // the resumer's CPython frames.
-                let result = match catch_unwind(AssertUnwindSafe(|| shared.run_call(py))) {
-                    Ok(result) => result,
-                    Err(payload) => Err(panic_to_pyerr(payload)),
-                };
-                // Finalizers run while the fiber's state is released must not suspend it.
-                shared.closing.set(true);
-                if shared.kind == Kind::Greenlet {
-                    let context = crate::pystate::current_context(py).unbind();
-                    shared.final_context.set(Some(context));
-                }
-                // SAFETY: on the fiber's stack, GIL held, the function has returned, and the
-                // fiber returns right after.
-                unsafe { shared.pystate.finish() };
-                result
+                fiber_main(shared, yielder, start)
             },
         );
         Ok(Self {
@@ -562,7 +605,7 @@ impl Fiber {
             }
             CoroutineResult::Return(result) => {
                 self.status = Status::Finished;
-                Step::Finished(result)
+                Step::Finished(outcome_into_result(py, result))
             }
         }
     }
@@ -804,6 +847,86 @@ impl Orphan {
     }
 }
 
+/// What a fiber's call returned (a new reference) or raised: two words, where a `PyResult`
+/// takes several, in the frames that stay on a suspended fiber's stack.
+type Outcome = Result<NonNull<ffi::PyObject>, Py<pyo3::exceptions::PyBaseException>>;
+
+/// The body of every fiber. It and the functions it calls on the way to the Python call keep
+/// small stack frames, with what they do before and after the call out of line: their frames
+/// stay on the fiber's stack, in the pages a suspended fiber keeps resident.
+#[inline(never)]
+fn fiber_main(shared: &Shared, yielder: &Yielder<Resume, Py<PyAny>>, start: Resume) -> Outcome {
+    drop(start);
+    shared.yielder.set(yielder);
+    // SAFETY: fibers are resumed only by code holding the GIL, and it stays held across the
+    // switch onto this stack.
+    let py = unsafe { Python::assume_attached() };
+    if shared.start_without_context.get() {
+        start_without_context(py);
+    }
+    let outcome = run_guarded(shared, py);
+    finish_fiber(shared, py);
+    outcome
+}
+
+#[inline(never)]
+fn start_without_context(py: Python<'_>) {
+    // SAFETY: GIL held, on the fiber's stack; None is allowed.
+    unsafe { crate::pystate::set_current_context(&py.None().into_bound(py)) };
+}
+
+/// Makes the fiber's call, turning a panic into an exception: a panic must not unwind out of
+/// the fiber's stack, as corosensei would carry it through the resumer's CPython frames.
+#[inline(never)]
+fn run_guarded(shared: &Shared, py: Python<'_>) -> Outcome {
+    match catch_unwind(AssertUnwindSafe(|| shared.run_call(py))) {
+        Ok(outcome) => outcome,
+        Err(payload) => panic_outcome(py, payload),
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn panic_outcome(py: Python<'_>, payload: Box<dyn std::any::Any + Send>) -> Outcome {
+    Err(panic_to_pyerr(payload).into_value(py))
+}
+
+/// The exception set by a call that returned NULL, taken out of the thread state.
+#[cold]
+#[inline(never)]
+fn fetch_exception(py: Python<'_>) -> Py<pyo3::exceptions::PyBaseException> {
+    PyErr::fetch(py).into_value(py)
+}
+
+/// The `PyResult` an [`Outcome`] stands for.
+fn outcome_into_result(py: Python<'_>, outcome: Outcome) -> PyResult<Py<PyAny>> {
+    match outcome {
+        // SAFETY: a new reference returned by the call, GIL held.
+        Ok(result) => Ok(unsafe { Bound::from_owned_ptr(py, result.as_ptr()) }.unbind()),
+        Err(exception) => Err(PyErr::from_value(exception.into_bound(py).into_any())),
+    }
+}
+
+/// What a fiber does after its call returned, before its stack is left for good.
+#[inline(never)]
+fn finish_fiber(shared: &Shared, py: Python<'_>) {
+    // Finalizers run while the fiber's state is released must not suspend it.
+    shared.closing.set(true);
+    if shared.kind == Kind::Greenlet {
+        let context = crate::pystate::current_context(py).unbind();
+        shared.final_context.set(Some(context));
+    }
+    // SAFETY: on the fiber's stack, GIL held, the function has returned, and the fiber
+    // returns right after.
+    unsafe { shared.pystate.finish() };
+}
+
+#[cold]
+#[inline(never)]
+fn no_call() -> PyErr {
+    PyRuntimeError::new_err("the fiber has no call to make")
+}
+
 /// A MemoryError, made without allocating.
 fn no_memory(py: Python<'_>) -> PyErr {
     // SAFETY: GIL held; sets the preallocated MemoryError.
@@ -874,11 +997,29 @@ impl ActiveFiber {
         self.shared().closing.get()
     }
 
-    /// Runs `step` on this (running) fiber's stack as if its resumer ran it: with the
-    /// resumer's context and handled-exception state, and with no fiber current, so that
-    /// `awaitlet()` inside refuses as it would there. Only for fibers resumed by the thread's
-    /// own stack.
+    /// Runs `step` as if this (running) fiber's resumer ran it: on the resumer's machine
+    /// stack, below the frames it waits in (however deep `step` goes, it leaves no pages
+    /// touched on the fiber's stack, which stay resident while the fiber is suspended), with
+    /// that stack's limits for CPython's checks, the resumer's context and handled-exception
+    /// state, and no fiber current, so that `awaitlet()` inside refuses as it would there.
+    /// The fiber's Python frames stay the current ones. Only for fibers resumed by the
+    /// thread's own stack.
     pub fn run_as_resumer<R>(&self, step: impl FnOnce() -> R) -> R {
+        /// `on_parent_stack` wants a `Send` closure, only so that it cannot take the yielder
+        /// to the parent's stack and suspend from there.
+        struct SameThread<F>(F);
+        // SAFETY: the closure runs on this thread, synchronously, and has no path to the
+        // yielder: no fiber is current while `step` runs, so nothing it calls can suspend
+        // this one (`awaitlet()` and greenlet switches refuse).
+        unsafe impl<F> Send for SameThread<F> {}
+        impl<F> SameThread<F> {
+            fn run<R>(self) -> R
+            where
+                F: FnOnce() -> R,
+            {
+                (self.0)()
+            }
+        }
         struct Restore<'a> {
             shared: &'a Shared,
             thread: &'a ThreadFibers,
@@ -886,30 +1027,47 @@ impl ActiveFiber {
         }
         impl Drop for Restore<'_> {
             fn drop(&mut self) {
-                // SAFETY: pairs the swap below, on the same stack, with no switch between.
-                unsafe { self.shared.pystate.swap_resumer_context() };
+                // SAFETY: pairs the swaps below, on the resumer's stack, with no switch
+                // between.
+                unsafe {
+                    self.shared.pystate.swap_resumer_context();
+                    self.shared.pystate.swap_resumer_stack_limits();
+                }
                 self.thread.current.set(self.previous);
             }
         }
         let shared = self.shared();
-        debug_assert!(
+        assert!(
             shared.resumer.get().is_null(),
             "run_as_resumer with a fiber resumer"
         );
-        THREAD.with(|thread| {
-            let previous = thread.current.replace(ptr::null());
-            // SAFETY: on the fiber's stack while it runs, GIL held; Restore swaps back.
-            unsafe { shared.pystate.swap_resumer_context() };
-            let _restore = Restore {
-                shared,
-                thread,
-                previous,
-            };
-            step()
-        })
+        let yielder = shared.yielder.get();
+        assert!(!yielder.is_null(), "run_as_resumer on a fiber not running");
+        let step = SameThread(move || {
+            THREAD.with(|thread| {
+                let previous = thread.current.replace(ptr::null());
+                // SAFETY: GIL held, while the fiber runs, just moved onto its resumer's stack
+                // below where it waits (see on_parent_stack below); Restore swaps back before
+                // leaving it.
+                unsafe {
+                    shared.pystate.swap_resumer_stack_limits();
+                    shared.pystate.swap_resumer_context();
+                }
+                let _restore = Restore {
+                    shared,
+                    thread,
+                    previous,
+                };
+                step()
+            })
+        });
+        // SAFETY: the yielder lives on this fiber's stack for as long as its closure runs,
+        // which it does: we are in it. The resumer is the thread's own stack, waiting in its
+        // switch onto this fiber: its stack below that point is free until this returns.
+        unsafe { &*yielder }.on_parent_stack(move || step.run())
     }
 
-    /// Suspends the fiber after the first step of `awaitable` ran on it and yielded
+    /// Suspends the fiber after the first step of `awaitable` ran without a switch and yielded
     /// `yielded`: the resumer hands `yielded` on and delegates to `awaitable` from there.
     /// `args_end`: see [`ActiveFiber::suspend_in_call`].
     pub fn suspend_after_first_step(
@@ -933,6 +1091,7 @@ impl ActiveFiber {
     /// while the fiber is suspended (see [`Fiber::traverse`]). Trace and profile functions that
     /// keep a call stack are told that the fiber's frames leave and come back (see
     /// [`crate::pystate::report_suspend`]).
+    #[inline(never)]
     pub fn suspend_in_call(
         &self,
         py: Python<'_>,
@@ -955,23 +1114,34 @@ impl ActiveFiber {
         // which it does: we are in it.
         let resumed = unsafe { &*yielder }.suspend(awaitable);
         if switch_hooks_set(py) {
-            // SAFETY: as above, right after the switch back onto this stack.
-            if let Err(err) = unsafe { report_resume(py, args_end.callable) } {
-                // Raised where the fiber resumes, unless an exception is already thrown in
-                // (closing it, say), which must go on.
-                return match resumed {
-                    Resume::Value(_) => Resume::Throw(err),
-                    Resume::Throw(thrown) => {
-                        err.write_unraisable(py, None);
-                        Resume::Throw(thrown)
-                    }
-                };
-            }
+            return report_resume_or_raise(py, args_end.callable, resumed);
         }
         resumed
     }
 }
 
+/// Tells profile functions that a suspended fiber came back (see
+/// [`crate::pystate::report_resume`]); an error from them is raised where the fiber resumes,
+/// unless an exception is already thrown in (closing it, say), which must go on.
+#[cold]
+#[inline(never)]
+fn report_resume_or_raise(py: Python<'_>, callable: *mut ffi::PyObject, resumed: Resume) -> Resume {
+    // SAFETY: on the fiber's stack right after the switch back onto it, GIL held (token);
+    // the callable is null or a function object alive until now (see `ArgsEnd`).
+    match unsafe { report_resume(py, callable) } {
+        Ok(()) => resumed,
+        Err(err) => match resumed {
+            Resume::Value(_) => Resume::Throw(err),
+            Resume::Throw(thrown) => {
+                err.write_unraisable(py, None);
+                Resume::Throw(thrown)
+            }
+        },
+    }
+}
+
+#[cold]
+#[inline(never)]
 pub fn panic_to_pyerr(payload: Box<dyn std::any::Any + Send>) -> PyErr {
     let message = if let Some(text) = payload.downcast_ref::<String>() {
         text.clone()

@@ -77,10 +77,18 @@ const WARM_SLOTS_PER_THREAD: usize = 32;
 const MAX_CACHED_PER_THREAD: usize = 256;
 /// Bytes of the page that holds the top of a fiber's machine stack that go to the start of its
 /// frames area instead: the frames area starts this far below a page boundary (its end stays
-/// below the slot's top), so that a fiber suspended shallow touches one page fewer. Measured
-/// with a task suspended 20 Python frames deep (benches/cases/scale.py): 2-3 KiB of frames
-/// and 3-4.5 KiB of machine stack on CPython 3.11-3.14; with a page-aligned frames area that
-/// is 2 pages on 3.11 and 3 on 3.14, with this split 2 on both.
+/// below the slot's top), so that a fiber suspended shallow touches fewer pages. Measured
+/// with a task suspended 20 Python frames deep (benches/cases/scale.py), where the awaitable's
+/// first step runs on the resumer's stack (`ActiveFiber::run_as_resumer`) and the way to the
+/// switch keeps small frames: on CPython 3.11-3.13, 2.6 KiB of frames and 1.2-1.3 KiB of
+/// machine stack share one page with this split (about 90 bytes to spare on either side);
+/// 3.10 keeps its frames on the heap and recurses in C at every Python call, so the split
+/// makes no difference there.
+#[cfg(not(Py_3_14))]
+const FRAMES_IN_STACK_TOP_PAGE: usize = 2720;
+/// On 3.14+, 2.7 KiB of frames and 1.7 KiB of machine stack (the evaluation loop's frames are
+/// larger) take two pages whatever the split; this one keeps the frames in the top page.
+#[cfg(Py_3_14)]
 const FRAMES_IN_STACK_TOP_PAGE: usize = 3 * 1024;
 /// Slots per region (the first region is this many; later ones too, unless the system
 /// refuses that much address space, then fewer).

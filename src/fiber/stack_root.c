@@ -45,6 +45,21 @@ awaitlet_make_root_call(const struct awaitlet_root_call *call)
     return PyObject_Call(call->callable, call->args, call->kwargs);
 }
 
+/* The function and instance of a bound method object (borrowed), or NULLs for any other
+ * callable: pyo3's FFI has no binding for PyMethod_GET_FUNCTION and PyMethod_GET_SELF. */
+void
+awaitlet_bound_method_parts(PyObject *callable, PyObject **function, PyObject **self)
+{
+    if (PyMethod_Check(callable)) {
+        *function = PyMethod_GET_FUNCTION(callable);
+        *self = PyMethod_GET_SELF(callable);
+    }
+    else {
+        *function = NULL;
+        *self = NULL;
+    }
+}
+
 #if defined(__linux__) && defined(__x86_64__)
 
 /* The argument arrives in awaitlet_make_root_call's register already; re-align the stack and

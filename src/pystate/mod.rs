@@ -32,6 +32,7 @@ extern "C" {
     fn awaitlet_enter_fiber(state: *mut RawFiberState);
     fn awaitlet_leave_fiber(state: *mut RawFiberState, call_args_end: *const *mut ffi::PyObject);
     fn awaitlet_swap_resumer_context(state: *mut RawFiberState);
+    fn awaitlet_swap_resumer_stack_limits(state: *mut RawFiberState);
     fn awaitlet_finish_fiber(state: *mut RawFiberState);
     fn awaitlet_fiber_top_frame(state: *mut RawFiberState) -> *mut ffi::PyObject;
     fn awaitlet_fiber_context(state: *mut RawFiberState) -> *mut ffi::PyObject;
@@ -111,12 +112,24 @@ impl FiberPyState {
     /// calling it again swaps them back.
     ///
     /// # Safety
-    /// GIL held, on the fiber's stack while it runs; the two calls are paired with no switch
-    /// between them.
+    /// GIL held, while the fiber runs; the two calls are paired with no switch between them.
     #[inline]
     pub unsafe fn swap_resumer_context(&self) {
         // SAFETY: guaranteed by the caller.
         unsafe { awaitlet_swap_resumer_context(self.raw.as_ptr()) }
+    }
+
+    /// Swaps the limits of the machine stack in use that CPython checks between the running
+    /// fiber and its resumer; calling it again swaps them back.
+    ///
+    /// # Safety
+    /// GIL held, while the fiber runs, right after moving onto the resumer's machine stack
+    /// (below where it waits for the fiber) and right before leaving it; the two calls are
+    /// paired with no switch between them.
+    #[inline]
+    pub unsafe fn swap_resumer_stack_limits(&self) {
+        // SAFETY: guaranteed by the caller.
+        unsafe { awaitlet_swap_resumer_stack_limits(self.raw.as_ptr()) }
     }
 
     /// Releases what the finished fiber's interpreter state owns and reinstalls the
@@ -318,6 +331,8 @@ pub fn switch_hooks_set(_py: Python<'_>) -> bool {
 /// # Safety
 /// GIL held, on the running fiber's stack, before [`FiberPyState::leave`]; `callable` is null
 /// or a valid object.
+#[cold]
+#[inline(never)]
 pub unsafe fn report_suspend(py: Python<'_>, callable: *mut ffi::PyObject) {
     // SAFETY: guaranteed by the caller.
     if unsafe { awaitlet_report_suspend(callable) } < 0 {

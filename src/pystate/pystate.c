@@ -572,9 +572,9 @@ awaitlet_finish_fiber(awaitlet_fiber_state *s)
 }
 
 /* Swaps the running fiber's current context and handled-exception state with those of its
- * resumer (saved in s->parent): code run on the fiber's stack between two calls behaves,
- * for contextvars and sys.exc_info(), as if the resumer ran it.  Used to run an awaitable's
- * first step without switching stacks. */
+ * resumer (saved in s->parent): code run between two calls behaves, for contextvars and
+ * sys.exc_info(), as if the resumer ran it.  Used to run an awaitable's first step without
+ * a switch. */
 void
 awaitlet_swap_resumer_context(awaitlet_fiber_state *s)
 {
@@ -586,6 +586,37 @@ awaitlet_swap_resumer_context(awaitlet_fiber_state *s)
     ts->exc_info = s->parent.exc_info;
     s->parent.exc_info = exc_info;
     ts->context_ver++;
+}
+
+/* Swaps the limits of the machine stack in use that CPython checks (the C recursion budget
+ * on 3.12 and 3.13, the stack bounds on 3.14+; nothing before) between the running fiber and
+ * its resumer (saved in s->parent): for code run between two calls on the resumer's machine
+ * stack, below where it waits for the fiber. */
+void
+awaitlet_swap_resumer_stack_limits(awaitlet_fiber_state *s)
+{
+#if AWAITLET_PY312 && !AWAITLET_PY314
+    PyThreadState *ts = current_tstate();
+    int c_recursion_remaining = ts->c_recursion_remaining;
+    ts->c_recursion_remaining = s->parent.c_recursion_remaining;
+    s->parent.c_recursion_remaining = c_recursion_remaining;
+#elif AWAITLET_PY314
+    _PyThreadStateImpl *impl = tstate_impl(current_tstate());
+#  define AWAITLET_SWAP_FIELD(field)                                                   \
+    do {                                                                               \
+        uintptr_t value = impl->field;                                                 \
+        impl->field = s->parent.field;                                                 \
+        s->parent.field = value;                                                       \
+    } while (0)
+    AWAITLET_SWAP_FIELD(c_stack_top);
+    AWAITLET_SWAP_FIELD(c_stack_soft_limit);
+    AWAITLET_SWAP_FIELD(c_stack_hard_limit);
+    AWAITLET_SWAP_FIELD(c_stack_init_base);
+    AWAITLET_SWAP_FIELD(c_stack_init_top);
+#  undef AWAITLET_SWAP_FIELD
+#else
+    (void)s;
+#endif
 }
 
 /* Returns a new reference to the frame object of a suspended fiber's innermost frame, or

@@ -175,6 +175,44 @@ def recursion_error_survivable(name):
     asyncio.run(recursion_errors_are_survivable([name]))
 
 
+async def recursion_in_a_first_step(recursion):
+    return raises_recursion_error(recursion)
+
+
+async def recursion_in_a_first_step_then_yield(recursion):
+    raised = raises_recursion_error(recursion)
+    await asyncio.sleep(0)
+    return raised
+
+
+def first_steps_survive(recursion_names):
+    """Recursion in the first step of awaitables, which runs before any switch on the stack
+    of the task that resumed the fiber, with that stack's limits."""
+    outcomes = {}
+    for name in recursion_names:
+        recursion = RECURSIONS[name]
+        outcomes[f"{name} in a first step"] = awaitlet(recursion_in_a_first_step(recursion))
+        outcomes[f"{name} in a first step that yields"] = awaitlet(
+            recursion_in_a_first_step_then_yield(recursion)
+        )
+        outcomes[f"{name} then recursion to 500"] = recurse_to(500) == 500
+    return outcomes
+
+
+def recursion_error_in_first_steps():
+    async def main():
+        check_outcomes(await async_def(first_steps_survive, list(RECURSIONS)))
+        results = await asyncio.gather(
+            *(async_def(first_steps_survive, list(RECURSIONS)) for _ in range(3))
+        )
+        for outcomes in results:
+            check_outcomes(outcomes)
+        assert raises_recursion_error(recurse_forever), "task side lost its recursion limit"
+        assert recurse_to(500) == 500
+
+    asyncio.run(main())
+
+
 async def awaitlet_near_the_limit(descend):
     levels = deepest_successful_descent(descend) - 100
     assert levels >= 300, levels
@@ -296,6 +334,7 @@ SCENARIOS = {
         f"recursion_error_{name}": functools.partial(recursion_error_survivable, name)
         for name in RECURSIONS
     },
+    "recursion_error_in_first_steps": recursion_error_in_first_steps,
     "awaitlet_at_depth_pure_python": awaitlet_at_depth_pure_python,
     "awaitlet_at_depth_through_c_calls": awaitlet_at_depth_through_c_calls,
     "raised_limit_pure_python": raised_limit_pure_python,
