@@ -22,7 +22,8 @@ def _green_sleep(secs: float, /) -> None:
     Anywhere else it is :func:`time.sleep`.  The argument is checked as the standard
     function checks it (:class:`TypeError`, :class:`ValueError` for a negative or NaN value).
     """
-    if green_loop() is None:
+    loop = green_loop()
+    if loop is None:
         return _std.sleep(secs)
     value = cast(object, secs)
     if not isinstance(value, (int, float)):
@@ -31,7 +32,7 @@ def _green_sleep(secs: float, /) -> None:
         raise ValueError("Invalid value NaN (not a number)")
     if value < 0:
         raise ValueError("sleep length must be non-negative")
-    sleep_on_loop(float(value))
+    sleep_on_loop(loop, float(value))
     return None
 
 
