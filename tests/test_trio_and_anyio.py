@@ -891,3 +891,41 @@ def test_trio_cancelled_condition_wait_takes_the_lock_back():
     trio.run(main)
     assert seen == [("cancelled, lock owned", True)]
     assert not condition._lock.locked()
+
+
+def test_trio_guest_mode_green_calls_wait_on_the_task_that_runs_them():
+    """Trio in guest mode on an asyncio loop: Trio's fibers wait on Trio, asyncio's on asyncio."""
+    import asyncio
+
+    def sleep_and_read(sock):
+        green_time.sleep(0.02)
+        return sock.recv(10)
+
+    async def trio_main():
+        left, right = green_socket.socketpair()
+        with left, right:
+            async with trio.open_nursery() as nursery:
+
+                async def send_later():
+                    await trio.sleep(0.05)
+                    right.send(b"guest")
+
+                nursery.start_soon(send_later)
+                return await async_def(sleep_and_read, left)
+
+    async def asyncio_main():
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        trio.lowlevel.start_guest_run(
+            trio_main,
+            run_sync_soon_threadsafe=loop.call_soon_threadsafe,
+            done_callback=done.set_result,
+            host_uses_signal_set_wakeup_fd=True,
+        )
+        left, right = green_socket.socketpair()
+        with left, right:
+            loop.call_later(0.05, right.send, b"host")
+            host = await async_def(sleep_and_read, left)
+        return (await done).unwrap(), host
+
+    assert asyncio.run(asyncio_main()) == (b"guest", b"host")
