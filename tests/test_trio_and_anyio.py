@@ -767,7 +767,7 @@ def test_anyio_cancellation_reaches_a_pending_green_recv(backend):
     assert seen == ["cancelled in recv"]
 
 
-def test_trio_green_lock_event_condition_and_rlock():
+def test_trio_green_threading_primitives():
     lock = green_threading.Lock()
     holders = 0
     most = 0
@@ -811,6 +811,31 @@ def test_trio_green_lock_event_condition_and_rlock():
             rlock.release()
         return rlock.acquire(timeout=0.05)
 
+    semaphore = green_threading.BoundedSemaphore(3)
+    inside = 0
+    most_inside = 0
+
+    def limited():
+        nonlocal inside, most_inside
+        with semaphore:
+            inside += 1
+            most_inside = max(most_inside, inside)
+            green_time.sleep(0.01)
+            inside -= 1
+
+    barrier = green_threading.Barrier(4, timeout=5)
+    with fresh_green_imports("queue"):
+        with patch_blocking():
+            import queue
+    channel = queue.Queue(maxsize=2)
+
+    def put_all():
+        for item in range(6):
+            channel.put(item)  # suspends while the queue is full
+
+    def get_all():
+        return [channel.get(timeout=5) for _ in range(6)]
+
     async def main():
         out = {}
         async with Ticker() as ticker:
@@ -847,6 +872,25 @@ def test_trio_green_lock_event_condition_and_rlock():
                 await trio.sleep(0.01)
                 out["other acquired"] = await async_def(other)
                 release.set()
+
+            async with trio.open_nursery() as nursery:
+                for _ in range(8):
+                    nursery.start_soon(async_def, limited)
+            out["most inside"] = most_inside
+
+            passed = []
+
+            async def pass_barrier():
+                passed.append(await async_def(barrier.wait))
+
+            async with trio.open_nursery() as nursery:
+                for _ in range(4):
+                    nursery.start_soon(pass_barrier)
+            out["barrier"] = sorted(passed)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(async_def, put_all)
+                out["queue"] = await async_def(get_all)
         out["worst"] = ticker.worst
         return out
 
@@ -856,6 +900,9 @@ def test_trio_green_lock_event_condition_and_rlock():
     assert out["event timeout"] is False
     assert out["consumed"] == list(range(5))
     assert out["other acquired"] is False
+    assert out["most inside"] == 3
+    assert out["barrier"] == [0, 1, 2, 3]
+    assert out["queue"] == list(range(6))
     assert not lock.locked() and not rlock.locked()
     assert out["worst"] < MAX_LATENESS, out["worst"]
 

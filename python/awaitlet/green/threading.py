@@ -8,8 +8,8 @@ the condition notified, by a fiber or by any other thread; made anywhere else, i
 the standard one does.  Non-blocking calls and timeouts behave as in the standard library.
 
 On a fiber, the "thread" that owns an ``RLock`` (and so may acquire it again, and must be the
-one to release it) is the asyncio task running the fiber: two tasks are two owners even
-though they share one OS thread.  ``Thread``, ``local``, ``get_ident`` and ``current_thread``
+one to release it) is the asyncio or Trio task running the fiber: two tasks are two owners
+even though they share one OS thread.  ``Thread``, ``local``, ``get_ident`` and ``current_thread``
 are the standard ones: threads stay OS threads.
 """
 
@@ -235,7 +235,7 @@ def _owner() -> object:
 
 
 class _RLock(_LockBase):
-    """A reentrant lock, as :class:`threading.RLock`; on a fiber its owner is the asyncio task."""
+    """A reentrant lock, as :class:`threading.RLock`; on a fiber its owner is the task."""
 
     __slots__ = ("_block", "_count", "_owner")
 

@@ -1,7 +1,8 @@
 """Green :mod:`time`: ``sleep`` suspends the fiber on the event loop instead of blocking it.
 
 Everything the standard :mod:`time` module has is here under the same name; only
-:func:`sleep` differs, and only on a fiber with an event loop running in this thread.
+:func:`sleep` differs, and only on a fiber with an event loop running in this thread, where
+it is ``asyncio.sleep`` (``trio.sleep`` under Trio).
 """
 
 from __future__ import annotations
