@@ -40,12 +40,16 @@ class _FdWatch:
 # (descriptor -> watch for reading, descriptor -> watch for writing), per Trio run.
 _Tables = tuple[dict[int, _FdWatch], dict[int, _FdWatch]]
 _tables_var: Any = None
+# Runs in two threads may make it at once: only one RunVar may hold their tables.
+_tables_var_lock = _thread.allocate_lock()
 
 
 def _tables() -> _Tables:
     global _tables_var
     if _tables_var is None:
-        _tables_var = _trio().lowlevel.RunVar("awaitlet.green descriptor waits")
+        with _tables_var_lock:
+            if _tables_var is None:
+                _tables_var = _trio().lowlevel.RunVar("awaitlet.green descriptor waits")
     tables: _Tables | None = _tables_var.get(None)
     if tables is None:
         tables = ({}, {})
