@@ -170,3 +170,26 @@ def serve_http() -> Iterator[str]:
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+# A self-signed certificate for localhost and 127.0.0.1, valid until 2126, with its key.
+CERTIFICATE = """\
+-----BEGIN CERTIFICATE-----
+MIIBnDCCAUGgAwIBAgIURX/35OJ6uDhfZpIbfHnP1cJs5NwwCgYIKoZIzj0EAwIw
+FDESMBAGA1UEAwwJbG9jYWxob3N0MCAXDTI2MTEzMDAzMDgyM1oYDzIxMjYxMTA2
+MDMwODIzWjAUMRIwEAYDVQQDDAlsb2NhbGhvc3QwWTATBgcqhkjOPQIBBggqhkjO
+PQMBBwNCAATgFIrOr9ZHeODG0/kA5jZq0uvzrKSETluYBj3P49ycHdVl9QlqcYYL
+5E48muRT0vHG+j6FhfwD6F9ThgWXcTgAo28wbTAdBgNVHQ4EFgQU0AsFffw9Dp8r
+m2grkM1YiaDqZhowHwYDVR0jBBgwFoAU0AsFffw9Dp8rm2grkM1YiaDqZhowDwYD
+VR0TAQH/BAUwAwEB/zAaBgNVHREEEzARgglsb2NhbGhvc3SHBH8AAAEwCgYIKoZI
+zj0EAwIDSQAwRgIhAPgpvuZnNjyuMf6Gv1c08LfQjF7LgDVXwJHqMJ6C4WP1AiEA
+rS4Hmy9gJOGCJpsOaoqC+6SPnhrw1a7Suny9jvF8dWw=
+-----END CERTIFICATE-----
+"""
+PRIVATE_KEY = """\
+-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgdMZxCCzolOs46IQm
+ZwAcFiRCZ+m8b4u4ZCgn9R2IZHGhRANCAATgFIrOr9ZHeODG0/kA5jZq0uvzrKSE
+TluYBj3P49ycHdVl9QlqcYYL5E48muRT0vHG+j6FhfwD6F9ThgWXcTgA
+-----END PRIVATE KEY-----
+"""

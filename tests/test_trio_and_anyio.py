@@ -16,7 +16,7 @@ import time
 import traceback
 
 import pytest
-from _support import SLOW_HTTP_DELAY, fresh_green_imports, serve_http
+from _support import CERTIFICATE, PRIVATE_KEY, SLOW_HTTP_DELAY, fresh_green_imports, serve_http
 from awaitlet import async_def, awaitlet
 from awaitlet.decorators import AwaitInEventLoopError, async_, await_
 from awaitlet.green import patch_blocking
@@ -551,6 +551,70 @@ def test_trio_green_socket_echo_large_transfer_and_timeout():
     assert worst < MAX_LATENESS, worst
 
 
+def test_trio_green_tls_handshake_echo_and_timeout(tmp_path):
+    from awaitlet.green import ssl as green_ssl
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_text(CERTIFICATE)
+    key.write_text(PRIVATE_KEY)
+    server_context = green_ssl.SSLContext(green_ssl.PROTOCOL_TLS_SERVER)
+    server_context.load_cert_chain(str(cert), str(key))
+    clients = 8
+
+    def serve(server):
+        for _ in range(clients):
+            connection, _ = server.accept()
+            with connection:
+                connection.sendall(connection.recv(100).upper())
+        # One more client, which the server keeps waiting for its answer.
+        connection, _ = server.accept()
+        with connection:
+            connection.recv(100)
+            green_time.sleep(0.5)
+
+    def client(port, index):
+        context = green_ssl.create_default_context(cafile=str(cert))
+        raw = green_socket.create_connection(("127.0.0.1", port), timeout=10)
+        with context.wrap_socket(raw, server_hostname="localhost") as tls:
+            tls.sendall(f"client {index}".encode())
+            return tls.recv(100)
+
+    def impatient_client(port):
+        context = green_ssl.create_default_context(cafile=str(cert))
+        raw = green_socket.create_connection(("127.0.0.1", port), timeout=10)
+        with context.wrap_socket(raw, server_hostname="localhost") as tls:
+            tls.settimeout(0.1)
+            tls.sendall(b"anyone?")
+            with pytest.raises(TimeoutError) as caught:
+                tls.recv(100)
+            return str(caught.value)
+
+    async def main():
+        results = {}
+
+        async def one(index):
+            results[index] = await async_def(client, port, index)
+
+        with green_socket.create_server(("127.0.0.1", 0)) as plain:
+            port = plain.getsockname()[1]
+            with server_context.wrap_socket(plain, server_side=True) as server:
+                async with Ticker() as ticker:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(async_def, serve, server)
+                        async with trio.open_nursery() as client_nursery:
+                            for index in range(clients):
+                                client_nursery.start_soon(one, index)
+                        results["timeout"] = await async_def(impatient_client, port)
+        return results, ticker.worst
+
+    results, worst = trio.run(main)
+    assert results == {
+        **{index: f"CLIENT {index}".encode() for index in range(clients)},
+        "timeout": "The read operation timed out",
+    }
+    assert worst < MAX_LATENESS, worst
+
+
 def test_trio_green_select_poll_and_selectors_with_timeouts():
     def wait_each_way(left, other):
         start = time.perf_counter()
@@ -976,3 +1040,62 @@ def test_trio_guest_mode_green_calls_wait_on_the_task_that_runs_them():
         return (await done).unwrap(), host
 
     assert asyncio.run(asyncio_main()) == (b"guest", b"host")
+
+
+@pytest.fixture(scope="module")
+def postgres_server():
+    import _postgres
+
+    server = _postgres.start_postgres()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.mark.postgresql
+def test_trio_pg8000_queries_from_many_fibers_at_once(postgres_server):
+    """A sync PostgreSQL driver, unchanged, on 20 fibers of one Trio run."""
+    with fresh_green_imports("pg8000"):
+        with patch_blocking():
+            import pg8000.native
+    connections = 20
+    delay = 0.05
+
+    def connect():
+        return pg8000.native.Connection(
+            postgres_server.user,
+            host="127.0.0.1",
+            port=postgres_server.port,
+            database=postgres_server.database,
+            timeout=10,
+        )
+
+    def sleep_in_the_database(connection, index):
+        rows = connection.run("SELECT pg_sleep(:delay), :index::int", delay=delay, index=index)
+        return int(rows[0][1])
+
+    async def main():
+        opened = [await async_def(connect) for _ in range(connections)]
+        results = {}
+
+        async def one(index):
+            results[index] = await async_def(sleep_in_the_database, opened[index], index)
+
+        try:
+            async with Ticker() as ticker:
+                start = time.perf_counter()
+                async with trio.open_nursery() as nursery:
+                    for index in range(connections):
+                        nursery.start_soon(one, index)
+                elapsed = time.perf_counter() - start
+        finally:
+            for connection in opened:
+                await async_def(connection.close)
+        return results, elapsed, ticker.worst
+
+    results, elapsed, worst = trio.run(main)
+    assert results == {index: index for index in range(connections)}
+    # One after the other: connections * delay = 1 s.
+    assert delay <= elapsed < 0.4, elapsed
+    assert worst < MAX_LATENESS, worst
