@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import os
 import pathlib
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import awaitlet
 
@@ -89,3 +95,101 @@ def resident_memory_bytes() -> int | None:
     except (OSError, IndexError, ValueError):
         return None
     return resident_pages * os.sysconf("SC_PAGE_SIZE")
+
+
+# -- awaitlet.green: fresh imports, an HTTP server ---------------------------------------
+
+#: How long serve_http()'s server takes to answer a path that starts with /slow.
+SLOW_HTTP_DELAY = 0.05
+
+
+@contextlib.contextmanager
+def fresh_green_imports(*packages: str) -> Iterator[None]:
+    """Let ``patch_blocking()`` import ``packages`` anew, then put back what was there.
+
+    A module already imported is not imported again by ``import``: these tests want the
+    green flavour of modules the test process may already hold.
+    """
+
+    def ours(name: str) -> bool:
+        return any(name == package or name.startswith(package + ".") for package in packages)
+
+    saved = {name: module for name, module in sys.modules.items() if ours(name)}
+    for name in saved:
+        del sys.modules[name]
+    try:
+        yield
+    finally:
+        for name in [name for name in sys.modules if ours(name)]:
+            del sys.modules[name]
+        sys.modules.update(saved)
+        # A fresh import of a submodule rebinds it on its package: point that back too.
+        for name, module in saved.items():
+            package_name, _, attribute = name.rpartition(".")
+            if package_name in sys.modules:
+                setattr(sys.modules[package_name], attribute, module)
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+        if self.path.startswith("/slow"):
+            time.sleep(SLOW_HTTP_DELAY)
+        body = f"you asked for {self.path}".encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    # Many clients connect at once: the default backlog of 5 would make some of them retry
+    # their SYN a second later.
+    request_queue_size = 256
+    daemon_threads = True
+
+
+@contextlib.contextmanager
+def serve_http() -> Iterator[str]:
+    """A threaded HTTP server on loopback, independent of the loops under test: "host:port".
+
+    ``GET /path`` gets ``you asked for /path``, after SLOW_HTTP_DELAY if the path starts
+    with /slow.
+    """
+    server = _Server(("127.0.0.1", 0), _Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+# A self-signed certificate for localhost and 127.0.0.1, valid until 2126, with its key.
+CERTIFICATE = """\
+-----BEGIN CERTIFICATE-----
+MIIBnDCCAUGgAwIBAgIURX/35OJ6uDhfZpIbfHnP1cJs5NwwCgYIKoZIzj0EAwIw
+FDESMBAGA1UEAwwJbG9jYWxob3N0MCAXDTI2MTEzMDAzMDgyM1oYDzIxMjYxMTA2
+MDMwODIzWjAUMRIwEAYDVQQDDAlsb2NhbGhvc3QwWTATBgcqhkjOPQIBBggqhkjO
+PQMBBwNCAATgFIrOr9ZHeODG0/kA5jZq0uvzrKSETluYBj3P49ycHdVl9QlqcYYL
+5E48muRT0vHG+j6FhfwD6F9ThgWXcTgAo28wbTAdBgNVHQ4EFgQU0AsFffw9Dp8r
+m2grkM1YiaDqZhowHwYDVR0jBBgwFoAU0AsFffw9Dp8rm2grkM1YiaDqZhowDwYD
+VR0TAQH/BAUwAwEB/zAaBgNVHREEEzARgglsb2NhbGhvc3SHBH8AAAEwCgYIKoZI
+zj0EAwIDSQAwRgIhAPgpvuZnNjyuMf6Gv1c08LfQjF7LgDVXwJHqMJ6C4WP1AiEA
+rS4Hmy9gJOGCJpsOaoqC+6SPnhrw1a7Suny9jvF8dWw=
+-----END CERTIFICATE-----
+"""
+PRIVATE_KEY = """\
+-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgdMZxCCzolOs46IQm
+ZwAcFiRCZ+m8b4u4ZCgn9R2IZHGhRANCAATgFIrOr9ZHeODG0/kA5jZq0uvzrKSE
+TluYBj3P49ycHdVl9QlqcYYL5E48muRT0vHG+j6FhfwD6F9ThgWXcTgA
+-----END PRIVATE KEY-----
+"""

@@ -10,9 +10,7 @@ used outside a loop (or outside a fiber) behave like the standard library.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
-import http.server
 import os
 import socket as std_socket
 import sys
@@ -23,6 +21,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from _support import CERTIFICATE, PRIVATE_KEY, SLOW_HTTP_DELAY, fresh_green_imports, serve_http
 from awaitlet import async_def, awaitlet
 from awaitlet.green import patch_blocking
 from awaitlet.green import select as green_select
@@ -33,7 +32,7 @@ from awaitlet.green import time as green_time
 
 #: How long the test HTTP server takes to answer /slow.  A request that blocked the loop
 #: would make the ticker at least this late.
-DELAY = 0.05
+DELAY = SLOW_HTTP_DELAY
 TICK = 0.005
 #: The most a ticker wake-up may be late while green calls wait: well under DELAY.
 MAX_LATENESS = 0.03
@@ -102,69 +101,11 @@ def _loop_factories() -> list[Any]:
 LOOPS = _loop_factories()
 
 
-@contextlib.contextmanager
-def fresh_green_imports(*packages: str) -> Iterator[None]:
-    """Let ``patch_blocking()`` import ``packages`` anew, then put back what was there.
-
-    A module already imported is not imported again by ``import``: these tests want the
-    green flavour of modules the test process may already hold.
-    """
-
-    def ours(name: str) -> bool:
-        return any(name == package or name.startswith(package + ".") for package in packages)
-
-    saved = {name: module for name, module in sys.modules.items() if ours(name)}
-    for name in saved:
-        del sys.modules[name]
-    try:
-        yield
-    finally:
-        for name in [name for name in sys.modules if ours(name)]:
-            del sys.modules[name]
-        sys.modules.update(saved)
-        # A fresh import of a submodule rebinds it on its package: point that back too.
-        for name, module in saved.items():
-            package_name, _, attribute = name.rpartition(".")
-            if package_name in sys.modules:
-                setattr(sys.modules[package_name], attribute, module)
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
-        if self.path.startswith("/slow"):
-            std_time.sleep(DELAY)
-        body = f"you asked for {self.path}".encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-class _Server(http.server.ThreadingHTTPServer):
-    # Many clients connect at once: the default backlog of 5 would make some of them retry
-    # their SYN a second later.
-    request_queue_size = 256
-    daemon_threads = True
-
-
 @pytest.fixture(scope="module")
 def http_server() -> Iterator[str]:
     """A threaded HTTP server on loopback, independent of the loops under test."""
-    server = _Server(("127.0.0.1", 0), _Handler)
-    thread = std_threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with serve_http() as address:
+        yield address
 
 
 @pytest.fixture(scope="module")
@@ -619,28 +560,6 @@ def test_two_fibers_waiting_on_one_socket_are_both_woken() -> None:
 
 
 # -- ssl ---------------------------------------------------------------------------------
-
-# A self-signed certificate for localhost and 127.0.0.1, valid until 2126, with its key.
-CERTIFICATE = """\
------BEGIN CERTIFICATE-----
-MIIBnDCCAUGgAwIBAgIURX/35OJ6uDhfZpIbfHnP1cJs5NwwCgYIKoZIzj0EAwIw
-FDESMBAGA1UEAwwJbG9jYWxob3N0MCAXDTI2MTEzMDAzMDgyM1oYDzIxMjYxMTA2
-MDMwODIzWjAUMRIwEAYDVQQDDAlsb2NhbGhvc3QwWTATBgcqhkjOPQIBBggqhkjO
-PQMBBwNCAATgFIrOr9ZHeODG0/kA5jZq0uvzrKSETluYBj3P49ycHdVl9QlqcYYL
-5E48muRT0vHG+j6FhfwD6F9ThgWXcTgAo28wbTAdBgNVHQ4EFgQU0AsFffw9Dp8r
-m2grkM1YiaDqZhowHwYDVR0jBBgwFoAU0AsFffw9Dp8rm2grkM1YiaDqZhowDwYD
-VR0TAQH/BAUwAwEB/zAaBgNVHREEEzARgglsb2NhbGhvc3SHBH8AAAEwCgYIKoZI
-zj0EAwIDSQAwRgIhAPgpvuZnNjyuMf6Gv1c08LfQjF7LgDVXwJHqMJ6C4WP1AiEA
-rS4Hmy9gJOGCJpsOaoqC+6SPnhrw1a7Suny9jvF8dWw=
------END CERTIFICATE-----
-"""
-PRIVATE_KEY = """\
------BEGIN PRIVATE KEY-----
-MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgdMZxCCzolOs46IQm
-ZwAcFiRCZ+m8b4u4ZCgn9R2IZHGhRANCAATgFIrOr9ZHeODG0/kA5jZq0uvzrKSE
-TluYBj3P49ycHdVl9QlqcYYL5E48muRT0vHG+j6FhfwD6F9ThgWXcTgA
------END PRIVATE KEY-----
-"""
 
 
 @pytest.fixture(scope="module")

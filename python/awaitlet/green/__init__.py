@@ -4,9 +4,10 @@
 :mod:`~awaitlet.green.selectors`, :mod:`~awaitlet.green.threading` and
 :mod:`~awaitlet.green.time` have the public names of the standard modules they are named
 after.  Their blocking calls check where they run: below :func:`awaitlet.async_def`, with an
-event loop running in this thread, they suspend the fiber while the loop waits (for a socket
-to become readable or writable, for a timer, for a lock's release); anywhere else they are
-the standard blocking calls.
+event loop running in this thread (an asyncio loop, or a Trio run: the library of the task
+that runs the fiber), they suspend the fiber while the loop waits (for a socket to become
+readable or writable, for a timer, for a lock's release); anywhere else they are the
+standard blocking calls.
 
 :func:`patch_blocking` makes code imported inside it see these modules in place of the
 standard ones, so that an unmodified synchronous library (an HTTP client, a database

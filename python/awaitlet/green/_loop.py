@@ -6,30 +6,43 @@ Private to :mod:`awaitlet.green`; the names here are public only to its modules.
 from __future__ import annotations
 
 import asyncio
+import sys
 import types
 import weakref
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TypeAlias
 
 from .. import awaitlet
 from .._awaitlet import in_async_def
+from ._trio import TRIO_RUN, TrioRun, trio_task_running
 
 #: Directions a socket call waits for.
 READ = 0
 WRITE = 1
 
 
-def green_loop() -> asyncio.AbstractEventLoop | None:
+#: What :func:`green_loop` gives: an asyncio loop, or the running Trio run.
+GreenLoop: TypeAlias = asyncio.AbstractEventLoop | TrioRun
+
+
+def green_loop() -> GreenLoop | None:
     """The loop to wait on, or ``None`` when a blocking call here must simply block.
 
     Waiting on the loop needs both a fiber to suspend (``in_async_def()``) and a loop running
-    in this thread to do the waiting.
+    in this thread to do the waiting: an asyncio loop, or a Trio run (:data:`TRIO_RUN`).
     """
     if not in_async_def():
         return None
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
+    loop = _get_running_loop()
+    # Once Trio is imported, a fiber that no asyncio task runs may be a Trio task's, even
+    # with an asyncio loop running (Trio in guest mode steps in the loop's callbacks).
+    if (
+        _TRIO_MODULE in _modules
+        and (loop is None or _current_task(loop) is None)
+        and trio_task_running()
+    ):
+        return TRIO_RUN
+    if loop is None:
         return None
     if _PROACTOR is not None and isinstance(loop, _PROACTOR):
         return None  # it cannot watch descriptors (no add_reader): the standard call blocks
@@ -38,6 +51,11 @@ def green_loop() -> asyncio.AbstractEventLoop | None:
 
 # Windows' default loop, which has no add_reader/add_writer.
 _PROACTOR: type[asyncio.AbstractEventLoop] | None = getattr(asyncio, "ProactorEventLoop", None)
+# No RuntimeError to raise and catch when no loop runs.
+_get_running_loop = asyncio.events._get_running_loop
+_current_task = asyncio.current_task
+_modules = sys.modules
+_TRIO_MODULE = "trio.lowlevel"
 
 
 class _FdWaiters:
@@ -72,7 +90,7 @@ def _set_result_once(future: asyncio.Future[bool], value: bool) -> None:
 
 
 def wait_fds(
-    loop: asyncio.AbstractEventLoop,
+    loop: GreenLoop,
     readable: Iterable[int],
     writable: Iterable[int],
     timeout: float | None,
@@ -82,6 +100,8 @@ def wait_fds(
     Returns true when woken by a descriptor, false on timeout.  Readiness is only a hint: the
     caller retries its non-blocking call and waits again if it still would block.
     """
+    if type(loop) is TrioRun:
+        return loop.wait_fds(readable, writable, timeout)
     readers, writers = _registrations.setdefault(loop, ({}, {}))
     future: asyncio.Future[bool] = loop.create_future()
     entries: list[tuple[dict[int, _FdWaiters], int, _FdWaiters]] = []
@@ -118,9 +138,12 @@ def wait_fds(
                         loop.remove_writer(fd)
 
 
-def sleep_on_loop(seconds: float) -> None:
+def sleep_on_loop(loop: GreenLoop, seconds: float) -> None:
     """Suspend the fiber for ``seconds`` while the loop runs other tasks."""
-    awaitlet(asyncio.sleep(seconds))
+    if type(loop) is TrioRun:
+        loop.sleep(seconds)
+    else:
+        awaitlet(asyncio.sleep(seconds))
 
 
 def rebind_functions(

@@ -8,8 +8,8 @@ the condition notified, by a fiber or by any other thread; made anywhere else, i
 the standard one does.  Non-blocking calls and timeouts behave as in the standard library.
 
 On a fiber, the "thread" that owns an ``RLock`` (and so may acquire it again, and must be the
-one to release it) is the asyncio task running the fiber: two tasks are two owners even
-though they share one OS thread.  ``Thread``, ``local``, ``get_ident`` and ``current_thread``
+one to release it) is the asyncio or Trio task running the fiber: two tasks are two owners
+even though they share one OS thread.  ``Thread``, ``local``, ``get_ident`` and ``current_thread``
 are the standard ones: threads stay OS threads.
 """
 
@@ -27,7 +27,8 @@ from types import TracebackType
 from typing import Any
 
 from .. import awaitlet
-from ._loop import copy_standard_names, green_loop
+from ._loop import GreenLoop, copy_standard_names, green_loop
+from ._trio import TrioRun, TrioWaiter
 
 
 def _set_result_once(future: asyncio.Future[bool], value: bool) -> None:
@@ -89,9 +90,15 @@ class _ThreadWaiter:
         return self.lock.acquire(True, -1 if timeout is None else timeout)
 
 
-def _new_waiter() -> _FiberWaiter | _ThreadWaiter:
+def _fiber_waiter(loop: GreenLoop) -> _FiberWaiter | TrioWaiter:
+    if type(loop) is TrioRun:
+        return loop.new_waiter()
+    return _FiberWaiter(loop)
+
+
+def _new_waiter() -> _FiberWaiter | TrioWaiter | _ThreadWaiter:
     loop = green_loop()
-    return _ThreadWaiter() if loop is None else _FiberWaiter(loop)
+    return _ThreadWaiter() if loop is None else _fiber_waiter(loop)
 
 
 def _checked_timeout(blocking: bool, timeout: float) -> float | None:
@@ -139,7 +146,7 @@ class _Lock(_LockBase):
 
     def __init__(self) -> None:
         self._lock = _thread.allocate_lock()
-        self._fiber_waiters: collections.deque[_FiberWaiter] = collections.deque()
+        self._fiber_waiters: collections.deque[_FiberWaiter | TrioWaiter] = collections.deque()
 
     def __repr__(self) -> str:
         state = "locked" if self._lock.locked() else "unlocked"
@@ -157,7 +164,7 @@ class _Lock(_LockBase):
             return self._lock.acquire(True, -1 if seconds is None else seconds)
         deadline = None if seconds is None else _time.monotonic() + seconds
         while True:
-            waiter = _FiberWaiter(loop)
+            waiter = _fiber_waiter(loop)
             # Queued before the second try, so that a release in between wakes it.
             self._fiber_waiters.append(waiter)
             if self._lock.acquire(False):
@@ -177,7 +184,7 @@ class _Lock(_LockBase):
             if not woken:
                 return False
 
-    def _forget(self, waiter: _FiberWaiter) -> bool:
+    def _forget(self, waiter: _FiberWaiter | TrioWaiter) -> bool:
         """Take ``waiter`` off the queue; False if a release had already taken it (and woken it)."""
         try:
             self._fiber_waiters.remove(waiter)
@@ -185,7 +192,7 @@ class _Lock(_LockBase):
             return False
         return True
 
-    def _leave(self, waiter: _FiberWaiter) -> None:
+    def _leave(self, waiter: _FiberWaiter | TrioWaiter) -> None:
         """A waiter gives up: if a release had chosen it, the wake-up goes to the next one."""
         if not self._forget(waiter):
             self._wake_one()
@@ -216,16 +223,19 @@ class _Lock(_LockBase):
 
 
 def _owner() -> object:
-    """Who owns an RLock acquired here: the asyncio task on a fiber, else the OS thread."""
-    if green_loop() is not None:
-        task = asyncio.current_task()
+    """Who owns an RLock acquired here: the asyncio or Trio task on a fiber, else the OS thread."""
+    loop = green_loop()
+    if type(loop) is TrioRun:
+        return loop.current_task()
+    if loop is not None:
+        task = asyncio.current_task(loop)
         if task is not None:
             return task
     return _thread.get_ident()
 
 
 class _RLock(_LockBase):
-    """A reentrant lock, as :class:`threading.RLock`; on a fiber its owner is the asyncio task."""
+    """A reentrant lock, as :class:`threading.RLock`; on a fiber its owner is the task."""
 
     __slots__ = ("_block", "_count", "_owner")
 
@@ -304,7 +314,9 @@ class _Condition:
         for name in ("_release_save", "_acquire_restore", "_is_owned"):
             if hasattr(lock, name):
                 setattr(self, name, getattr(lock, name))
-        self._waiters: collections.deque[_FiberWaiter | _ThreadWaiter] = collections.deque()
+        self._waiters: collections.deque[_FiberWaiter | TrioWaiter | _ThreadWaiter] = (
+            collections.deque()
+        )
 
     def __repr__(self) -> str:
         return f"<Condition({self._lock!r}, {len(self._waiters)})>"
@@ -330,6 +342,13 @@ class _Condition:
 
     def _reacquire(self, state: Any) -> None:
         """Take the lock back after a wait, even through a cancellation (raised afterwards)."""
+        loop = green_loop()
+        if type(loop) is TrioRun:
+            # A Trio cancellation stays raised at every wait until its scope exits: shielded,
+            # the lock is waited for; the cancellation comes at the next checkpoint.
+            with loop.shielded():
+                self._acquire_restore(state)
+            return
         interrupted: BaseException | None = None
         while True:
             try:
@@ -340,7 +359,7 @@ class _Condition:
         if interrupted is not None:
             raise interrupted
 
-    def _forget(self, waiter: _FiberWaiter | _ThreadWaiter) -> bool:
+    def _forget(self, waiter: _FiberWaiter | TrioWaiter | _ThreadWaiter) -> bool:
         try:
             self._waiters.remove(waiter)
         except ValueError:

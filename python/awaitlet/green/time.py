@@ -1,7 +1,8 @@
 """Green :mod:`time`: ``sleep`` suspends the fiber on the event loop instead of blocking it.
 
 Everything the standard :mod:`time` module has is here under the same name; only
-:func:`sleep` differs, and only on a fiber with an event loop running in this thread.
+:func:`sleep` differs, and only on a fiber with an event loop running in this thread, where
+it is ``asyncio.sleep`` (``trio.sleep`` under Trio).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ def _green_sleep(secs: float, /) -> None:
     Anywhere else it is :func:`time.sleep`.  The argument is checked as the standard
     function checks it (:class:`TypeError`, :class:`ValueError` for a negative or NaN value).
     """
-    if green_loop() is None:
+    loop = green_loop()
+    if loop is None:
         return _std.sleep(secs)
     value = cast(object, secs)
     if not isinstance(value, (int, float)):
@@ -31,7 +33,7 @@ def _green_sleep(secs: float, /) -> None:
         raise ValueError("Invalid value NaN (not a number)")
     if value < 0:
         raise ValueError("sleep length must be non-negative")
-    sleep_on_loop(float(value))
+    sleep_on_loop(loop, float(value))
     return None
 
 
