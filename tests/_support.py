@@ -103,6 +103,19 @@ def resident_memory_bytes() -> int | None:
 SLOW_HTTP_DELAY = 0.05
 
 
+def lateness_percentile(lateness: list[float], fraction: float) -> float:
+    """The lateness of a ticker's wake-ups that ``fraction`` of them stay within.
+
+    The tests that check an event loop stays responsive look at a high percentile rather
+    than the maximum: a call that blocks the loop makes nearly every wake-up late, while a
+    machine busy with other work (CI runs two test sessions on two CPUs) delays only a few.
+    """
+    if not lateness:
+        return 0.0
+    ordered = sorted(lateness)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
 @contextlib.contextmanager
 def fresh_green_imports(*packages: str) -> Iterator[None]:
     """Let ``patch_blocking()`` import ``packages`` anew, then put back what was there.

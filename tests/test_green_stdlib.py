@@ -21,7 +21,14 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from _support import CERTIFICATE, PRIVATE_KEY, SLOW_HTTP_DELAY, fresh_green_imports, serve_http
+from _support import (
+    CERTIFICATE,
+    PRIVATE_KEY,
+    SLOW_HTTP_DELAY,
+    fresh_green_imports,
+    lateness_percentile,
+    serve_http,
+)
 from awaitlet import async_def, awaitlet
 from awaitlet.green import patch_blocking
 from awaitlet.green import select as green_select
@@ -67,8 +74,11 @@ class Ticker:
         self._task.cancel()
 
     @property
-    def worst(self) -> float:
-        return max(self.lateness, default=0.0)
+    def late(self) -> float:
+        """How late its wake-ups were, at the 90th percentile: a call that blocks the loop
+        makes nearly all of them late, a busy machine only a few (the maximum would be one
+        scheduling hiccup away from a failure)."""
+        return lateness_percentile(self.lateness, 0.9)
 
 
 async def gather_sync(fn: Callable[..., Any], *arg_lists: tuple[Any, ...]) -> list[Any]:
@@ -215,13 +225,13 @@ def test_many_http_client_requests_at_once_keep_the_loop_responsive(
             start = std_time.perf_counter()
             results = await gather_sync(fetch, *((index,) for index in range(count)))
             elapsed = std_time.perf_counter() - start
-        return results, elapsed, ticker.worst
+        return results, elapsed, ticker.late
 
-    results, elapsed, worst = run(main(), loop_factory)
+    results, elapsed, late = run(main(), loop_factory)
     assert results == [(200, f"you asked for /slow/{i}".encode()) for i in range(count)]
     # One after the other they would take count * DELAY = 1 s.
     assert elapsed < count * DELAY / 3, elapsed
-    assert worst < MAX_LATENESS, worst
+    assert late < MAX_LATENESS, late
 
 
 def test_many_urllib_requests_at_once(http_server: str, green_http: tuple[Any, Any]) -> None:
@@ -238,12 +248,12 @@ def test_many_urllib_requests_at_once(http_server: str, green_http: tuple[Any, A
             start = std_time.perf_counter()
             results = await gather_sync(fetch, *((index,) for index in range(count)))
             elapsed = std_time.perf_counter() - start
-        return results, elapsed, ticker.worst
+        return results, elapsed, ticker.late
 
-    results, elapsed, worst = run(main())
+    results, elapsed, late = run(main())
     assert results == [f"you asked for /slow/u{i}".encode() for i in range(count)]
     assert elapsed < count * DELAY / 2, elapsed
-    assert worst < MAX_LATENESS, worst
+    assert late < MAX_LATENESS, late
 
 
 def test_green_http_client_outside_a_loop_is_the_blocking_client(
@@ -296,13 +306,13 @@ def test_recv_timeout_raises_socket_timeout_on_the_fiber_with_a_traceback(
             with pytest.raises(std_socket.timeout) as caught:
                 await async_def(wait_for_silence)
             elapsed = std_time.perf_counter() - start
-        return caught.value, elapsed, ticker.worst
+        return caught.value, elapsed, ticker.late
 
-    error, elapsed, worst = run(main(), loop_factory)
+    error, elapsed, late = run(main(), loop_factory)
     assert isinstance(error, TimeoutError)
     assert str(error) == "timed out"
     assert 0.18 < elapsed < 1.0, elapsed
-    assert worst < MAX_LATENESS, worst
+    assert late < MAX_LATENESS, late
     frames = [frame.name for frame in traceback.extract_tb(error.__traceback__)]
     assert "wait_for_silence" in frames
     assert "recv" in frames
@@ -379,7 +389,7 @@ def test_socketpair_makefile_and_large_sendall_between_fibers(loop_factory: Any)
         assert isinstance(left, green_socket.socket)
         async with Ticker() as ticker:
             results = await asyncio.gather(async_def(reader, left), async_def(writer, right))
-        return results[0], ticker.worst
+        return results[0], ticker.late
 
     (first, second, rest), _ = run(main(), loop_factory)
     assert (first, second) == (b"first line\n", b"second line\n")
@@ -609,11 +619,11 @@ def test_tls_handshake_and_echo_between_fibers(
                         async_def(serve, server),
                         *(async_def(client, port, index) for index in range(clients)),
                     )
-        return results[1:], ticker.worst
+        return results[1:], ticker.late
 
-    replies, worst = run(main(), loop_factory)
+    replies, late = run(main(), loop_factory)
     assert replies == [f"HELLO {index}".encode() for index in range(clients)]
-    assert worst < MAX_LATENESS, worst
+    assert late < MAX_LATENESS, late
 
 
 def test_tls_read_timeout_on_a_fiber(tls_files: tuple[str, str]) -> None:
@@ -709,15 +719,15 @@ def test_select_poll_and_selectors_wait_on_the_loop(loop_factory: Any) -> None:
                     await asyncio.sleep(pause)
                     right.send(b"ping")
                 result = await task
-        return result, ticker.worst
+        return result, ticker.late
 
-    (nothing, waited, readable, writable, polled, events), worst = run(main(), loop_factory)
+    (nothing, waited, readable, writable, polled, events), late = run(main(), loop_factory)
     assert nothing == ([], [], [])
     assert 0.09 < waited < 0.2
     assert len(readable) == 1 and len(writable) == 1
     assert [events for _, events in polled] == [green_select.POLLIN]
     assert events == [("data", green_selectors.EVENT_READ)]
-    assert worst < MAX_LATENESS, worst
+    assert late < MAX_LATENESS, late
 
 
 def test_select_outside_a_loop_is_the_standard_select() -> None:
@@ -743,11 +753,11 @@ def test_time_sleep_on_fibers_runs_concurrently() -> None:
             start = std_time.perf_counter()
             await gather_sync(green_time.sleep, *((DELAY,) for _ in range(20)))
             elapsed = std_time.perf_counter() - start
-        return elapsed, ticker.worst
+        return elapsed, ticker.late
 
-    elapsed, worst = run(main())
+    elapsed, late = run(main())
     assert DELAY <= elapsed < 0.3, elapsed
-    assert worst < MAX_LATENESS, worst
+    assert late < MAX_LATENESS, late
     start = std_time.perf_counter()
     green_time.sleep(0.02)  # outside a loop: time.sleep
     assert std_time.perf_counter() - start >= 0.02
@@ -778,12 +788,12 @@ def test_lock_serialises_fibers_without_blocking_the_loop() -> None:
             start = std_time.perf_counter()
             await gather_sync(critical, *(() for _ in range(10)))
             elapsed = std_time.perf_counter() - start
-        return elapsed, ticker.worst
+        return elapsed, ticker.late
 
-    elapsed, worst = run(main())
+    elapsed, late = run(main())
     assert most == 1
     assert elapsed >= 0.1
-    assert worst < MAX_LATENESS, worst
+    assert late < MAX_LATENESS, late
     assert not lock.locked()
 
 
@@ -829,11 +839,11 @@ def test_lock_shared_with_an_os_thread() -> None:
         async with Ticker() as ticker:
             waited = await async_def(fiber_waits)
         thread.join()
-        return waited, ticker.worst
+        return waited, ticker.late
 
-    waited, worst = run(main())
+    waited, late = run(main())
     assert 0.05 < waited < 1.0
-    assert worst < MAX_LATENESS, worst
+    assert late < MAX_LATENESS, late
 
 
 def test_event_set_from_another_thread_wakes_fibers() -> None:
@@ -846,11 +856,11 @@ def test_event_set_from_another_thread_wakes_fibers() -> None:
             timer.start()
             results = await waiters
             timer.join()
-        return results, ticker.worst
+        return results, ticker.late
 
-    results, worst = run(main())
+    results, late = run(main())
     assert results == [True] * 5
-    assert worst < MAX_LATENESS, worst
+    assert late < MAX_LATENESS, late
     event.clear()
     assert run(async_def(event.wait, 0.05)) is False
     assert event.wait(0.01) is False  # outside a loop
@@ -985,12 +995,12 @@ def test_queue_imported_under_patch_blocking_hands_items_between_fibers() -> Non
     async def main() -> tuple[list[Any], float]:
         async with Ticker() as ticker:
             results = await asyncio.gather(async_def(consume), async_def(produce))
-        return results, ticker.worst
+        return results, ticker.late
 
-    ((items, empty), _), worst = run(main())
+    ((items, empty), _), late = run(main())
     assert items == list(range(10))
     assert empty
-    assert worst < MAX_LATENESS, worst
+    assert late < MAX_LATENESS, late
 
 
 def test_barrier_on_fibers() -> None:
@@ -1053,13 +1063,13 @@ def test_pg8000_queries_from_many_fibers_at_once(postgres_server: Any) -> None:
             ready.set()
             results = await asyncio.gather(*tasks)
             elapsed = loop.time() - start
-        return results, elapsed, ticker.worst
+        return results, elapsed, ticker.late
 
-    results, elapsed, worst = run(main())
+    results, elapsed, late = run(main())
     assert results == list(range(connections))
     # One after the other: connections * DELAY = 1 s.
     assert DELAY <= elapsed < 0.25, elapsed
-    assert worst < MAX_LATENESS, worst
+    assert late < MAX_LATENESS, late
 
 
 def test_green_threading_between_os_threads_is_the_standard_behaviour() -> None:

@@ -16,7 +16,14 @@ import time
 import traceback
 
 import pytest
-from _support import CERTIFICATE, PRIVATE_KEY, SLOW_HTTP_DELAY, fresh_green_imports, serve_http
+from _support import (
+    CERTIFICATE,
+    PRIVATE_KEY,
+    SLOW_HTTP_DELAY,
+    fresh_green_imports,
+    lateness_percentile,
+    serve_http,
+)
 from awaitlet import async_def, awaitlet
 from awaitlet.decorators import AwaitInEventLoopError, async_, await_
 from awaitlet.green import patch_blocking
@@ -438,8 +445,9 @@ class Ticker:
         return await self._group.__aexit__(*exc_info)
 
     @property
-    def worst(self):
-        return max(self.lateness)
+    def late(self):
+        """How late its wake-ups were, at the 90th percentile (see ``lateness_percentile``)."""
+        return lateness_percentile(self.lateness, 0.9)
 
 
 @pytest.fixture(scope="module")
@@ -477,13 +485,13 @@ def test_trio_green_http_requests_at_once_keep_the_run_responsive(green_http_cli
                 for index in range(count):
                     nursery.start_soon(one, index)
             elapsed = time.perf_counter() - start
-        return results, elapsed, ticker.worst
+        return results, elapsed, ticker.late
 
-    results, elapsed, worst = trio.run(main)
+    results, elapsed, late = trio.run(main)
     assert results == {i: (200, f"you asked for /slow/{i}".encode()) for i in range(count)}
     # One after the other they would take count * SLOW_HTTP_DELAY = 1 s.
     assert elapsed < count * SLOW_HTTP_DELAY / 3, elapsed
-    assert worst < MAX_LATENESS, worst
+    assert late < MAX_LATENESS, late
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -503,12 +511,12 @@ def test_anyio_green_http_requests_at_once(green_http_client, backend):
                 for index in range(count):
                     group.start_soon(one, index)
             elapsed = time.perf_counter() - start
-        return results, elapsed, ticker.worst
+        return results, elapsed, ticker.late
 
-    results, elapsed, worst = anyio.run(main, backend=backend)
+    results, elapsed, late = anyio.run(main, backend=backend)
     assert results == {i: (200, f"you asked for /slow/a{i}".encode()) for i in range(count)}
     assert elapsed < count * SLOW_HTTP_DELAY / 3, elapsed
-    assert worst < MAX_LATENESS, worst
+    assert late < MAX_LATENESS, late
 
 
 def test_trio_green_socket_echo_large_transfer_and_timeout():
@@ -543,12 +551,12 @@ def test_trio_green_socket_echo_large_transfer_and_timeout():
             quiet, other = green_socket.socketpair()
             with quiet, other:
                 waited = await async_def(times_out, quiet)
-        return received[0], waited, ticker.worst
+        return received[0], waited, ticker.late
 
-    received, waited, worst = trio.run(main)
+    received, waited, late = trio.run(main)
     assert received == payload
     assert 0.09 < waited < 1.0, waited
-    assert worst < MAX_LATENESS, worst
+    assert late < MAX_LATENESS, late
 
 
 def test_trio_green_tls_handshake_echo_and_timeout(tmp_path):
@@ -605,14 +613,14 @@ def test_trio_green_tls_handshake_echo_and_timeout(tmp_path):
                             for index in range(clients):
                                 client_nursery.start_soon(one, index)
                         results["timeout"] = await async_def(impatient_client, port)
-        return results, ticker.worst
+        return results, ticker.late
 
-    results, worst = trio.run(main)
+    results, late = trio.run(main)
     assert results == {
         **{index: f"CLIENT {index}".encode() for index in range(clients)},
         "timeout": "The read operation timed out",
     }
-    assert worst < MAX_LATENESS, worst
+    assert late < MAX_LATENESS, late
 
 
 def test_trio_green_select_poll_and_selectors_with_timeouts():
@@ -662,9 +670,9 @@ def test_trio_green_select_poll_and_selectors_with_timeouts():
                     for pause in (0.25, 0.25, 0.25):
                         await trio.sleep(pause)
                         right.send(b"ping")
-        return result[0], ticker.worst
+        return result[0], ticker.late
 
-    selected, worst = trio.run(main)
+    selected, late = trio.run(main)
     (nothing, waited), (readable, writable), polls, selections = selected
     assert nothing == ([], [], [])
     assert 0.09 < waited < 0.2, waited
@@ -677,7 +685,7 @@ def test_trio_green_select_poll_and_selectors_with_timeouts():
     assert selected_nothing == []
     assert 0.09 < selected_waited < 0.2, selected_waited
     assert events == [("left", green_selectors.EVENT_READ)]
-    assert worst < MAX_LATENESS, worst
+    assert late < MAX_LATENESS, late
 
 
 def test_trio_green_time_sleep_runs_concurrently_and_blocks_off_a_fiber():
@@ -692,11 +700,11 @@ def test_trio_green_time_sleep_runs_concurrently_and_blocks_off_a_fiber():
         start = time.perf_counter()
         green_time.sleep(0.02)
         blocked = time.perf_counter() - start
-        return elapsed, ticker.worst, blocked
+        return elapsed, ticker.late, blocked
 
-    elapsed, worst, blocked = trio.run(main)
+    elapsed, late, blocked = trio.run(main)
     assert SLOW_HTTP_DELAY <= elapsed < 0.3, elapsed
-    assert worst < MAX_LATENESS, worst
+    assert late < MAX_LATENESS, late
     assert blocked >= 0.02
 
     async def bad_sleep(value):
@@ -955,7 +963,7 @@ def test_trio_green_threading_primitives():
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(async_def, put_all)
                 out["queue"] = await async_def(get_all)
-        out["worst"] = ticker.worst
+        out["late"] = ticker.late
         return out
 
     out = trio.run(main)
@@ -968,7 +976,7 @@ def test_trio_green_threading_primitives():
     assert out["barrier"] == [0, 1, 2, 3]
     assert out["queue"] == list(range(6))
     assert not lock.locked() and not rlock.locked()
-    assert out["worst"] < MAX_LATENESS, out["worst"]
+    assert out["late"] < MAX_LATENESS, out["late"]
 
 
 def test_trio_cancelled_condition_wait_takes_the_lock_back():
@@ -1092,10 +1100,10 @@ def test_trio_pg8000_queries_from_many_fibers_at_once(postgres_server):
         finally:
             for connection in opened:
                 await async_def(connection.close)
-        return results, elapsed, ticker.worst
+        return results, elapsed, ticker.late
 
-    results, elapsed, worst = trio.run(main)
+    results, elapsed, late = trio.run(main)
     assert results == {index: index for index in range(connections)}
     # One after the other: connections * delay = 1 s.
     assert delay <= elapsed < 0.4, elapsed
-    assert worst < MAX_LATENESS, worst
+    assert late < MAX_LATENESS, late
