@@ -224,13 +224,7 @@ def await_(
     """
     # A coroutine, the common case, without isawaitable()'s several checks.
     if type(awaitable_or_fn) is types.CoroutineType or inspect.isawaitable(awaitable_or_fn):
-        awaitable = cast("Awaitable[_T]", awaitable_or_fn)
-        # _wait_for()'s two common cases inline: one Python call less per await_().
-        if in_async_def():
-            return awaitlet(awaitable)
-        if _get_running_loop() is None and "trio" not in sys.modules:
-            return run_on_thread_loop(awaitable)
-        return _wait_for(awaitable)
+        return _wait_for(cast("Awaitable[_T]", awaitable_or_fn))
     # Annotations do not stop a caller passing anything.
     if not _is_callable(awaitable_or_fn):
         kind = type(awaitable_or_fn).__name__
