@@ -90,9 +90,11 @@ class _Bridge:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.wake: asyncio.Future[None] = loop.create_future()
-        # What it is handed: the coroutine, what its first step yielded, its context.
-        self.handover: tuple[Coroutine[Any, Any, Any], Any, contextvars.Context] | None = None
-        self.outcome: asyncio.Future[Any] | None = None
+        # What it is handed: the coroutine, what its first step yielded, its context, and the
+        # future its caller waits for.
+        self.handover: (
+            tuple[Coroutine[Any, Any, Any], Any, contextvars.Context, asyncio.Future[Any]] | None
+        ) = None
         # The loop's queue of callbacks ready to run, where it has one we know.
         self.ready: Sized | None = getattr(loop, "_ready", None)
         #: Whether it waits for work (it can be handed an awaitable).
@@ -119,9 +121,7 @@ class _Bridge:
                 cancel = cancelled
             if self.handover is None:
                 continue
-            coroutine, yielded, context = self.handover
-            outcome = self.outcome
-            assert outcome is not None
+            coroutine, yielded, context, outcome = self.handover
             result: Any = None
             error: BaseException | None = None
             try:
@@ -130,7 +130,7 @@ class _Bridge:
                 raise  # this coroutine is being closed (its task is garbage)
             except BaseException as exc:  # it goes to the caller, who waits for `outcome`
                 error = exc
-            self.handover = self.outcome = None
+            self.handover = None
             self.wake = self.loop.create_future()
             if not outcome.done():
                 if error is None:
@@ -149,8 +149,7 @@ class _Bridge:
         done; this task must be idle."""
         loop = self.loop
         outcome: asyncio.Future[_T] = loop.create_future()
-        self.handover = (coroutine, yielded, context)
-        self.outcome = outcome
+        self.handover = (coroutine, yielded, context, outcome)
         self.idle = False
         try:
             if not self.wake.done():
@@ -165,9 +164,10 @@ class _Bridge:
                 self.retired = True
             raise
 
-    def after_step(self) -> None:
-        """Run one turn of the loop, for the callbacks the step scheduled (tasks it created,
-        ...): ``loop.run_until_complete()`` gives them that turn before it returns."""
+    def turn_for_scheduled_callbacks(self) -> None:
+        """Run one turn of the loop, for the callbacks a first step that finished scheduled
+        (tasks it created, ...): ``loop.run_until_complete()`` gives them that turn before it
+        returns."""
         loop = self.loop
         if loop.is_closed():
             self.idle = False  # closed by someone else: the next call makes a new loop
@@ -264,15 +264,15 @@ def run_on_thread_loop(awaitable: Awaitable[_T]) -> _T:
         coroutine = cast("Coroutine[Any, Any, _T]", awaitable)
     else:
         coroutine = _awaiting(awaitable)
+    context: contextvars.Context | None = None
     try:
         value, context = first_step(bridge.loop, bridge.task, coroutine)
-    except BaseException:
-        bridge.after_step()
-        raise
+    finally:
+        if context is None:  # the first step finished it, returning or raising
+            ready = bridge.ready
+            if ready is None or ready:  # it scheduled callbacks (or the loop's kind is unknown)
+                bridge.turn_for_scheduled_callbacks()
     if context is None:
-        ready = bridge.ready
-        if ready is None or ready:  # it scheduled callbacks (or the loop's kind is unknown)
-            bridge.after_step()
         return value  # type: ignore[no-any-return]
     finished: _T = bridge.finish(coroutine, value, context)
     return finished
