@@ -6,6 +6,7 @@ import contextlib
 import http.server
 import os
 import pathlib
+import socket
 import subprocess
 import sys
 import threading
@@ -206,3 +207,30 @@ ZwAcFiRCZ+m8b4u4ZCgn9R2IZHGhRANCAATgFIrOr9ZHeODG0/kA5jZq0uvzrKSE
 TluYBj3P49ycHdVl9QlqcYYL5E48muRT0vHG+j6FhfwD6F9ThgWXcTgA
 -----END PRIVATE KEY-----
 """
+
+
+class UpperCaseServer:
+    """A blocking server on loopback, in a thread of its own (no event loop): it answers
+    whatever it receives upper-cased, until the client closes."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self.listener.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:
+                return
+            with connection:
+                while data := connection.recv(1024):
+                    connection.sendall(data.upper())
+
+    def close(self) -> None:
+        # shutdown() wakes the blocked accept(); close() alone does not on Linux.
+        self.listener.shutdown(socket.SHUT_RDWR)
+        self.listener.close()
+        self.thread.join()

@@ -11,12 +11,12 @@ import asyncio
 import contextvars
 import gc
 import inspect
-import socket
 import threading
 import traceback
 
 import awaitlet
 import pytest
+from _support import UpperCaseServer
 from awaitlet.decorators import (
     AwaitInEventLoopError,
     async_,
@@ -380,32 +380,6 @@ def test_threads_use_await_concurrently():
     assert results == {n: [n * n] * 3 for n in range(8)}
 
 
-class _EchoServer:
-    """A blocking echo server on loopback, in a thread of its own (no asyncio)."""
-
-    def __init__(self):
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self):
-        while True:
-            try:
-                connection, _ = self.listener.accept()
-            except OSError:
-                return
-            with connection:
-                while data := connection.recv(1024):
-                    connection.sendall(data.upper())
-
-    def close(self):
-        # shutdown() wakes the blocked accept(); close() alone does not on Linux.
-        self.listener.shutdown(socket.SHUT_RDWR)
-        self.listener.close()
-        self.thread.join()
-
-
 def shout(port, words):
     """A library function written once, as sync code, doing its I/O with asyncio streams."""
     reader, writer = await_(asyncio.open_connection("127.0.0.1", port))
@@ -422,7 +396,7 @@ def shout(port, words):
 
 
 def test_one_code_path_serves_sync_and_async_callers_over_real_sockets():
-    server = _EchoServer()
+    server = UpperCaseServer()
     try:
         # A sync caller with no loop: the thread's own loop does the I/O, and stays the
         # same loop across the function's several await_() calls.

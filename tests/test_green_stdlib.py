@@ -1012,17 +1012,6 @@ def test_barrier_on_fibers() -> None:
 # -- a sync database driver --------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def postgres_server() -> Iterator[Any]:
-    import _postgres
-
-    server = _postgres.start_postgres()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 @pytest.mark.postgresql
 def test_pg8000_queries_from_many_fibers_at_once(postgres_server: Any) -> None:
     with fresh_green_imports("pg8000"):

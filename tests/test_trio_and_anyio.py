@@ -20,6 +20,7 @@ from _support import (
     CERTIFICATE,
     PRIVATE_KEY,
     SLOW_HTTP_DELAY,
+    UpperCaseServer,
     fresh_green_imports,
     lateness_percentile,
     serve_http,
@@ -360,34 +361,9 @@ def test_anyio_to_thread_and_memory_streams_from_sync_code(backend):
     assert anyio.run(main, backend=backend) == [0, 2, 4, 6, 8]
 
 
-class _UpperServer:
-    """A blocking server on loopback, in a thread (no event loop): replies upper-cased."""
-
-    def __init__(self):
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self):
-        while True:
-            try:
-                connection, _ = self.listener.accept()
-            except OSError:
-                return
-            with connection:
-                while data := connection.recv(1024):
-                    connection.sendall(data.upper())
-
-    def close(self):
-        self.listener.shutdown(socket.SHUT_RDWR)
-        self.listener.close()
-        self.thread.join()
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_anyio_sockets_from_sync_code(backend):
-    server = _UpperServer()
+    server = UpperCaseServer()
 
     def client(word):
         stream = awaitlet(anyio.connect_tcp("127.0.0.1", server.port))
@@ -1048,17 +1024,6 @@ def test_trio_guest_mode_green_calls_wait_on_the_task_that_runs_them():
         return (await done).unwrap(), host
 
     assert asyncio.run(asyncio_main()) == (b"guest", b"host")
-
-
-@pytest.fixture(scope="module")
-def postgres_server():
-    import _postgres
-
-    server = _postgres.start_postgres()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.mark.postgresql

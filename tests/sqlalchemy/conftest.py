@@ -2,9 +2,9 @@
 
 * ``sqlite_url``: ``sqlite+aiosqlite`` on a file in the test's ``tmp_path``, so
   several connections share one database;
-* ``postgres_server`` / ``postgres_url``: one PostgreSQL cluster for the whole
-  session (``tests/_postgres.py``), started on first use; the tests fail if the
-  server binaries are missing (``apt-get install postgresql``);
+* ``postgres_url``: on the one PostgreSQL cluster of the session (``postgres_server``
+  in ``tests/conftest.py``, started on first use); the tests fail if the server
+  binaries are missing (``apt-get install postgresql``);
 * ``async_url``: parametrized over both.
 
 Tests that use PostgreSQL carry the ``postgresql`` marker. If any is selected and the
@@ -49,15 +49,6 @@ _backends_used: set[str] = set()
 def sqlite_url(tmp_path: Path) -> str:
     _backends_used.add("sqlite")
     return f"sqlite+aiosqlite:///{tmp_path / 'library.db'}"
-
-
-@pytest.fixture(scope="session")
-def postgres_server():
-    server = _postgres.start_postgres()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
