@@ -72,6 +72,13 @@ enum Payload {
     Args(Py<PyTuple>, Option<Py<PyDict>>),
     /// `throw()`, or the exception a greenlet finished with.
     Throw(PyErr),
+    /// Not a switch: `awaitlet.portal.await_()` in a greenlet (see [`await_below`]) asks the
+    /// `async_def` code below it to await `awaitable`, and to hand the outcome to `reply_to`.
+    /// It travels down the chain as a switch to the main greenlet would.
+    Await {
+        awaitable: Py<PyAny>,
+        reply_to: Py<Greenlet>,
+    },
 }
 
 impl Payload {
@@ -108,6 +115,10 @@ impl Payload {
                     .unbind())
             }
             Self::Throw(err) => Err(err),
+            // Sent only from above `async_def` code, whose fiber takes it (see `switch_to`).
+            Self::Await { .. } => Err(PyRuntimeError::new_err(
+                "awaitlet.portal.await_() found no async_def code below its greenlet",
+            )),
         }
     }
 
@@ -269,6 +280,7 @@ impl Greenlet {
                     }
                     Payload::Value(value) => (PyTuple::new(py, [value])?.unbind(), None),
                     Payload::Args(args, kwargs) => (args, kwargs),
+                    Payload::Await { .. } => return Err(payload.into_result(py).unwrap_err()),
                 };
                 let run = start_callable(py, run, leftover)?;
                 let fiber = Fiber::calling(py, Kind::Greenlet, run.unbind(), args, kwargs)?;
@@ -460,7 +472,19 @@ fn switch_to<'py>(
                     "cannot switch to a main greenlet whose thread has exited",
                 ));
             }
-            _ => return switch_down(py, running, target, payload, call),
+            _ => match (payload, running) {
+                (
+                    Payload::Await {
+                        awaitable,
+                        reply_to,
+                    },
+                    Some(fiber),
+                ) if fiber.kind() == Kind::AsyncDef => {
+                    (target, payload) = await_for(py, fiber, awaitable, reply_to, call)?;
+                    continue;
+                }
+                (payload, _) => return switch_down(py, running, target, payload, call),
+            },
         };
         match outcome {
             Step::Suspended(value) => {
@@ -558,6 +582,84 @@ fn switch_down(
             switch_to_resumer(py, fiber, value.bind(py), call)
         }
     }
+}
+
+/// Whether `async_def` code is on the chain of resumed fibers below the running `fiber`.
+pub fn async_def_below(fiber: ActiveFiber) -> bool {
+    let mut below = fiber.resumer();
+    while let Some(active) = below {
+        if active.kind() == Kind::AsyncDef {
+            return true;
+        }
+        below = active.resumer();
+    }
+    false
+}
+
+/// `awaitlet.portal.await_()`'s suspension in a greenlet running on `fiber` above `async_def`
+/// code (see [`async_def_below`]): the nearest such code's driver awaits `awaitable`, as it
+/// would an `awaitlet()` there, and the outcome comes back here, as greenback's portal hands
+/// it to the greenlet that asked. The greenlets in between stay suspended inside their
+/// pending switches, where greenlet leaves greenlets that switched away; the one that asked
+/// is resumed by the `async_def` code's fiber from then on.
+pub fn await_below(
+    py: Python<'_>,
+    fiber: ActiveFiber,
+    awaitable: Py<PyAny>,
+    call: ArgsEnd,
+) -> PyResult<Py<PyAny>> {
+    if fiber.is_closing() {
+        return Err(PyRuntimeError::new_err(
+            "greenlet ignored GreenletExit and switched again while being killed",
+        ));
+    }
+    {
+        // Dropped before the fiber suspends (see `switch_down`).
+        let current = fiber_greenlet(py, fiber)?;
+        let main = main_greenlet(py)?;
+        let mut outgoing = current
+            .get()
+            .outgoing
+            .try_borrow_mut()
+            .ok_or_else(|| GreenletError::new_err("greenlet is busy"))?;
+        let reply_to = current.clone().unbind();
+        *outgoing = Some((
+            main.unbind(),
+            Payload::Await {
+                awaitable,
+                reply_to,
+            },
+        ));
+    }
+    match fiber.suspend_in_call(py, py.None(), call) {
+        Resume::Value(value) => Ok(value),
+        Resume::Throw(err) => Err(err),
+    }
+}
+
+/// Where a request of [`await_below`] arrives: in `async_def` code running on `fiber`, whose
+/// driver awaits `awaitable`; returns where the outcome goes: to the greenlet that asked.
+fn await_for<'py>(
+    py: Python<'py>,
+    fiber: ActiveFiber,
+    awaitable: Py<PyAny>,
+    reply_to: Py<Greenlet>,
+    call: ArgsEnd,
+) -> PyResult<(Bound<'py, Greenlet>, Payload)> {
+    // Kept where the collector sees it while the driver waits: a task abandoned while the
+    // greenlet waits is garbage even if the greenlet's frames refer to it.
+    fiber.hold(reply_to.into_any());
+    let outcome = switch_to_resumer(py, fiber, awaitable.bind(py), call);
+    drop(awaitable);
+    let reply_to = fiber
+        .take_held()
+        .and_then(|held| held.into_bound(py).cast_into::<Greenlet>().ok())
+        .ok_or_else(|| GreenletError::new_err("the greenlet awaiting here is gone"))?;
+    let payload = match outcome {
+        Ok(value) => Payload::Value(value),
+        Err(err) => Payload::Throw(err),
+    };
+    Ok((reply_to, payload))
 }
 
 thread_local! {

@@ -5,7 +5,9 @@
 //! it with into that coroutine (or throws each exception), and hands each value the coroutine
 //! yields to the task by suspending the fiber on a [`Handoff`], an awaitable that yields that
 //! value once and returns what the task sends back. `await_()` drives the coroutine it waits
-//! for the same way, from the sync code below: every step of both runs on the portal's fiber.
+//! for the same way, from the sync code below: every step of both runs on the portal's fiber,
+//! or, for `await_()` in a greenlet started below it, on that greenlet's (whose hand-offs go
+//! to the task through the portal's fiber: see [`crate::greenlet::await_below`]).
 //! Python code in `python/awaitlet/portal.py` does everything else.
 
 use std::sync::atomic::{AtomicPtr, Ordering};
@@ -18,6 +20,7 @@ use pyo3::{Borrowed, PyTraverseError, PyVisit};
 
 use crate::coroutine::switch_to_resumer;
 use crate::fiber::{ActiveFiber, ArgsEnd, Kind};
+use crate::greenlet::{async_def_below, await_below};
 use crate::method_def::{add_static_function, MethodDef};
 
 /// An awaitable that yields `value` once, then returns what it is sent (raising what is
@@ -151,23 +154,29 @@ unsafe fn portal_drive_fastcall(
             Step::Returned(result) => return Ok(result.into_ptr()),
         };
         let fiber = match ActiveFiber::running() {
-            Some(fiber) if fiber.kind() == Kind::AsyncDef => fiber,
+            Some(fiber) if fiber.kind() == Kind::AsyncDef || async_def_below(fiber) => fiber,
             _ => {
                 // Nothing was awaited, and the awaitable will not be resumed.
                 coro.call_method0(pyo3::intern!(py, "close"))?;
                 return Err(PyRuntimeError::new_err(
-                    "awaitlet.portal.await_() cannot suspend here: it is called from a \
-                     greenlet started below the task's portal",
+                    "awaitlet.portal.await_() cannot suspend here: it does not run below the \
+                     task's portal",
                 ));
             }
         };
-        let handoff = Bound::new(
-            py,
-            Handoff {
-                value: Some(yielded),
-            },
-        )?;
-        match switch_to_resumer(py, fiber, handoff.as_any(), call) {
+        let handoff = Handoff {
+            value: Some(yielded),
+        };
+        let resumed = match fiber.kind() {
+            Kind::AsyncDef => switch_to_resumer(py, fiber, Bound::new(py, handoff)?.as_any(), call),
+            // In a greenlet started below the portal: the portal's fiber hands the value over
+            // and the task's answer comes back here (greenback's behaviour).
+            Kind::Greenlet => {
+                let handoff = Py::new(py, handoff)?.into_any();
+                await_below(py, fiber, handoff, call)
+            }
+        };
+        match resumed {
             Ok(value) => sent = Some(value.into_bound(py)),
             Err(err) if err.is_instance_of::<PyGeneratorExit>(py) => {
                 // A no-op if the collector closed `coro` first.

@@ -726,6 +726,33 @@ def test_abandoned_task_waiting_in_await_is_collected() -> None:
     assert asyncio.run(main())() is None
 
 
+@pytest.mark.skipif(sys.version_info < (3, 14), reason="not assured before 3.14")
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_abandoned_task_waiting_in_a_greenlet_is_collected() -> None:
+    """The greenlet waiting below the portal refers to its task; the portal's fiber refers
+    to that greenlet while the task waits: still garbage, and the greenlet is finished."""
+    from awaitlet.greenlet import greenlet
+
+    finished: list[bool] = []
+
+    def wait_in_greenlet(future: asyncio.Future[None]) -> None:
+        task = asyncio.current_task()
+        try:
+            await_(future)
+        finally:
+            finished.append(task is not None)
+
+    async def stuck(future: asyncio.Future[None]) -> None:
+        await ensure_portal()
+        greenlet(wait_in_greenlet).switch(future)
+
+    async def main() -> Any:
+        return await abandon_task(stuck)
+
+    assert asyncio.run(main())() is None
+    assert finished == [True]
+
+
 @requires_trio
 def test_checkpoints_match_await() -> None:
     async def nothing() -> None:
@@ -1010,18 +1037,172 @@ def test_traceback_print_of_task_exception_shows_sync_frames() -> None:
     assert "sync_layer" in text and "in main" in text
 
 
-def test_await_from_a_greenlet_below_the_portal_is_refused() -> None:
-    from awaitlet.greenlet import greenlet
+def test_await_in_a_greenlet_below_the_portal(library: Library) -> None:
+    """As in greenback: a greenlet started below a portal awaits through it, and the task's
+    answers come back to that greenlet."""
+    from awaitlet.greenlet import getcurrent, greenlet
 
     async def main() -> None:
         await ensure_portal()
-        nested = greenlet(lambda: await_(asyncio.sleep(0, "slept")))
-        with pytest.raises(RuntimeError, match="called from a greenlet"):
-            nested.switch()
-        # The portal itself still works.
-        assert await_(asyncio.sleep(0, "ok")) == "ok"
+        portal_greenlet = getcurrent()
+
+        def in_greenlet(value: int) -> int:
+            first = await_(double_later(library, value))
+            assert getcurrent() is child
+            second = await_(yield_value_then(library, first))
+            return second + 1
+
+        child = greenlet(in_greenlet)
+        assert child.switch(5) == 21
+        assert child.dead
+        assert getcurrent() is portal_greenlet
+        assert await_(double_later(library, 1)) == 2
+
+    library.run(main)
+
+
+async def yield_value_then(library: Library, value: int) -> int:
+    """``value * 2`` after two trips through the event loop."""
+    await library.sleep(0)
+    await library.sleep(0)
+    return value * 2
+
+
+def test_greenlets_below_portals_of_two_tasks_take_turns(library: Library) -> None:
+    from awaitlet.greenlet import greenlet
+
+    order: list[tuple[str, int]] = []
+
+    async def worker(name: str) -> None:
+        await ensure_portal()
+
+        def body() -> None:
+            for step in range(3):
+                order.append((name, step))
+                await_(library.sleep(0))
+
+        greenlet(body).switch()
+
+    async def main() -> None:
+        await library.gather(lambda: worker("a"), lambda: worker("b"))
+
+    library.run(main)
+    # Each waits in the loop between its steps: the other task runs meanwhile.
+    assert sorted(order) == [(name, step) for name in "ab" for step in range(3)]
+    assert [step for _, step in order] == [0, 0, 1, 1, 2, 2]
+
+
+def test_await_in_nested_greenlets_below_the_portal(library: Library) -> None:
+    """Greenlets that switch among themselves between awaits keep greenlet's semantics: each
+    switch returns what the greenlet is switched back with, each await what it awaited."""
+    from awaitlet.greenlet import getcurrent, greenlet
+
+    log: list[object] = []
+
+    def inner() -> str:
+        log.append(await_(double_later(library, 1)))
+        # To its parent, `outer`, suspended in the switch that started this greenlet.
+        log.append(getcurrent().parent.switch("from inner"))
+        log.append(await_(double_later(library, 3)))
+        return "inner done"
+
+    def outer() -> str:
+        inner_greenlet = greenlet(inner)
+        log.append(inner_greenlet.switch())
+        log.append(await_(double_later(library, 2)))
+        log.append(inner_greenlet.switch("resumed"))
+        return "outer done"
+
+    async def main() -> None:
+        await ensure_portal()
+        log.append(greenlet(outer).switch())
+
+    library.run(main)
+    assert log == [2, "from inner", 4, "resumed", 6, "inner done", "outer done"]
+
+
+async def fail_later(library: Library) -> None:
+    await library.sleep(0)
+    raise ValueError("failed in the awaitable")
+
+
+def test_exceptions_in_a_greenlet_below_the_portal(library: Library) -> None:
+    from awaitlet.greenlet import greenlet
+
+    def in_greenlet() -> None:
+        with pytest.raises(ValueError, match="failed in the awaitable"):
+            await_(fail_later(library))
+        await_(fail_later(library))
+
+    async def main() -> None:
+        await ensure_portal()
+        greenlet(in_greenlet).switch()
+
+    with pytest.raises(ValueError, match="failed in the awaitable") as info:
+        library.run(main)
+    names = [entry.name for entry in info.traceback]
+    assert names.index("main") < names.index("in_greenlet") < names.index("fail_later")
+
+
+def test_cancellation_reaches_a_greenlet_waiting_below_the_portal() -> None:
+    from awaitlet.greenlet import greenlet
+
+    seen: list[str] = []
+
+    def body() -> None:
+        try:
+            await_(asyncio.sleep(10))
+        except asyncio.CancelledError:
+            seen.append("cancelled")
+            raise
+
+    async def victim() -> None:
+        await ensure_portal()
+        greenlet(body).switch()
+
+    async def main() -> None:
+        task = asyncio.ensure_future(victim())
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
 
     asyncio.run(main())
+    assert seen == ["cancelled"]
+
+
+@requires_trio
+def test_trio_cancellation_reaches_a_greenlet_waiting_below_the_portal() -> None:
+    from awaitlet.greenlet import greenlet
+
+    seen: list[str] = []
+
+    def body() -> None:
+        try:
+            await_(trio.sleep(10))
+        except trio.Cancelled:
+            seen.append("cancelled")
+            raise
+
+    async def main() -> None:
+        await ensure_portal()
+        with trio.move_on_after(0.01):
+            greenlet(body).switch()
+
+    trio.run(main)
+    assert seen == ["cancelled"]
+
+
+def test_await_in_a_greenlet_below_with_portal_run_sync(library: Library) -> None:
+    from awaitlet.greenlet import greenlet
+
+    def sync_code() -> int:
+        return greenlet(lambda: await_(double_later(library, 4)) + 1).switch()
+
+    async def main() -> int:
+        return await with_portal_run_sync(sync_code)
+
+    assert library.run(main) == 9
 
 
 @requires_trio

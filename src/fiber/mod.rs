@@ -353,6 +353,8 @@ struct Shared {
     /// What the awaitable the fiber suspends with already yielded, when its first step ran
     /// before the switch (see [`ActiveFiber::run_as_resumer`]).
     first_yield: Cell<Option<Py<PyAny>>>,
+    /// What the fiber's code keeps across its suspension (see [`ActiveFiber::hold`]).
+    held: Cell<Option<Py<PyAny>>>,
     greenlet: RefCell<GreenletRef>,
     /// The call the fiber makes, until it returns (see [`Call`]).
     call: RefCell<Option<Call>>,
@@ -505,6 +507,7 @@ impl Fiber {
                 kind,
                 resumer: Cell::new(ptr::null()),
                 first_yield: Cell::new(None),
+                held: Cell::new(None),
                 greenlet: RefCell::new(GreenletRef::None),
                 call: RefCell::new(Some(call)),
                 final_context: Cell::new(None),
@@ -690,6 +693,8 @@ impl Fiber {
                 // SAFETY: nothing writes the cell while the collector runs (no Python code runs
                 // and the fiber is suspended), so reading it in place is not a data race.
                 visit.call(unsafe { &*shared.first_yield.as_ptr() })?;
+                // SAFETY: as for `first_yield` just above.
+                visit.call(unsafe { &*shared.held.as_ptr() })?;
                 if let Ok(greenlet) = shared.greenlet.try_borrow() {
                     if let GreenletRef::Adopted(greenlet) = &*greenlet {
                         visit.call(greenlet)?;
@@ -990,6 +995,20 @@ impl ActiveFiber {
         }
         *slot = GreenletRef::Adopted(greenlet);
         Ok(())
+    }
+
+    /// Keeps `object` for this (running) fiber's code across its next suspension, where the
+    /// collector sees it with the fiber's frames: a reference in a Rust local there would be
+    /// one it cannot see, which keeps alive any garbage cycle through the object. Taken back
+    /// with [`ActiveFiber::take_held`] once resumed; one object at a time.
+    pub fn hold(&self, object: Py<PyAny>) {
+        let previous = self.shared().held.replace(Some(object));
+        drop(previous);
+    }
+
+    /// What [`ActiveFiber::hold`] kept, if anything.
+    pub fn take_held(&self) -> Option<Py<PyAny>> {
+        self.shared().held.take()
     }
 
     /// Whether the fiber is being closed (or has finished its function).
