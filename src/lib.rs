@@ -69,5 +69,8 @@ fn _awaitlet(m: &Bound<'_, PyModule>) -> PyResult<()> {
     portal::add_to_module(m)?;
     // awaitlet.decorators' await_() with no loop running.
     m.add_function(wrap_pyfunction!(thread_loop::first_step, m)?)?;
+    m.add_function(wrap_pyfunction!(thread_loop::wait_for, m)?)?;
+    m.add_function(wrap_pyfunction!(thread_loop::set_thread_bridge, m)?)?;
+    m.add_class::<thread_loop::BridgeState>()?;
     Ok(())
 }

@@ -2,15 +2,24 @@
 //! the first step of an awaitable on the thread's own loop, run on the caller's stack as
 //! `Task.__step` runs a step of its task, but without the StopIteration that a finished
 //! `send()` raises in Python. Most awaitables handed over finish in that step.
+//!
+//! [`wait_for`] is `awaitlet.decorators._wait_for`, whole: the common case (a coroutine, no
+//! fiber, no loop running, the thread's bridge task idle) runs here with no Python frame in
+//! between; every other case goes to the Python functions that handle it.
 
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyTuple, PyWeakrefReference};
+use pyo3::{PyTraverseError, PyVisit};
+
+use crate::coroutine::in_async_def;
 
 /// asyncio's functions for what a task's step does around its coroutine (C versions where
 /// CPython has them, as `asyncio.events` and `asyncio.tasks` choose).
 struct StepHooks {
+    get_running_loop: Py<PyAny>,
     set_running_loop: Py<PyAny>,
     enter_task: Py<PyAny>,
     leave_task: Py<PyAny>,
@@ -22,11 +31,41 @@ fn step_hooks(py: Python<'_>) -> PyResult<&StepHooks> {
         let events = py.import("asyncio.events")?;
         let tasks = py.import("asyncio.tasks")?;
         Ok(StepHooks {
+            get_running_loop: events.getattr("_get_running_loop")?.unbind(),
             set_running_loop: events.getattr("_set_running_loop")?.unbind(),
             enter_task: tasks.getattr("_enter_task")?.unbind(),
             leave_task: tasks.getattr("_leave_task")?.unbind(),
         })
     })
+}
+
+/// `callable(*args)`, through vectorcall (no argument tuple).
+fn call<'py>(
+    py: Python<'py>,
+    callable: &Py<PyAny>,
+    args: &[&Bound<'py, PyAny>],
+) -> PyResult<Bound<'py, PyAny>> {
+    // Slot 0 is free scratch space for the callee (PY_VECTORCALL_ARGUMENTS_OFFSET).
+    let mut vector = [std::ptr::null_mut(); 4];
+    assert!(args.len() < vector.len());
+    for (slot, arg) in vector[1..].iter_mut().zip(args) {
+        *slot = arg.as_ptr();
+    }
+    // SAFETY: GIL held; `callable` and every argument are alive for the call (borrowed from
+    // references the caller holds); `vector[1..=args.len()]` holds the arguments and slot 0
+    // may be written by the callee, as PY_VECTORCALL_ARGUMENTS_OFFSET allows; returns a new
+    // reference or NULL with an exception set.
+    unsafe {
+        Bound::from_owned_ptr_or_err(
+            py,
+            ffi::PyObject_Vectorcall(
+                callable.as_ptr(),
+                vector.as_ptr().add(1),
+                args.len() | ffi::PY_VECTORCALL_ARGUMENTS_OFFSET,
+                std::ptr::null_mut(),
+            ),
+        )
+    }
 }
 
 /// Keeps the first error of a sequence of steps that must all run.
@@ -83,6 +122,30 @@ fn send_in_context<'py>(
     first_error(sent, exited)
 }
 
+/// The first step of `coroutine` as `task` of `event_loop`, run as `Task.__step` runs a step:
+/// `event_loop` set as the running loop (by `running`, which found none running), `task` as
+/// the current task, in a copy of the caller's context (returned with what the step came to,
+/// for a coroutine that yielded: the rest of it runs in that context).
+fn step_as_task<'py>(
+    py: Python<'py>,
+    hooks: &StepHooks,
+    running: RunningLoop<'py>,
+    event_loop: &Bound<'py, PyAny>,
+    task: &Bound<'py, PyAny>,
+    coroutine: &Bound<'py, PyAny>,
+) -> PyResult<(Sent<'py>, Bound<'py, PyAny>)> {
+    // SAFETY: GIL held; returns a new reference, or NULL with an exception set.
+    let context = unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent()) }?;
+    running.set(hooks, event_loop)?;
+    let stepped = call(py, &hooks.enter_task, &[event_loop, task]).and_then(|_| {
+        let sent = send_in_context(coroutine, &context);
+        let left = call(py, &hooks.leave_task, &[event_loop, task]).map(drop);
+        first_error(sent, left)
+    });
+    let cleared = running.clear(hooks, event_loop);
+    Ok((first_error(stepped, cleared)?, context))
+}
+
 /// `_first_step(loop, task, coroutine)`: runs the first step of `coroutine` with `loop` as the
 /// running loop, `task` as the current task and a copy of the caller's context entered, then
 /// clears the running loop and the current task again.
@@ -94,45 +157,485 @@ fn send_in_context<'py>(
 #[pyo3(name = "_first_step", text_signature = "(loop, task, coroutine, /)")]
 pub fn first_step<'py>(
     py: Python<'py>,
-    #[pyo3(from_py_with = loop_not_running)] event_loop: Bound<'py, PyAny>,
+    event_loop: Bound<'py, PyAny>,
     task: Bound<'py, PyAny>,
     coroutine: Bound<'py, PyAny>,
 ) -> PyResult<(Bound<'py, PyAny>, Option<Bound<'py, PyAny>>)> {
     let hooks = step_hooks(py)?;
-    // SAFETY: GIL held; returns a new reference, or NULL with an exception set.
-    let context = unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent()) }?;
-    hooks.set_running_loop.call1(py, (&event_loop,))?;
-    let stepped = hooks
-        .enter_task
-        .call1(py, (&event_loop, &task))
-        .and_then(|_| {
-            let sent = send_in_context(&coroutine, &context);
-            let left = hooks.leave_task.call1(py, (&event_loop, &task)).map(drop);
-            first_error(sent, left)
-        });
-    let cleared = hooks.set_running_loop.call1(py, (py.None(),)).map(drop);
-    match first_error(stepped, cleared)? {
-        Sent::Returned(value) => Ok((value, None)),
-        Sent::Yielded(yielded) => Ok((yielded, Some(context))),
-    }
-}
-
-/// The loop argument of [`first_step`], refused if a loop already runs in the thread: the
-/// step would replace it as the running loop, then clear it.
-fn loop_not_running<'py>(event_loop: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
-    let py = event_loop.py();
-    static GET_RUNNING_LOOP: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    let get_running_loop = GET_RUNNING_LOOP.get_or_try_init(py, || {
-        Ok::<_, PyErr>(
-            py.import("asyncio.events")?
-                .getattr("_get_running_loop")?
-                .unbind(),
-        )
-    })?;
-    if !get_running_loop.call0(py)?.is_none(py) {
+    let Some(running) = RunningLoop::none_running(py, hooks)? else {
         return Err(PyRuntimeError::new_err(
             "_first_step() needs a thread with no event loop running",
         ));
+    };
+    match step_as_task(py, hooks, running, &event_loop, &task, &coroutine)? {
+        (Sent::Returned(value), _) => Ok((value, None)),
+        (Sent::Yielded(yielded), context) => Ok((yielded, Some(context))),
     }
-    Ok(event_loop.clone())
+}
+
+/// The state of a thread's bridge task that the native path reads: the base class of
+/// `_thread_loop._Bridge`, which sets it.
+#[pyclass(subclass, module = "awaitlet._awaitlet", name = "_BridgeState")]
+pub struct BridgeState {
+    /// The thread's own loop.
+    #[pyo3(get, set, name = "loop")]
+    event_loop: Option<Py<PyAny>>,
+    /// The bridge task.
+    #[pyo3(get, set)]
+    task: Option<Py<PyAny>>,
+    /// The loop's queue of callbacks ready to run, where it has one we know (a sized object).
+    #[pyo3(get, set)]
+    ready: Option<Py<PyAny>>,
+    /// Whether the bridge task waits for work (it can be handed an awaitable).
+    #[pyo3(get, set)]
+    idle: bool,
+}
+
+#[pymethods]
+impl BridgeState {
+    #[new]
+    #[pyo3(signature = (*_args, **_kwargs))]
+    fn new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) -> Self {
+        Self {
+            event_loop: None,
+            task: None,
+            ready: None,
+            idle: false,
+        }
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.event_loop)?;
+        visit.call(&self.task)?;
+        visit.call(&self.ready)
+    }
+
+    fn __clear__(&mut self) {
+        self.event_loop = None;
+        self.task = None;
+        self.ready = None;
+    }
+}
+
+/// The key of the thread's bridge (a weak reference to it) in the thread state's dict.
+fn bridge_key(py: Python<'_>) -> &Bound<'_, pyo3::types::PyString> {
+    pyo3::intern!(py, "awaitlet._thread_loop bridge")
+}
+
+/// The thread state's dict (`PyThreadState_GetDict()`), if it has one.
+fn thread_dict(py: Python<'_>) -> Option<Borrowed<'_, '_, PyDict>> {
+    // SAFETY: GIL held; returns a borrowed reference to the current thread state's dict
+    // (owned by the thread state, alive while it is), or NULL with no exception set.
+    let dict = unsafe { Borrowed::from_ptr_or_opt(py, ffi::PyThreadState_GetDict()) }?;
+    // SAFETY: the thread state's dict is a dict.
+    Some(unsafe { dict.cast_unchecked::<PyDict>() })
+}
+
+/// `_set_thread_bridge(bridge)`: makes `bridge` (a `_BridgeState`, or None) the thread's
+/// bridge for [`wait_for`]; only a weak reference to it is kept (the thread's
+/// `threading.local` owns it).
+#[pyfunction]
+#[pyo3(name = "_set_thread_bridge", text_signature = "(bridge, /)")]
+pub fn set_thread_bridge(py: Python<'_>, bridge: Option<&Bound<'_, BridgeState>>) -> PyResult<()> {
+    let Some(dict) = thread_dict(py) else {
+        return Err(PyRuntimeError::new_err("this thread state has no dict"));
+    };
+    match bridge {
+        Some(bridge) => dict.set_item(bridge_key(py), PyWeakrefReference::new(bridge)?),
+        None => match dict.del_item(bridge_key(py)) {
+            Err(err) if err.is_instance_of::<pyo3::exceptions::PyKeyError>(py) => Ok(()),
+            other => other,
+        },
+    }
+}
+
+/// The thread's bridge, if one is set and alive.
+fn thread_bridge(py: Python<'_>) -> PyResult<Option<Bound<'_, BridgeState>>> {
+    let Some(dict) = thread_dict(py) else {
+        return Ok(None);
+    };
+    let Some(reference) = dict.get_item(bridge_key(py))? else {
+        return Ok(None);
+    };
+    let Ok(reference) = reference.cast::<PyWeakrefReference>() else {
+        return Ok(None);
+    };
+    Ok(reference
+        .upgrade()
+        .and_then(|bridge| bridge.cast_into::<BridgeState>().ok()))
+}
+
+/// The Python functions [`wait_for`] hands the cases it does not handle itself to.
+struct Fallbacks {
+    /// `decorators._on_fiber(awaitable)`: `awaitlet(awaitable)`, called from a Python frame.
+    on_fiber: Py<PyAny>,
+    /// `decorators._off_fiber(awaitable)`: the rest of `_wait_for`.
+    off_fiber: Py<PyAny>,
+}
+
+fn fallbacks(py: Python<'_>) -> PyResult<&Fallbacks> {
+    static FALLBACKS: PyOnceLock<Fallbacks> = PyOnceLock::new();
+    FALLBACKS.get_or_try_init(py, || {
+        let decorators = py.import("awaitlet.decorators")?;
+        Ok(Fallbacks {
+            on_fiber: decorators.getattr("_on_fiber")?.unbind(),
+            off_fiber: decorators.getattr("_off_fiber")?.unbind(),
+        })
+    })
+}
+
+/// Whether Trio was imported (then a Trio run may be going on in the thread: the Python
+/// path finds out).
+fn trio_imported(py: Python<'_>) -> PyResult<bool> {
+    // SAFETY: GIL held; returns a borrowed reference to the interpreter's module dict.
+    let modules = unsafe { Borrowed::from_ptr(py, ffi::PyImport_GetModuleDict()) };
+    modules
+        .cast::<PyDict>()?
+        .contains(pyo3::intern!(py, "trio"))
+}
+
+/// `_wait_for(awaitable)`: what `await_(awaitable)` does: with a fiber to suspend, waits on
+/// it; with no loop running, runs `awaitable` on the thread's own loop; otherwise refuses.
+///
+/// Runs here, natively, a coroutine awaited with no fiber and no loop running while the
+/// thread's bridge task is idle: its first step (as [`first_step`] runs it), then, if it
+/// finished, one turn of the loop if it scheduled callbacks, or, if it waits, the bridge
+/// task takes it over (`_Bridge.finish`).
+#[pyfunction]
+#[pyo3(name = "_wait_for", text_signature = "(awaitable, /)")]
+pub fn wait_for<'py>(
+    py: Python<'py>,
+    awaitable: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let fallbacks = fallbacks(py)?;
+    if in_async_def(py)? {
+        return call(py, &fallbacks.on_fiber, &[awaitable]);
+    }
+    // SAFETY: GIL held; `awaitable` is a valid object.
+    let is_coroutine = unsafe { ffi::PyCoro_CheckExact(awaitable.as_ptr()) } != 0;
+    let bridge = if is_coroutine {
+        thread_bridge(py)?
+    } else {
+        None
+    };
+    let Some(bridge) = bridge else {
+        return call(py, &fallbacks.off_fiber, &[awaitable]);
+    };
+    let (event_loop, task, ready) = {
+        let state = bridge.borrow();
+        match (&state.event_loop, &state.task) {
+            (Some(event_loop), Some(task)) if state.idle => (
+                event_loop.bind(py).clone(),
+                task.bind(py).clone(),
+                state.ready.as_ref().map(|ready| ready.bind(py).clone()),
+            ),
+            _ => return call(py, &fallbacks.off_fiber, &[awaitable]),
+        }
+    };
+    let hooks = step_hooks(py)?;
+    if trio_imported(py)? {
+        return call(py, &fallbacks.off_fiber, &[awaitable]);
+    }
+    let Some(running) = RunningLoop::none_running(py, hooks)? else {
+        return call(py, &fallbacks.off_fiber, &[awaitable]);
+    };
+    let value = match step_as_task(py, hooks, running, &event_loop, &task, awaitable) {
+        Ok((Sent::Yielded(yielded), context)) => {
+            // It waits: the bridge task takes it over, and the loop runs until it is done.
+            return bridge
+                .as_any()
+                .call_method1(pyo3::intern!(py, "finish"), (awaitable, yielded, context));
+        }
+        Ok((Sent::Returned(value), _)) => Ok(value),
+        Err(err) => Err(err),
+    };
+    // It finished, returning or raising: callbacks it scheduled (tasks it created, ...) get
+    // one turn of the loop before this returns, as `loop.run_until_complete()` gives them.
+    let scheduled = match &ready {
+        Some(ready) => ready.len().map(|len| len > 0),
+        None => Ok(true),
+    };
+    let turned = scheduled.and_then(|scheduled| {
+        if scheduled {
+            bridge
+                .as_any()
+                .call_method0(pyo3::intern!(py, "turn_for_scheduled_callbacks"))
+                .map(drop)
+        } else {
+            Ok(())
+        }
+    });
+    match (value, turned) {
+        (value, Ok(())) => value,
+        (Ok(_), Err(err)) => Err(err),
+        (Err(earlier), Err(later)) => {
+            // As a `finally` block that raises: the new exception, with the first as its
+            // context.
+            later.set_context(py, Some(earlier));
+            Err(later)
+        }
+    }
+}
+
+/// How a step sets the thread's running loop, which none was.
+enum RunningLoop<'py> {
+    /// Through asyncio's `_set_running_loop()`.
+    Functions,
+    /// Directly in asyncio's holder of it (3.10, 3.11; see [`holder`]).
+    #[cfg(all(unix, not(Py_3_12)))]
+    Holder(Bound<'py, PyAny>),
+    #[cfg(not(all(unix, not(Py_3_12))))]
+    #[allow(dead_code)]
+    Never(std::marker::PhantomData<Python<'py>>),
+}
+
+impl<'py> RunningLoop<'py> {
+    /// How to set the running loop, or None if a loop runs in the thread already.
+    fn none_running(py: Python<'py>, hooks: &StepHooks) -> PyResult<Option<Self>> {
+        #[cfg(all(unix, not(Py_3_12)))]
+        match holder::find(py, hooks)? {
+            holder::Found::Idle(holder) => return Ok(Some(Self::Holder(holder))),
+            holder::Found::Running => return Ok(None),
+            holder::Found::Unknown => {}
+        }
+        Ok(call(py, &hooks.get_running_loop, &[])?
+            .is_none()
+            .then_some(Self::Functions))
+    }
+
+    /// Makes `event_loop` the running loop.
+    fn set(&self, hooks: &StepHooks, event_loop: &Bound<'py, PyAny>) -> PyResult<()> {
+        match self {
+            Self::Functions => {
+                call(event_loop.py(), &hooks.set_running_loop, &[event_loop]).map(drop)
+            }
+            #[cfg(all(unix, not(Py_3_12)))]
+            Self::Holder(holder) => {
+                holder::set_loop(holder, event_loop);
+                Ok(())
+            }
+            #[cfg(not(all(unix, not(Py_3_12))))]
+            Self::Never(_) => unreachable!(),
+        }
+    }
+
+    /// Clears the running loop that [`Self::set`] set to `event_loop`.
+    fn clear(self, hooks: &StepHooks, event_loop: &Bound<'py, PyAny>) -> PyResult<()> {
+        let py = event_loop.py();
+        match self {
+            Self::Functions => {
+                call(py, &hooks.set_running_loop, &[&py.None().into_bound(py)]).map(drop)
+            }
+            #[cfg(all(unix, not(Py_3_12)))]
+            Self::Holder(holder) => {
+                if holder::clear_loop(&holder, event_loop) {
+                    Ok(())
+                } else {
+                    // The step set a running loop of its own: clear it as asyncio does.
+                    call(py, &hooks.set_running_loop, &[&py.None().into_bound(py)]).map(drop)
+                }
+            }
+            #[cfg(not(all(unix, not(Py_3_12))))]
+            Self::Never(_) => unreachable!(),
+        }
+    }
+}
+
+/// asyncio's running loop on CPython 3.10 and 3.11, set without asyncio's
+/// `_set_running_loop()`.
+///
+/// There, the C accelerator (`Modules/_asynciomodule.c`) keeps a thread's running loop in a
+/// `_RunningLoopHolder` object (the loop and the process id it was set in, for forked
+/// children) under `__asyncio_running_event_loop__` in the thread state's dict, and
+/// `_set_running_loop()` makes a new holder at each call, asking the kernel for the process
+/// id (`getpid()`) each time: about 150 ns a call here, most of a first step's cost. A step
+/// instead writes the loop into the thread's existing holder (made in this process, holding
+/// None), and None back after it. `_get_running_loop()` reads the same holder (directly or
+/// through its one-entry cache of the last holder set), so it sees what a step set.
+///
+/// The holder's layout is private to that module: it is checked once, by setting a loop
+/// through `_set_running_loop()` and reading it back; if anything differs (another
+/// interpreter, no C accelerator), steps use asyncio's functions.
+#[cfg(all(unix, not(Py_3_12)))]
+mod holder {
+    use std::sync::atomic::{AtomicI32, Ordering};
+
+    use pyo3::ffi;
+    use pyo3::prelude::*;
+    use pyo3::sync::PyOnceLock;
+    use pyo3::types::{PyAnyMethods, PyType};
+
+    use super::{call, thread_dict, StepHooks};
+
+    /// `PyRunningLoopHolder` of CPython 3.7-3.11's `Modules/_asynciomodule.c` (where
+    /// `getpid()` exists).
+    #[repr(C)]
+    struct RunningLoopHolder {
+        ob_base: ffi::PyObject,
+        rl_loop: *mut ffi::PyObject,
+        rl_pid: libc::pid_t,
+    }
+
+    /// What the thread's holder says.
+    pub enum Found<'py> {
+        /// No loop runs: the holder to set one in (of the checked type, made in this
+        /// process).
+        Idle(Bound<'py, PyAny>),
+        /// A loop runs.
+        Running,
+        /// No holder of the checked kind, or one made before a fork: ask asyncio.
+        Unknown,
+    }
+
+    /// This process's id, 0 until asked for (and again in a child just forked).
+    static PID: AtomicI32 = AtomicI32::new(0);
+
+    extern "C" fn forget_pid() {
+        PID.store(0, Ordering::Relaxed);
+    }
+
+    fn pid() -> libc::pid_t {
+        match PID.load(Ordering::Relaxed) {
+            0 => {
+                // SAFETY: getpid() has no preconditions.
+                let pid = unsafe { libc::getpid() };
+                PID.store(pid, Ordering::Relaxed);
+                pid
+            }
+            pid => pid,
+        }
+    }
+
+    fn key(py: Python<'_>) -> &Bound<'_, pyo3::types::PyString> {
+        pyo3::intern!(py, "__asyncio_running_event_loop__")
+    }
+
+    /// The thread's holder object, if any (borrowed from the thread state's dict).
+    fn current(py: Python<'_>) -> PyResult<Option<Bound<'_, PyAny>>> {
+        match thread_dict(py) {
+            Some(dict) => dict.get_item(key(py)),
+            None => Ok(None),
+        }
+    }
+
+    /// The holder's type, once its layout was checked (None: it differs, use asyncio's
+    /// functions).
+    static HOLDER_TYPE: PyOnceLock<Option<Py<PyType>>> = PyOnceLock::new();
+
+    /// Checks the holder's layout with asyncio's functions (no loop may be running).
+    fn checked_type(py: Python<'_>, hooks: &StepHooks) -> PyResult<Option<Py<PyType>>> {
+        // SAFETY: pthread_atfork takes three optional handlers; the child's only stores 0
+        // (async-signal-safe). Registered once (this runs once per process, in
+        // HOLDER_TYPE's initialization); a failure only leaves the check below to fail.
+        if unsafe { libc::pthread_atfork(None, None, Some(forget_pid)) } != 0 {
+            return Ok(None);
+        }
+        let probe = py.get_type::<pyo3::types::PyAny>().call0()?;
+        call(py, &hooks.set_running_loop, &[&probe])?;
+        let set = current(py);
+        let read = call(py, &hooks.get_running_loop, &[]);
+        call(py, &hooks.set_running_loop, &[&py.None().into_bound(py)])?;
+        let (Some(set), read) = (set?, read?) else {
+            return Ok(None);
+        };
+        let Some(cleared) = current(py)? else {
+            return Ok(None);
+        };
+        let kind = set.get_type();
+        // SAFETY: GIL held; a type object's basic size and name, read only.
+        let (size, name) = unsafe {
+            let raw = kind.as_type_ptr();
+            (
+                (*raw).tp_basicsize,
+                std::ffi::CStr::from_ptr((*raw).tp_name),
+            )
+        };
+        if size != std::mem::size_of::<RunningLoopHolder>() as ffi::Py_ssize_t
+            || name.to_bytes() != b"_RunningLoopHolder"
+            || !cleared.get_type().is(&kind)
+            || !read.is(&probe)
+        {
+            return Ok(None);
+        }
+        let (set_ptr, cleared_ptr) = (
+            set.as_ptr().cast::<RunningLoopHolder>(),
+            cleared.as_ptr().cast::<RunningLoopHolder>(),
+        );
+        // SAFETY: both are of the holder's type, whose size matches the layout above; read
+        // only, with the GIL held.
+        let fits = unsafe {
+            (*set_ptr).rl_loop == probe.as_ptr()
+                && (*set_ptr).rl_pid == pid()
+                && (*cleared_ptr).rl_loop == ffi::Py_None()
+                && (*cleared_ptr).rl_pid == pid()
+        };
+        Ok(fits.then(|| kind.unbind()))
+    }
+
+    /// What the thread's holder says (checking the layout on first use).
+    pub fn find<'py>(py: Python<'py>, hooks: &StepHooks) -> PyResult<Found<'py>> {
+        let checked = match HOLDER_TYPE.get(py) {
+            Some(checked) => checked,
+            None => {
+                // The check sets a loop: only with none running.
+                if !call(py, &hooks.get_running_loop, &[])?.is_none() {
+                    return Ok(Found::Running);
+                }
+                let checked = checked_type(py, hooks)?;
+                HOLDER_TYPE.get_or_init(py, || checked)
+            }
+        };
+        let Some(kind) = checked else {
+            return Ok(Found::Unknown);
+        };
+        let Some(holder) = current(py)? else {
+            return Ok(Found::Unknown);
+        };
+        if !holder.get_type().is(kind.bind(py)) {
+            return Ok(Found::Unknown);
+        }
+        let raw = holder.as_ptr().cast::<RunningLoopHolder>();
+        // SAFETY: of the checked holder type; read with the GIL held.
+        let (holds_none, holder_pid) = unsafe { ((*raw).rl_loop == ffi::Py_None(), (*raw).rl_pid) };
+        if holder_pid != pid() {
+            return Ok(Found::Unknown);
+        }
+        if !holds_none {
+            return Ok(Found::Running);
+        }
+        Ok(Found::Idle(holder))
+    }
+
+    /// Sets `event_loop` as the loop `holder` holds (it held None).
+    pub fn set_loop(holder: &Bound<'_, PyAny>, event_loop: &Bound<'_, PyAny>) {
+        let raw = holder.as_ptr().cast::<RunningLoopHolder>();
+        // SAFETY: GIL held (the references prove it); `holder` is alive and of the checked
+        // holder type (only `find` makes a `Found::Idle`), whose `rl_loop` holds a strong
+        // reference: replaced by a new one to `event_loop`, the old one (None) released after.
+        unsafe {
+            let old = (*raw).rl_loop;
+            (*raw).rl_loop = ffi::Py_NewRef(event_loop.as_ptr());
+            ffi::Py_DECREF(old);
+        }
+    }
+
+    /// Puts None back in `holder`, to which [`set_loop`] gave `event_loop`; returns whether
+    /// it is still the thread's holder, holding `event_loop` (if not, the step set a running
+    /// loop of its own through asyncio, which still runs).
+    pub fn clear_loop(holder: &Bound<'_, PyAny>, event_loop: &Bound<'_, PyAny>) -> bool {
+        let py = holder.py();
+        let raw = holder.as_ptr().cast::<RunningLoopHolder>();
+        // SAFETY: GIL held; `holder` is alive (the reference holds it) and of the checked
+        // holder type; if it still holds `event_loop`, that strong reference is replaced by
+        // one to None (nothing else writes the field: asyncio makes a new holder instead).
+        let ours = unsafe {
+            let ours = (*raw).rl_loop == event_loop.as_ptr();
+            if ours {
+                (*raw).rl_loop = ffi::Py_NewRef(ffi::Py_None());
+                ffi::Py_DECREF(event_loop.as_ptr());
+            }
+            ours
+        };
+        ours && matches!(current(py), Ok(Some(current)) if current.is(holder))
+    }
 }

@@ -28,6 +28,9 @@ __all__ = [
     "_PortalHandoff",
     "_portal_drive",
     "_first_step",
+    "_wait_for",
+    "_set_thread_bridge",
+    "_BridgeState",
 ]
 
 _T = TypeVar("_T")
@@ -56,6 +59,25 @@ def _first_step(
     """Run the first step of ``coroutine`` as ``task`` on ``loop`` (no loop may be running),
     in a copy of the caller's context: ``(value, None)`` if it returned ``value``,
     ``(yielded, context)`` if it yielded (the loop must finish it, in ``context``)."""
+
+def _wait_for(awaitable: Awaitable[_T], /) -> _T:
+    """What ``awaitlet.decorators.await_(awaitable)`` does: below ``async_def()``, waits with
+    ``awaitlet()``; with no event loop running, runs ``awaitable`` on the thread's own loop (a
+    coroutine's first step natively, when the thread's bridge task is idle); otherwise
+    raises ``AwaitInEventLoopError`` (through ``awaitlet.decorators``)."""
+
+def _set_thread_bridge(bridge: _BridgeState | None, /) -> None:
+    """Make ``bridge`` the thread's bridge task for ``_wait_for()`` (a weak reference)."""
+
+class _BridgeState:
+    """What ``_wait_for()`` reads of a thread's bridge task (the base of
+    ``awaitlet._thread_loop._Bridge``)."""
+
+    loop: asyncio.AbstractEventLoop | None
+    task: asyncio.Task[None] | None
+    ready: Any
+    idle: bool
+    def __new__(cls, *args: Any, **kwargs: Any) -> Self: ...
 
 @final
 class async_def_coroutine(Coroutine[Any, Any, _T]):

@@ -30,7 +30,7 @@ import types
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar, cast, overload
 
-from ._awaitlet import NoAwaitletContext, async_def, awaitlet, in_async_def
+from ._awaitlet import NoAwaitletContext, _wait_for, async_def, awaitlet
 from ._thread_loop import close_thread_loop as _close_thread_loop
 from ._thread_loop import run_on_thread_loop
 
@@ -176,9 +176,19 @@ def _running_event_loop_name() -> str | None:
     return None
 
 
-def _wait_for(awaitable: Awaitable[_T]) -> _T:
-    if in_async_def():
-        return awaitlet(awaitable)
+# What await_(awaitable) does is `_awaitlet._wait_for(awaitable)`: below async_def (where
+# awaitlet() suspends), _on_fiber(awaitable); with no loop running, it runs a coroutine's
+# first step itself (the common case) or calls _off_fiber(awaitable), as it does in every
+# other case.
+
+
+def _on_fiber(awaitable: Awaitable[_T]) -> _T:
+    # Called from a Python frame: awaitlet() shows the collector its caller's frame while the
+    # sync code is suspended.
+    return awaitlet(awaitable)
+
+
+def _off_fiber(awaitable: Awaitable[_T]) -> _T:
     if _get_running_loop() is None and "trio" not in sys.modules:
         return run_on_thread_loop(awaitable)
     running = _running_event_loop_name()
