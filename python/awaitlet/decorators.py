@@ -43,6 +43,7 @@ __all__ = [
 ]
 
 _get_running_loop = asyncio.events._get_running_loop
+_CoroutineType = types.CoroutineType
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
@@ -233,16 +234,21 @@ def await_(
     Whatever the awaitable raises is raised here, with its traceback.
     """
     # A coroutine, the common case, without isawaitable()'s several checks.
-    if type(awaitable_or_fn) is types.CoroutineType or inspect.isawaitable(awaitable_or_fn):
+    if type(awaitable_or_fn) is _CoroutineType or inspect.isawaitable(awaitable_or_fn):
         return _wait_for(cast("Awaitable[_T]", awaitable_or_fn))
+    return _calling_and_waiting(cast("Callable[..., Awaitable[Any]]", awaitable_or_fn))
+
+
+def _calling_and_waiting(async_fn: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
+    """``@await_`` on an async function: a sync function that calls it and waits."""
+    # Not in await_() itself: a variable its closure used would cost every call a cell.
     # Annotations do not stop a caller passing anything.
-    if not _is_callable(awaitable_or_fn):
-        kind = type(awaitable_or_fn).__name__
+    if not _is_callable(async_fn):
+        kind = type(async_fn).__name__
         raise TypeError(f"await_() needs an awaitable or an async function, not {kind}")
-    async_fn = awaitable_or_fn
 
     @functools.wraps(async_fn)
-    def call_and_wait(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+    def call_and_wait(*args: Any, **kwargs: Any) -> Any:
         return _wait_for(async_fn(*args, **kwargs))
 
     return call_and_wait
