@@ -252,6 +252,8 @@ struct Fallbacks {
     on_fiber: Py<PyAny>,
     /// `decorators._off_fiber(awaitable)`: the rest of `_wait_for`.
     off_fiber: Py<PyAny>,
+    /// `decorators._await_other(awaitable_or_fn)`: `await_()` of anything but a coroutine.
+    other: Py<PyAny>,
 }
 
 fn fallbacks(py: Python<'_>) -> PyResult<&Fallbacks> {
@@ -261,6 +263,7 @@ fn fallbacks(py: Python<'_>) -> PyResult<&Fallbacks> {
         Ok(Fallbacks {
             on_fiber: decorators.getattr("_on_fiber")?.unbind(),
             off_fiber: decorators.getattr("_off_fiber")?.unbind(),
+            other: decorators.getattr("_await_other")?.unbind(),
         })
     })
 }
@@ -273,6 +276,39 @@ fn trio_imported(py: Python<'_>) -> PyResult<bool> {
     modules
         .cast::<PyDict>()?
         .contains(pyo3::intern!(py, "trio"))
+}
+
+/// Wait for an awaitable from sync code and return its result, or decorate an async
+/// function to be called from sync code.
+///
+/// ``await_(awaitable)`` suspends the fiber of the surrounding :func:`async_` (or
+/// :func:`awaitlet.async_def`) while the event loop awaits the awaitable.  With no event
+/// loop running in the thread, it runs the awaitable on an event loop of the thread's own
+/// (made on first use, reused after; see :func:`close_thread_loop`).
+///
+/// ``@await_`` on an async function gives a sync function that calls it and waits, the
+/// same way, for what it returns.
+///
+/// Raises:
+///     AwaitInEventLoopError: called from sync code running directly in a running event
+///         loop (neither below ``async_`` nor free to start a loop).
+///     TypeError: the argument is neither awaitable nor callable.
+///
+/// Whatever the awaitable raises is raised here, with its traceback.
+//
+// `awaitlet.decorators.await_`, native so that its common case, a coroutine, costs no Python
+// frame: it goes to [`wait_for`]; anything else to `decorators._await_other()`.
+#[pyfunction]
+#[pyo3(name = "await_", signature = (awaitable_or_fn, /))]
+pub fn await_<'py>(
+    py: Python<'py>,
+    awaitable_or_fn: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
+    // SAFETY: GIL held; `awaitable_or_fn` is a valid object.
+    if unsafe { ffi::PyCoro_CheckExact(awaitable_or_fn.as_ptr()) } != 0 {
+        return wait_for(py, awaitable_or_fn);
+    }
+    call(py, &fallbacks(py)?.other, &[awaitable_or_fn])
 }
 
 /// `_wait_for(awaitable)`: what `await_(awaitable)` does: with a fiber to suspend, waits on

@@ -4,7 +4,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from contextvars import Context
 from types import CodeType, FrameType, TracebackType
-from typing import Any, NoReturn, TypeVar, final, overload
+from typing import Any, NoReturn, ParamSpec, TypeVar, final, overload
 
 from typing_extensions import Self, disjoint_base
 
@@ -29,11 +29,13 @@ __all__ = [
     "_portal_drive",
     "_first_step",
     "_wait_for",
+    "await_",
     "_set_thread_bridge",
     "_BridgeState",
 ]
 
 _T = TypeVar("_T")
+_P = ParamSpec("_P")
 
 __version__: str
 
@@ -59,6 +61,32 @@ def _first_step(
     """Run the first step of ``coroutine`` as ``task`` on ``loop`` (no loop may be running),
     in a copy of the caller's context: ``(value, None)`` if it returned ``value``,
     ``(yielded, context)`` if it yielded (the loop must finish it, in ``context``)."""
+
+@overload
+def await_(awaitable_or_fn: Awaitable[_T], /) -> _T: ...
+@overload
+def await_(awaitable_or_fn: Callable[_P, Awaitable[_T]], /) -> Callable[_P, _T]: ...
+def await_(
+    awaitable_or_fn: Awaitable[_T] | Callable[_P, Awaitable[_T]], /
+) -> _T | Callable[_P, _T]:
+    """Wait for an awaitable from sync code and return its result, or decorate an async
+    function to be called from sync code.
+
+    ``await_(awaitable)`` suspends the fiber of the surrounding :func:`async_` (or
+    :func:`awaitlet.async_def`) while the event loop awaits the awaitable.  With no event
+    loop running in the thread, it runs the awaitable on an event loop of the thread's own
+    (made on first use, reused after; see :func:`close_thread_loop`).
+
+    ``@await_`` on an async function gives a sync function that calls it and waits, the
+    same way, for what it returns.
+
+    Raises:
+        AwaitInEventLoopError: called from sync code running directly in a running event
+            loop (neither below ``async_`` nor free to start a loop).
+        TypeError: the argument is neither awaitable nor callable.
+
+    Whatever the awaitable raises is raised here, with its traceback.
+    """
 
 def _wait_for(awaitable: Awaitable[_T], /) -> _T:
     """What ``awaitlet.decorators.await_(awaitable)`` does: below ``async_def()``, waits with

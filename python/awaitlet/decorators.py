@@ -26,11 +26,10 @@ import contextvars
 import functools
 import inspect
 import sys
-import types
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar, cast, overload
 
-from ._awaitlet import NoAwaitletContext, _wait_for, async_def, awaitlet
+from ._awaitlet import NoAwaitletContext, _wait_for, async_def, await_, awaitlet
 from ._thread_loop import close_thread_loop as _close_thread_loop
 from ._thread_loop import run_on_thread_loop
 
@@ -43,7 +42,6 @@ __all__ = [
 ]
 
 _get_running_loop = asyncio.events._get_running_loop
-_CoroutineType = types.CoroutineType
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
@@ -177,10 +175,11 @@ def _running_event_loop_name() -> str | None:
     return None
 
 
-# What await_(awaitable) does is `_awaitlet._wait_for(awaitable)`: below async_def (where
-# awaitlet() suspends), _on_fiber(awaitable); with no loop running, it runs a coroutine's
-# first step itself (the common case) or calls _off_fiber(awaitable), as it does in every
-# other case.
+# await_() is native (`_awaitlet.await_`, documented in _awaitlet.pyi): given a coroutine,
+# it does `_awaitlet._wait_for(coroutine)`, anything else goes to _await_other() below.
+# _wait_for(awaitable): below async_def (where awaitlet() suspends), _on_fiber(awaitable);
+# with no loop running, it runs a coroutine's first step itself (the common case) or calls
+# _off_fiber(awaitable), as it does in every other case.
 
 
 def _on_fiber(awaitable: Awaitable[_T]) -> _T:
@@ -204,52 +203,24 @@ def _off_fiber(awaitable: Awaitable[_T]) -> _T:
     return run_on_thread_loop(awaitable)
 
 
-@overload
-def await_(awaitable_or_fn: Awaitable[_T], /) -> _T: ...
+def _await_other(awaitable_or_fn: object) -> Any:
+    """``await_()`` of anything but a coroutine (``await_`` takes coroutines itself)."""
+    if inspect.isawaitable(awaitable_or_fn):
+        return _wait_for(awaitable_or_fn)
+    return _calling_and_waiting(awaitable_or_fn)
 
 
-@overload
-def await_(awaitable_or_fn: Callable[_P, Awaitable[_T]], /) -> Callable[_P, _T]: ...
-
-
-def await_(
-    awaitable_or_fn: Awaitable[_T] | Callable[_P, Awaitable[_T]], /
-) -> _T | Callable[_P, _T]:
-    """Wait for an awaitable from sync code and return its result, or decorate an async
-    function to be called from sync code.
-
-    ``await_(awaitable)`` suspends the fiber of the surrounding :func:`async_` (or
-    :func:`awaitlet.async_def`) while the event loop awaits the awaitable.  With no event
-    loop running in the thread, it runs the awaitable on an event loop of the thread's own
-    (made on first use, reused after; see :func:`close_thread_loop`).
-
-    ``@await_`` on an async function gives a sync function that calls it and waits, the
-    same way, for what it returns.
-
-    Raises:
-        AwaitInEventLoopError: called from sync code running directly in a running event
-            loop (neither below ``async_`` nor free to start a loop).
-        TypeError: the argument is neither awaitable nor callable.
-
-    Whatever the awaitable raises is raised here, with its traceback.
-    """
-    # A coroutine, the common case, without isawaitable()'s several checks.
-    if type(awaitable_or_fn) is _CoroutineType or inspect.isawaitable(awaitable_or_fn):
-        return _wait_for(cast("Awaitable[_T]", awaitable_or_fn))
-    return _calling_and_waiting(cast("Callable[..., Awaitable[Any]]", awaitable_or_fn))
-
-
-def _calling_and_waiting(async_fn: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
+def _calling_and_waiting(async_fn: object) -> Callable[..., Any]:
     """``@await_`` on an async function: a sync function that calls it and waits."""
-    # Not in await_() itself: a variable its closure used would cost every call a cell.
     # Annotations do not stop a caller passing anything.
     if not _is_callable(async_fn):
         kind = type(async_fn).__name__
         raise TypeError(f"await_() needs an awaitable or an async function, not {kind}")
+    function = cast("Callable[..., Awaitable[Any]]", async_fn)
 
-    @functools.wraps(async_fn)
+    @functools.wraps(function)
     def call_and_wait(*args: Any, **kwargs: Any) -> Any:
-        return _wait_for(async_fn(*args, **kwargs))
+        return _wait_for(function(*args, **kwargs))
 
     return call_and_wait
 
