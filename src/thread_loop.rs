@@ -143,7 +143,7 @@ pub fn first_step<'py>(
     coroutine: Bound<'py, PyAny>,
 ) -> PyResult<(Bound<'py, PyAny>, Option<Bound<'py, PyAny>>)> {
     let hooks = step_hooks(py)?;
-    let Some(running) = RunningLoop::none_running(py, hooks)? else {
+    let Some(running) = RunningLoop::none_running(hooks, &event_loop)? else {
         return Err(PyRuntimeError::new_err(
             "_first_step() needs a thread with no event loop running",
         ));
@@ -339,7 +339,9 @@ pub fn wait_for<'py>(
         return call(py, &fallbacks.off_fiber, &[awaitable]);
     };
     let (event_loop, task, ready) = {
-        let state = bridge.borrow();
+        let Ok(state) = bridge.try_borrow() else {
+            return call(py, &fallbacks.off_fiber, &[awaitable]);
+        };
         match (&state.event_loop, &state.task) {
             (Some(event_loop), Some(task)) if state.idle => (
                 event_loop.bind(py).clone(),
@@ -353,7 +355,7 @@ pub fn wait_for<'py>(
     if trio_imported(py)? {
         return call(py, &fallbacks.off_fiber, &[awaitable]);
     }
-    let Some(running) = RunningLoop::none_running(py, hooks)? else {
+    let Some(running) = RunningLoop::none_running(hooks, &event_loop)? else {
         return call(py, &fallbacks.off_fiber, &[awaitable]);
     };
     let value = match step_as_task(py, hooks, running, &event_loop, &task, awaitable) {
@@ -369,7 +371,7 @@ pub fn wait_for<'py>(
     // It finished, returning or raising: callbacks it scheduled (tasks it created, ...) get
     // one turn of the loop before this returns, as `loop.run_until_complete()` gives them.
     let scheduled = match &ready {
-        Some(ready) => ready.len().map(|len| len > 0),
+        Some(ready) => ready.is_truthy(),
         None => Ok(true),
     };
     let turned = scheduled.and_then(|scheduled| {

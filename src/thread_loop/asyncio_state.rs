@@ -80,24 +80,27 @@ enum LoopAccess {
 
 static LOOP_ACCESS: PyOnceLock<LoopAccess> = PyOnceLock::new();
 
-/// Checks once, with no loop running, how the running loop can be read and set.
-fn loop_access(py: Python<'_>, hooks: &StepHooks) -> PyResult<&'static LoopAccess> {
+/// Checks once, with no loop running, how the running loop can be read and set, by setting
+/// `event_loop` as the running loop for a moment (what a step does anyway: code that runs
+/// meanwhile, a finalizer, sees it running, as during a step).
+fn loop_access<'a>(hooks: &StepHooks, event_loop: &Bound<'_, PyAny>) -> PyResult<&'a LoopAccess> {
+    let py = event_loop.py();
     if let Some(access) = LOOP_ACCESS.get(py) {
         return Ok(access);
     }
-    let access = check_loop_access(py, hooks)?;
+    let access = check_loop_access(hooks, event_loop)?;
     Ok(LOOP_ACCESS.get_or_init(py, || access))
 }
 
 #[cfg(all(unix, not(Py_3_12)))]
-fn check_loop_access(py: Python<'_>, hooks: &StepHooks) -> PyResult<LoopAccess> {
-    Ok(holder::checked_type(py, hooks)?.map_or(LoopAccess::Functions, LoopAccess::Holder))
+fn check_loop_access(hooks: &StepHooks, event_loop: &Bound<'_, PyAny>) -> PyResult<LoopAccess> {
+    Ok(holder::checked_type(hooks, event_loop)?.map_or(LoopAccess::Functions, LoopAccess::Holder))
 }
 
 #[cfg(all(Py_3_12, not(Py_3_13)))]
-fn check_loop_access(py: Python<'_>, hooks: &StepHooks) -> PyResult<LoopAccess> {
+fn check_loop_access(hooks: &StepHooks, event_loop: &Bound<'_, PyAny>) -> PyResult<LoopAccess> {
     Ok(
-        if set_through_asyncio_read_here(py, hooks, thread_dict_loop)? {
+        if set_through_asyncio_read_here(hooks, event_loop, thread_dict_loop)? {
             LoopAccess::ThreadDict
         } else {
             LoopAccess::Functions
@@ -106,16 +109,16 @@ fn check_loop_access(py: Python<'_>, hooks: &StepHooks) -> PyResult<LoopAccess> 
 }
 
 #[cfg(Py_3_13)]
-fn check_loop_access(py: Python<'_>, hooks: &StepHooks) -> PyResult<LoopAccess> {
-    if !set_through_asyncio_read_here(py, hooks, thread_state_loop)? {
+fn check_loop_access(hooks: &StepHooks, event_loop: &Bound<'_, PyAny>) -> PyResult<LoopAccess> {
+    let py = event_loop.py();
+    if !set_through_asyncio_read_here(hooks, event_loop, thread_state_loop)? {
         return Ok(LoopAccess::Functions);
     }
     // And the other way round: set here, read through asyncio.
-    let probe = py.get_type::<PyAny>().call0()?;
-    set_thread_state_loop(Some(&probe));
+    set_thread_state_loop(Some(event_loop));
     let seen = call(py, &hooks.get_running_loop, &[]);
     set_thread_state_loop(None);
-    Ok(if seen?.is(&probe) && hooks.running_loop_is_none(py)? {
+    Ok(if seen?.is(event_loop) && hooks.running_loop_is_none(py)? {
         LoopAccess::ThreadState
     } else {
         LoopAccess::Functions
@@ -126,16 +129,16 @@ fn check_loop_access(py: Python<'_>, hooks: &StepHooks) -> PyResult<LoopAccess> 
 /// loop once it is cleared (none may be running).
 #[cfg(Py_3_12)]
 fn set_through_asyncio_read_here(
-    py: Python<'_>,
     hooks: &StepHooks,
+    event_loop: &Bound<'_, PyAny>,
     read: for<'py> fn(Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>>,
 ) -> PyResult<bool> {
-    let probe = py.get_type::<PyAny>().call0()?;
-    hooks.set_running_loop_to(&probe)?;
+    let py = event_loop.py();
+    hooks.set_running_loop_to(event_loop)?;
     let while_set = read(py);
     hooks.clear_running_loop(py)?;
     let after = read(py);
-    Ok(matches!(while_set?, Some(seen) if seen.is(&probe)) && after?.is_none())
+    Ok(matches!(while_set?, Some(seen) if seen.is(event_loop)) && after?.is_none())
 }
 
 /// The running loop as the thread state's dict has it (3.12): None when none runs.
@@ -181,8 +184,13 @@ pub enum RunningLoop<'py> {
 }
 
 impl<'py> RunningLoop<'py> {
-    /// How to set the running loop, or None if a loop runs in the thread already.
-    pub fn none_running(py: Python<'py>, hooks: &StepHooks) -> PyResult<Option<Self>> {
+    /// How to set `event_loop` as the running loop, or None if a loop runs in the thread
+    /// already.
+    pub fn none_running(
+        hooks: &StepHooks,
+        event_loop: &Bound<'py, PyAny>,
+    ) -> PyResult<Option<Self>> {
+        let py = event_loop.py();
         let access = match LOOP_ACCESS.get(py) {
             Some(access) => access,
             None => {
@@ -190,7 +198,7 @@ impl<'py> RunningLoop<'py> {
                 if !hooks.running_loop_is_none(py)? {
                     return Ok(None);
                 }
-                loop_access(py, hooks)?
+                loop_access(hooks, event_loop)?
             }
         };
         match access {
@@ -404,17 +412,24 @@ mod holder {
         }
     }
 
-    /// Checks the holder's layout with asyncio's functions (no loop may be running): its
-    /// type, if the layout above fits it.
-    pub fn checked_type(py: Python<'_>, hooks: &StepHooks) -> PyResult<Option<Py<PyType>>> {
+    /// Checks the holder's layout with asyncio's functions (no loop may be running), setting
+    /// `probe` as the running loop for a moment: the holder's type, if the layout above fits
+    /// it.
+    pub fn checked_type(
+        hooks: &StepHooks,
+        probe: &Bound<'_, PyAny>,
+    ) -> PyResult<Option<Py<PyType>>> {
+        let py = probe.py();
+        static AT_FORK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
         // SAFETY: pthread_atfork takes three optional handlers; the child's only stores 0
-        // (async-signal-safe). Registered once (this runs once per process, for LOOP_ACCESS);
-        // a failure only leaves steps on asyncio's functions.
-        if unsafe { libc::pthread_atfork(None, None, Some(forget_pid)) } != 0 {
+        // (async-signal-safe). Registered once per process; a failure only leaves steps on
+        // asyncio's functions.
+        if !*AT_FORK
+            .get_or_init(|| unsafe { libc::pthread_atfork(None, None, Some(forget_pid)) } == 0)
+        {
             return Ok(None);
         }
-        let probe = py.get_type::<PyAny>().call0()?;
-        hooks.set_running_loop_to(&probe)?;
+        hooks.set_running_loop_to(probe)?;
         let set = current(py);
         let read = call(py, &hooks.get_running_loop, &[]);
         hooks.clear_running_loop(py)?;
@@ -436,7 +451,7 @@ mod holder {
         if size != std::mem::size_of::<RunningLoopHolder>() as ffi::Py_ssize_t
             || name.to_bytes() != b"_RunningLoopHolder"
             || !cleared.get_type().is(&kind)
-            || !read.is(&probe)
+            || !read.is(probe)
         {
             return Ok(None);
         }
