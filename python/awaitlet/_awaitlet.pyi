@@ -63,12 +63,7 @@ def _first_step(
     ``(yielded, context)`` if it yielded (the loop must finish it, in ``context``)."""
 
 @overload
-def await_(awaitable_or_fn: Awaitable[_T], /) -> _T: ...
-@overload
-def await_(awaitable_or_fn: Callable[_P, Awaitable[_T]], /) -> Callable[_P, _T]: ...
-def await_(
-    awaitable_or_fn: Awaitable[_T] | Callable[_P, Awaitable[_T]], /
-) -> _T | Callable[_P, _T]:
+def await_(awaitable_or_fn: Awaitable[_T], /) -> _T:
     """Wait for an awaitable from sync code and return its result, or decorate an async
     function to be called from sync code.
 
@@ -88,6 +83,8 @@ def await_(
     Whatever the awaitable raises is raised here, with its traceback.
     """
 
+@overload
+def await_(awaitable_or_fn: Callable[_P, Awaitable[_T]], /) -> Callable[_P, _T]: ...
 def _wait_for(awaitable: Awaitable[_T], /) -> _T:
     """What ``awaitlet.decorators.await_(awaitable)`` does: below ``async_def()``, waits with
     ``awaitlet()``; with no event loop running, runs ``awaitable`` on the thread's own loop (a
@@ -97,12 +94,14 @@ def _wait_for(awaitable: Awaitable[_T], /) -> _T:
 def _set_thread_bridge(bridge: _BridgeState | None, /) -> None:
     """Make ``bridge`` the thread's bridge task for ``_wait_for()`` (a weak reference)."""
 
+@disjoint_base
 class _BridgeState:
     """What ``_wait_for()`` reads of a thread's bridge task (the base of
     ``awaitlet._thread_loop._Bridge``)."""
 
-    loop: asyncio.AbstractEventLoop | None
-    task: asyncio.Task[None] | None
+    # None until the subclass sets them.
+    loop: asyncio.AbstractEventLoop
+    task: asyncio.Task[None]
     ready: Any
     idle: bool
     def __new__(cls, *args: Any, **kwargs: Any) -> Self: ...

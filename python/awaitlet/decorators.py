@@ -182,13 +182,13 @@ def _running_event_loop_name() -> str | None:
 # _off_fiber(awaitable), as it does in every other case.
 
 
-def _on_fiber(awaitable: Awaitable[_T]) -> _T:
+def _on_fiber(awaitable: Awaitable[_T]) -> _T:  # pyright: ignore[reportUnusedFunction] - called by _awaitlet
     # Called from a Python frame: awaitlet() shows the collector its caller's frame while the
     # sync code is suspended.
     return awaitlet(awaitable)
 
 
-def _off_fiber(awaitable: Awaitable[_T]) -> _T:
+def _off_fiber(awaitable: Awaitable[_T]) -> _T:  # pyright: ignore[reportUnusedFunction] - called by _awaitlet
     if _get_running_loop() is None and "trio" not in sys.modules:
         return run_on_thread_loop(awaitable)
     running = _running_event_loop_name()
@@ -203,7 +203,7 @@ def _off_fiber(awaitable: Awaitable[_T]) -> _T:
     return run_on_thread_loop(awaitable)
 
 
-def _await_other(awaitable_or_fn: object) -> Any:
+def _await_other(awaitable_or_fn: object) -> Any:  # pyright: ignore[reportUnusedFunction] - called by _awaitlet
     """``await_()`` of anything but a coroutine (``await_`` takes coroutines itself)."""
     if inspect.isawaitable(awaitable_or_fn):
         return _wait_for(awaitable_or_fn)

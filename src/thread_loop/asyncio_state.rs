@@ -421,12 +421,13 @@ mod holder {
     ) -> PyResult<Option<Py<PyType>>> {
         let py = probe.py();
         static AT_FORK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        // SAFETY: pthread_atfork takes three optional handlers; the child's only stores 0
-        // (async-signal-safe). Registered once per process; a failure only leaves steps on
-        // asyncio's functions.
-        if !*AT_FORK
-            .get_or_init(|| unsafe { libc::pthread_atfork(None, None, Some(forget_pid)) } == 0)
-        {
+        let registered = AT_FORK.get_or_init(|| {
+            // SAFETY: pthread_atfork takes three optional handlers; the child's only stores 0
+            // (async-signal-safe). Registered once per process; a failure only leaves steps
+            // on asyncio's functions.
+            unsafe { libc::pthread_atfork(None, None, Some(forget_pid)) == 0 }
+        });
+        if !*registered {
             return Ok(None);
         }
         hooks.set_running_loop_to(probe)?;
