@@ -64,24 +64,8 @@ def _first_step(
 
 @overload
 def await_(awaitable_or_fn: Awaitable[_T], /) -> _T:
-    """Wait for an awaitable from sync code and return its result, or decorate an async
-    function to be called from sync code.
-
-    ``await_(awaitable)`` suspends the fiber of the surrounding :func:`async_` (or
-    :func:`awaitlet.async_def`) while the event loop awaits the awaitable.  With no event
-    loop running in the thread, it runs the awaitable on an event loop of the thread's own
-    (made on first use, reused after; see :func:`close_thread_loop`).
-
-    ``@await_`` on an async function gives a sync function that calls it and waits, the
-    same way, for what it returns.
-
-    Raises:
-        AwaitInEventLoopError: called from sync code running directly in a running event
-            loop (neither below ``async_`` nor free to start a loop).
-        TypeError: the argument is neither awaitable nor callable.
-
-    Whatever the awaitable raises is raised here, with its traceback.
-    """
+    """``awaitlet.decorators.await_`` (documented there): a coroutine goes to
+    ``_wait_for()``, anything else to ``awaitlet.decorators._await_other()``."""
 
 @overload
 def await_(awaitable_or_fn: Callable[_P, Awaitable[_T]], /) -> Callable[_P, _T]: ...

@@ -27,9 +27,10 @@ import functools
 import inspect
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, ParamSpec, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast, overload
 
-from ._awaitlet import NoAwaitletContext, _wait_for, async_def, await_, awaitlet
+from ._awaitlet import NoAwaitletContext, _wait_for, async_def, awaitlet
+from ._awaitlet import await_ as _native_await_
 from ._thread_loop import close_thread_loop as _close_thread_loop
 from ._thread_loop import run_on_thread_loop
 
@@ -175,8 +176,8 @@ def _running_event_loop_name() -> str | None:
     return None
 
 
-# await_() is native (`_awaitlet.await_`, documented in _awaitlet.pyi): given a coroutine,
-# it does `_awaitlet._wait_for(coroutine)`, anything else goes to _await_other() below.
+# await_() is native (`_awaitlet.await_`, see below): given a coroutine, it does
+# `_awaitlet._wait_for(coroutine)`, anything else goes to _await_other().
 # _wait_for(awaitable): below async_def (where awaitlet() suspends), _on_fiber(awaitable);
 # with no loop running, it runs a coroutine's first step itself (the common case) or calls
 # _off_fiber(awaitable), as it does in every other case.
@@ -223,6 +224,44 @@ def _calling_and_waiting(async_fn: object) -> Callable[..., Any]:
         return _wait_for(function(*args, **kwargs))
 
     return call_and_wait
+
+
+if TYPE_CHECKING:
+    # What type checkers and the documentation see; at run time await_ is
+    # _awaitlet.await_, native so that a coroutine costs no Python frame (it does
+    # _wait_for(coroutine); anything else goes to _await_other()).
+
+    @overload
+    def await_(awaitable_or_fn: Awaitable[_T], /) -> _T: ...
+
+    @overload
+    def await_(awaitable_or_fn: Callable[_P, Awaitable[_T]], /) -> Callable[_P, _T]: ...
+
+    def await_(
+        awaitable_or_fn: Awaitable[_T] | Callable[_P, Awaitable[_T]], /
+    ) -> _T | Callable[_P, _T]:
+        """Wait for an awaitable from sync code and return its result, or decorate an async
+        function to be called from sync code.
+
+        ``await_(awaitable)`` suspends the fiber of the surrounding :func:`async_` (or
+        :func:`awaitlet.async_def`) while the event loop awaits the awaitable.  With no event
+        loop running in the thread, it runs the awaitable on an event loop of the thread's own
+        (made on first use, reused after; see :func:`close_thread_loop`).
+
+        ``@await_`` on an async function gives a sync function that calls it and waits, the
+        same way, for what it returns.
+
+        Raises:
+            AwaitInEventLoopError: called from sync code running directly in a running event
+                loop (neither below ``async_`` nor free to start a loop).
+            TypeError: the argument is neither awaitable nor callable.
+
+        Whatever the awaitable raises is raised here, with its traceback.
+        """
+        return _native_await_(awaitable_or_fn)
+
+else:
+    await_ = _native_await_
 
 
 def spawn(fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> asyncio.Task[_T]:
