@@ -16,6 +16,11 @@ An awaitable handed over runs as the bridge task would run it, in a copy of the 
 
 Between calls the loop is not running: the caller sees no running loop and may use
 ``asyncio.run()`` or a loop of its own.
+
+The common case, a coroutine handed to an idle bridge task, runs natively in
+``_awaitlet._wait_for`` (``await_()`` itself), which finds the thread's bridge through
+``_set_thread_bridge()`` and reads its ``_BridgeState`` base; :func:`run_on_thread_loop`
+does the rest (the first call of a thread, awaitables that are not coroutines).
 """
 
 from __future__ import annotations
