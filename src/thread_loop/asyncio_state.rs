@@ -97,6 +97,12 @@ fn check_loop_access(hooks: &StepHooks, event_loop: &Bound<'_, PyAny>) -> PyResu
     Ok(holder::checked_type(hooks, event_loop)?.map_or(LoopAccess::Functions, LoopAccess::Holder))
 }
 
+/// No holder to write into where `getpid()` is missing from it (Windows).
+#[cfg(all(not(unix), not(Py_3_12)))]
+fn check_loop_access(_hooks: &StepHooks, _event_loop: &Bound<'_, PyAny>) -> PyResult<LoopAccess> {
+    Ok(LoopAccess::Functions)
+}
+
 #[cfg(all(Py_3_12, not(Py_3_13)))]
 fn check_loop_access(hooks: &StepHooks, event_loop: &Bound<'_, PyAny>) -> PyResult<LoopAccess> {
     Ok(
