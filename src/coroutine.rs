@@ -1463,11 +1463,23 @@ fn real_greenlet_module(py: Python<'_>) -> PyResult<Option<Bound<'_, PyAny>>> {
     else {
         return Ok(None);
     };
-    if greenlet.is_none() || greenlet.hasattr(pyo3::intern!(py, "__awaitlet_facade__"))? {
+    if greenlet.as_ptr() == KNOWN_FACADE.load(Ordering::Relaxed) || greenlet.is_none() {
+        return Ok(None);
+    }
+    if greenlet.hasattr(pyo3::intern!(py, "__awaitlet_facade__"))? {
+        let old = KNOWN_FACADE.swap(greenlet.into_ptr(), Ordering::Relaxed);
+        if !old.is_null() {
+            // SAFETY: GIL held; the strong reference the static held.
+            unsafe { ffi::Py_DECREF(old) };
+        }
         return Ok(None);
     }
     Ok(Some(greenlet))
 }
+
+/// The facade module last found as `sys.modules["greenlet"]` (a strong reference, so that no
+/// other object can take its address), which [`real_greenlet_module`] then knows at once.
+static KNOWN_FACADE: AtomicPtr<ffi::PyObject> = AtomicPtr::new(std::ptr::null_mut());
 
 /// The running greenlet of the real greenlet package, if that package is in use and the
 /// greenlet awaits on behalf of its code.

@@ -69,5 +69,12 @@ fn _awaitlet(m: &Bound<'_, PyModule>) -> PyResult<()> {
     portal::add_to_module(m)?;
     // awaitlet.decorators' await_() with no loop running.
     m.add_function(wrap_pyfunction!(thread_loop::first_step, m)?)?;
+    m.add_function(wrap_pyfunction!(thread_loop::wait_for, m)?)?;
+    let await_ = wrap_pyfunction!(thread_loop::await_, m)?;
+    // Documented and used as awaitlet.decorators.await_.
+    await_.setattr("__module__", "awaitlet.decorators")?;
+    m.add_function(await_)?;
+    m.add_function(wrap_pyfunction!(thread_loop::set_thread_bridge, m)?)?;
+    m.add_class::<thread_loop::BridgeState>()?;
     Ok(())
 }

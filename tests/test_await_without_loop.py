@@ -311,3 +311,68 @@ def test_threads_each_run_their_own_loop_at_once():
     loops = {id(loop) for values in results.values() for _, loop in values}
     assert len(loops) == 4
     assert all([n for n, _ in values] == [n] * 20 for n, values in results.items())
+
+
+@pytest.mark.parametrize("where", ["main thread", "new thread"])
+def test_the_running_loop_and_task_are_seen_in_every_first_step(where):
+    # The first call of a thread goes through the Python path (it makes the bridge task);
+    # later ones run the first step natively: each sees the same loop and task.
+    async def seen():
+        return asyncio.get_running_loop(), asyncio.current_task(), asyncio.current_task()
+
+    results = []
+
+    def calls():
+        results.extend(await_(seen()) for _ in range(3))
+        results.append(asyncio.events._get_running_loop())
+
+    if where == "main thread":
+        calls()
+    else:
+        thread = threading.Thread(target=calls)
+        thread.start()
+        thread.join()
+    *steps, after = results
+    assert after is None
+    loop, task, _ = steps[0]
+    assert isinstance(task, asyncio.Task) and task.get_loop() is loop
+    assert all(step == (loop, task, task) for step in steps)
+
+
+@pytest.mark.skipif(
+    sys.version_info >= (3, 14),
+    reason="3.14's _leave_task() refuses a loop that is no longer the running loop, after a"
+    " task's step as after a first step, and leaves the task current",
+)
+def test_a_first_step_that_sets_a_running_loop_of_its_own():
+    other = asyncio.new_event_loop()
+
+    async def replaces_the_running_loop():
+        asyncio.events._set_running_loop(other)
+        return asyncio.events._get_running_loop()
+
+    try:
+        assert await_(replaces_the_running_loop()) is other
+        # As after a task's step: no loop is left running.
+        assert _no_loop_running()
+        assert await_(_task_of()) is not None
+        assert _no_loop_running()
+    finally:
+        other.close()
+
+
+def test_await_is_a_function_of_one_positional_argument():
+    import inspect
+
+    assert await_.__module__ == "awaitlet.decorators"
+    assert await_.__name__ == "await_"
+    assert "Wait for an awaitable from sync code" in await_.__doc__
+    (parameter,) = inspect.signature(await_).parameters.values()
+    assert parameter.name == "awaitable_or_fn"
+    assert parameter.kind is inspect.Parameter.POSITIONAL_ONLY
+    coroutine = _completes_at_once(1)
+    with pytest.raises(TypeError):
+        await_(awaitable_or_fn=coroutine)
+    with pytest.raises(TypeError):
+        await_(coroutine, coroutine)
+    assert await_(coroutine) == 1

@@ -4,7 +4,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from contextvars import Context
 from types import CodeType, FrameType, TracebackType
-from typing import Any, NoReturn, TypeVar, final, overload
+from typing import Any, NoReturn, ParamSpec, TypeVar, final, overload
 
 from typing_extensions import Self, disjoint_base
 
@@ -28,9 +28,14 @@ __all__ = [
     "_PortalHandoff",
     "_portal_drive",
     "_first_step",
+    "_wait_for",
+    "await_",
+    "_set_thread_bridge",
+    "_BridgeState",
 ]
 
 _T = TypeVar("_T")
+_P = ParamSpec("_P")
 
 __version__: str
 
@@ -56,6 +61,34 @@ def _first_step(
     """Run the first step of ``coroutine`` as ``task`` on ``loop`` (no loop may be running),
     in a copy of the caller's context: ``(value, None)`` if it returned ``value``,
     ``(yielded, context)`` if it yielded (the loop must finish it, in ``context``)."""
+
+@overload
+def await_(awaitable_or_fn: Awaitable[_T], /) -> _T:
+    """``awaitlet.decorators.await_`` (documented there): a coroutine goes to
+    ``_wait_for()``, anything else to ``awaitlet.decorators._await_other()``."""
+
+@overload
+def await_(awaitable_or_fn: Callable[_P, Awaitable[_T]], /) -> Callable[_P, _T]: ...
+def _wait_for(awaitable: Awaitable[_T], /) -> _T:
+    """What ``awaitlet.decorators.await_(awaitable)`` does: below ``async_def()``, waits with
+    ``awaitlet()``; with no event loop running, runs ``awaitable`` on the thread's own loop (a
+    coroutine's first step natively, when the thread's bridge task is idle); otherwise
+    raises ``AwaitInEventLoopError`` (through ``awaitlet.decorators``)."""
+
+def _set_thread_bridge(bridge: _BridgeState | None, /) -> None:
+    """Make ``bridge`` the thread's bridge task for ``_wait_for()`` (a weak reference)."""
+
+@disjoint_base
+class _BridgeState:
+    """What ``_wait_for()`` reads of a thread's bridge task (the base of
+    ``awaitlet._thread_loop._Bridge``)."""
+
+    # None until the subclass sets them.
+    loop: asyncio.AbstractEventLoop
+    task: asyncio.Task[None]
+    ready: Any
+    idle: bool
+    def __new__(cls, *args: Any, **kwargs: Any) -> Self: ...
 
 @final
 class async_def_coroutine(Coroutine[Any, Any, _T]):

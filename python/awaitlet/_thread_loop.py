@@ -16,6 +16,11 @@ An awaitable handed over runs as the bridge task would run it, in a copy of the 
 
 Between calls the loop is not running: the caller sees no running loop and may use
 ``asyncio.run()`` or a loop of its own.
+
+The common case, a coroutine handed to an idle bridge task, runs natively in
+``_awaitlet._wait_for`` (``await_()`` itself), which finds the thread's bridge through
+``_set_thread_bridge()`` and reads its ``_BridgeState`` base; :func:`run_on_thread_loop`
+does the rest (the first call of a thread, awaitables that are not coroutines).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import types
 from collections.abc import Awaitable, Coroutine, Generator, Sized
 from typing import Any, TypeVar, cast
 
+from ._awaitlet import _BridgeState, _set_thread_bridge
 from ._awaitlet import _first_step as first_step
 
 _T = TypeVar("_T")
@@ -84,8 +90,12 @@ class _Steps:
             context.run(coroutine.close)
 
 
-class _Bridge:
-    """The bridge task of a thread's loop, and what it is handed."""
+class _Bridge(_BridgeState):
+    """The bridge task of a thread's loop, and what it is handed.
+
+    Its base class holds what ``_awaitlet._wait_for`` reads to run a first step natively:
+    ``loop``, ``task``, ``ready`` and ``idle``.
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -96,7 +106,8 @@ class _Bridge:
             tuple[Coroutine[Any, Any, Any], Any, contextvars.Context, asyncio.Future[Any]] | None
         ) = None
         # The loop's queue of callbacks ready to run, where it has one we know.
-        self.ready: Sized | None = getattr(loop, "_ready", None)
+        ready: Sized | None = getattr(loop, "_ready", None)
+        self.ready = ready
         #: Whether it waits for work (it can be handed an awaitable).
         self.idle = False
         #: Whether it ends once the awaitable it has is done (its caller stopped waiting).
@@ -212,15 +223,22 @@ class _ThreadLoop(threading.local):
     #: The bridge task to hand awaitables to, if it is idle.
     bridge: _Bridge | None = None
 
+    def set_bridge(self, bridge: _Bridge | None) -> None:
+        """Make ``bridge`` the thread's bridge, here and for ``_awaitlet._wait_for``."""
+        self.bridge = bridge
+        _set_thread_bridge(bridge)
+
     def new_bridge(self) -> _Bridge:
         owned = self.owned
         if owned is None or owned.loop.is_closed():
             owned = self.owned = _OwnedLoop()
-        bridge = self.bridge = _Bridge(owned.loop)
+        bridge = _Bridge(owned.loop)
+        self.set_bridge(bridge)
         return bridge
 
     def close(self) -> None:
-        owned, self.owned, self.bridge = self.owned, None, None
+        owned, self.owned = self.owned, None
+        self.set_bridge(None)
         if owned is not None:
             owned.close()
 
@@ -236,7 +254,7 @@ def _leave_the_parents_loop_alone() -> None:
     parent's loop would no longer be woken by other threads)."""
     owned = _thread_loop.owned
     _thread_loop.owned = None
-    _thread_loop.bridge = None
+    _thread_loop.set_bridge(None)
     if owned is None:
         return
     if isinstance(owned.loop, asyncio.BaseEventLoop):

@@ -26,11 +26,11 @@ import contextvars
 import functools
 import inspect
 import sys
-import types
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, ParamSpec, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast, overload
 
-from ._awaitlet import NoAwaitletContext, async_def, awaitlet, in_async_def
+from ._awaitlet import NoAwaitletContext, _wait_for, async_def, awaitlet
+from ._awaitlet import await_ as _native_await_
 from ._thread_loop import close_thread_loop as _close_thread_loop
 from ._thread_loop import run_on_thread_loop
 
@@ -176,9 +176,20 @@ def _running_event_loop_name() -> str | None:
     return None
 
 
-def _wait_for(awaitable: Awaitable[_T]) -> _T:
-    if in_async_def():
-        return awaitlet(awaitable)
+# await_() is native (`_awaitlet.await_`, see below): given a coroutine, it does
+# `_awaitlet._wait_for(coroutine)`, anything else goes to _await_other().
+# _wait_for(awaitable): below async_def (where awaitlet() suspends), _on_fiber(awaitable);
+# with no loop running, it runs a coroutine's first step itself (the common case) or calls
+# _off_fiber(awaitable), as it does in every other case.
+
+
+def _on_fiber(awaitable: Awaitable[_T]) -> _T:  # pyright: ignore[reportUnusedFunction] - called by _awaitlet
+    # Called from a Python frame: awaitlet() shows the collector its caller's frame while the
+    # sync code is suspended.
+    return awaitlet(awaitable)
+
+
+def _off_fiber(awaitable: Awaitable[_T]) -> _T:  # pyright: ignore[reportUnusedFunction] - called by _awaitlet
     if _get_running_loop() is None and "trio" not in sys.modules:
         return run_on_thread_loop(awaitable)
     running = _running_event_loop_name()
@@ -193,49 +204,64 @@ def _wait_for(awaitable: Awaitable[_T]) -> _T:
     return run_on_thread_loop(awaitable)
 
 
-@overload
-def await_(awaitable_or_fn: Awaitable[_T], /) -> _T: ...
+def _await_other(awaitable_or_fn: object) -> Any:  # pyright: ignore[reportUnusedFunction] - called by _awaitlet
+    """``await_()`` of anything but a coroutine (``await_`` takes coroutines itself)."""
+    if inspect.isawaitable(awaitable_or_fn):
+        return _wait_for(awaitable_or_fn)
+    return _calling_and_waiting(awaitable_or_fn)
 
 
-@overload
-def await_(awaitable_or_fn: Callable[_P, Awaitable[_T]], /) -> Callable[_P, _T]: ...
-
-
-def await_(
-    awaitable_or_fn: Awaitable[_T] | Callable[_P, Awaitable[_T]], /
-) -> _T | Callable[_P, _T]:
-    """Wait for an awaitable from sync code and return its result, or decorate an async
-    function to be called from sync code.
-
-    ``await_(awaitable)`` suspends the fiber of the surrounding :func:`async_` (or
-    :func:`awaitlet.async_def`) while the event loop awaits the awaitable.  With no event
-    loop running in the thread, it runs the awaitable on an event loop of the thread's own
-    (made on first use, reused after; see :func:`close_thread_loop`).
-
-    ``@await_`` on an async function gives a sync function that calls it and waits, the
-    same way, for what it returns.
-
-    Raises:
-        AwaitInEventLoopError: called from sync code running directly in a running event
-            loop (neither below ``async_`` nor free to start a loop).
-        TypeError: the argument is neither awaitable nor callable.
-
-    Whatever the awaitable raises is raised here, with its traceback.
-    """
-    # A coroutine, the common case, without isawaitable()'s several checks.
-    if type(awaitable_or_fn) is types.CoroutineType or inspect.isawaitable(awaitable_or_fn):
-        return _wait_for(cast("Awaitable[_T]", awaitable_or_fn))
+def _calling_and_waiting(async_fn: object) -> Callable[..., Any]:
+    """``@await_`` on an async function: a sync function that calls it and waits."""
     # Annotations do not stop a caller passing anything.
-    if not _is_callable(awaitable_or_fn):
-        kind = type(awaitable_or_fn).__name__
+    if not _is_callable(async_fn):
+        kind = type(async_fn).__name__
         raise TypeError(f"await_() needs an awaitable or an async function, not {kind}")
-    async_fn = awaitable_or_fn
+    function = cast("Callable[..., Awaitable[Any]]", async_fn)
 
-    @functools.wraps(async_fn)
-    def call_and_wait(*args: _P.args, **kwargs: _P.kwargs) -> _T:
-        return _wait_for(async_fn(*args, **kwargs))
+    @functools.wraps(function)
+    def call_and_wait(*args: Any, **kwargs: Any) -> Any:
+        return _wait_for(function(*args, **kwargs))
 
     return call_and_wait
+
+
+if TYPE_CHECKING:
+    # What type checkers and the documentation see; at run time await_ is
+    # _awaitlet.await_, native so that a coroutine costs no Python frame (it does
+    # _wait_for(coroutine); anything else goes to _await_other()).
+
+    @overload
+    def await_(awaitable_or_fn: Awaitable[_T], /) -> _T: ...
+
+    @overload
+    def await_(awaitable_or_fn: Callable[_P, Awaitable[_T]], /) -> Callable[_P, _T]: ...
+
+    def await_(
+        awaitable_or_fn: Awaitable[_T] | Callable[_P, Awaitable[_T]], /
+    ) -> _T | Callable[_P, _T]:
+        """Wait for an awaitable from sync code and return its result, or decorate an async
+        function to be called from sync code.
+
+        ``await_(awaitable)`` suspends the fiber of the surrounding :func:`async_` (or
+        :func:`awaitlet.async_def`) while the event loop awaits the awaitable.  With no event
+        loop running in the thread, it runs the awaitable on an event loop of the thread's own
+        (made on first use, reused after; see :func:`close_thread_loop`).
+
+        ``@await_`` on an async function gives a sync function that calls it and waits, the
+        same way, for what it returns.
+
+        Raises:
+            AwaitInEventLoopError: called from sync code running directly in a running event
+                loop (neither below ``async_`` nor free to start a loop).
+            TypeError: the argument is neither awaitable nor callable.
+
+        Whatever the awaitable raises is raised here, with its traceback.
+        """
+        return _native_await_(awaitable_or_fn)
+
+else:
+    await_ = _native_await_
 
 
 def spawn(fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> asyncio.Task[_T]:

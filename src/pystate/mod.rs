@@ -53,6 +53,33 @@ extern "C" {
     fn awaitlet_report_suspend(callable: *mut ffi::PyObject) -> c_int;
     fn awaitlet_report_resume(callable: *mut ffi::PyObject) -> c_int;
     fn awaitlet_report_switched_back();
+    #[cfg(Py_3_13)]
+    fn awaitlet_asyncio_running_loop() -> *mut ffi::PyObject;
+    #[cfg(Py_3_13)]
+    fn awaitlet_set_asyncio_running_loop(event_loop: *mut ffi::PyObject);
+}
+
+/// asyncio's running loop as the thread state keeps it (3.13+): a borrowed reference, or
+/// NULL when none runs.
+///
+/// # Safety
+/// GIL held.
+#[cfg(Py_3_13)]
+pub unsafe fn asyncio_running_loop() -> *mut ffi::PyObject {
+    // SAFETY: GIL held, as the caller guarantees; reads one field of the thread state.
+    unsafe { awaitlet_asyncio_running_loop() }
+}
+
+/// Sets asyncio's running loop in the thread state (3.13+), as `_set_running_loop()` does;
+/// NULL: none.
+///
+/// # Safety
+/// GIL held; `event_loop` is a live object or NULL.
+#[cfg(Py_3_13)]
+pub unsafe fn set_asyncio_running_loop(event_loop: *mut ffi::PyObject) {
+    // SAFETY: as the caller guarantees; the thread state takes a new reference and releases
+    // the one it held.
+    unsafe { awaitlet_set_asyncio_running_loop(event_loop) }
 }
 
 /// Interpreter state owned by one fiber; see the module documentation.

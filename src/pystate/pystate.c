@@ -68,6 +68,10 @@
 #  else
 #    include "internal/pycore_frame.h"
 #  endif
+#  if AWAITLET_PY313 && !AWAITLET_PY314
+/* asyncio's running loop (see "asyncio's running loop" below). */
+#    include "internal/pycore_tstate.h"
+#  endif
 #else
 /* 3.10's PyFrameObject layout, for the same reason. */
 #  include "frameobject.h"
@@ -1497,3 +1501,26 @@ awaitlet_report_switched_back(void)
     }
     Py_DECREF(frame);
 }
+
+/* ---- asyncio's running loop ----
+ *
+ * Since 3.13 asyncio's C accelerator keeps the thread's running loop in the private
+ * _PyThreadStateImpl (a strong reference, NULL when none runs), where _get_running_loop()
+ * and _set_running_loop() read and write it.  A first step of awaitlet.decorators.await_()
+ * sets it there directly (src/thread_loop/asyncio_state.rs checks once that asyncio agrees). */
+#if AWAITLET_PY313
+/* The running loop (borrowed), or NULL. */
+PyObject *
+awaitlet_asyncio_running_loop(void)
+{
+    return ((_PyThreadStateImpl *)current_tstate())->asyncio_running_loop;
+}
+
+/* Sets the running loop (NULL: none), as _set_running_loop() does. */
+void
+awaitlet_set_asyncio_running_loop(PyObject *loop)
+{
+    _PyThreadStateImpl *ts = (_PyThreadStateImpl *)current_tstate();
+    Py_XSETREF(ts->asyncio_running_loop, Py_XNewRef(loop));
+}
+#endif
