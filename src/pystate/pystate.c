@@ -633,15 +633,16 @@ awaitlet_fiber_top_frame(awaitlet_fiber_state *s)
     if (!s->started) {
         Py_RETURN_NONE;
     }
-    PyThreadState *ts = current_tstate();
     PyFrameObject *frame = NULL;
     int gc_was_enabled = PyGC_Disable();
 #if AWAITLET_PY313
+    PyThreadState *ts = current_tstate();
     struct _PyInterpreterFrame *mine = ts->current_frame;
     ts->current_frame = s->fiber.current_frame;
     frame = PyThreadState_GetFrame(ts);
     ts->current_frame = mine;
 #elif AWAITLET_PY311
+    PyThreadState *ts = current_tstate();
     struct _PyInterpreterFrame *mine = ts->cframe->current_frame;
     ts->cframe->current_frame = s->fiber.current_frame;
     frame = PyThreadState_GetFrame(ts);
