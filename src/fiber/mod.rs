@@ -39,6 +39,7 @@ use pyo3::types::{PyDict, PyString, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::exceptions::GreenletExit;
+use crate::method_def::attached;
 use crate::pystate::{
     interpreter_finalizing, report_resume, report_suspend, report_switched_back, switch_hooks_set,
     FiberPyState,
@@ -64,6 +65,16 @@ pub enum Resume {
     Value(Py<PyAny>),
     /// `awaitlet()` raises this exception.
     Throw(PyErr),
+}
+
+impl Resume {
+    /// What the call the fiber suspended in returns (or raises).
+    pub fn into_result(self) -> PyResult<Py<PyAny>> {
+        match self {
+            Self::Value(value) => Ok(value),
+            Self::Throw(err) => Err(err),
+        }
+    }
 }
 
 /// Where a resumed fiber stopped.
@@ -372,14 +383,23 @@ impl Shared {
         }
     }
 
-    /// Makes the call stored in `self.call`, which keeps its references until it returns.
-    fn run_call(&self, py: Python<'_>) -> Outcome {
-        let result = match &*self.call.borrow() {
-            Some(call) => NonNull::new(call.invoke()).ok_or_else(|| fetch_exception(py)),
-            None => Err(no_call().into_value(py)),
+    /// Makes the call stored in `self.call`, which keeps its references until it returns:
+    /// what the call returned (a new reference, or NULL with an exception set), None if there
+    /// is no call to make. Drops nothing (see [`fiber_main`]).
+    fn run_call(&self) -> Option<*mut ffi::PyObject> {
+        self.call.borrow().as_ref().map(Call::invoke)
+    }
+
+    /// What [`Shared::run_call`] (or a panic in it) came to, once the call's references are
+    /// released.
+    fn end_call(&self, py: Python<'_>, returned: CallReturn) -> Outcome {
+        let outcome = match returned {
+            Ok(Some(result)) => NonNull::new(result).ok_or_else(|| fetch_exception(py)),
+            Ok(None) => Err(no_call().into_value(py)),
+            Err(payload) => panic_outcome(py, payload),
         };
         self.drop_call();
-        result
+        outcome
     }
 
     /// Releases the call's references, outside any borrow: dropping them can run any code.
@@ -579,6 +599,21 @@ impl Fiber {
         if self.owner.get().has_orphans() {
             FiberOwner::finish_orphans(&self.owner, py);
         }
+        // SAFETY: checked just above; the orphans were finished.
+        unsafe { self.resume_unchecked(py, input) }
+    }
+
+    /// [`Fiber::resume`] without its checks, for a switch's fast path that made them: drops
+    /// no Python reference (a fast path may run where PyO3 does not count the thread as
+    /// attached). Runs the fiber until it suspends or finishes.
+    ///
+    /// # Safety
+    /// GIL held (the token); the fiber belongs to the calling thread state
+    /// ([`Fiber::thread`] is [`current_thread`]) and is suspended or not started; its owner
+    /// has no orphans waiting ([`FiberOwner::has_orphans`]), which `resume` would finish
+    /// first.
+    #[inline]
+    pub unsafe fn resume_unchecked(&mut self, py: Python<'_>, input: Resume) -> Step {
         let result = THREAD.with(|thread| {
             let previous = thread.current.replace(self.shared.as_ptr());
             self.shared().resumer.set(previous);
@@ -854,6 +889,11 @@ type Outcome = Result<NonNull<ffi::PyObject>, Py<pyo3::exceptions::PyBaseExcepti
 /// The body of every fiber. It and the functions it calls on the way to the Python call keep
 /// small stack frames, with what they do before and after the call out of line: their frames
 /// stay on the fiber's stack, in the pages a suspended fiber keeps resident.
+///
+/// A fiber may be resumed by a switch's fast path, which enters from CPython without PyO3's
+/// trampoline (see `greenlet::switch_entry`): PyO3 need not count the thread as attached
+/// while the fiber's function returns, so the references released then are released inside
+/// [`attached`], at once rather than through PyO3's pool.
 #[inline(never)]
 fn fiber_main(shared: &Shared, yielder: &Yielder<Resume, Py<PyAny>>, start: Resume) -> Outcome {
     drop(start);
@@ -864,7 +904,11 @@ fn fiber_main(shared: &Shared, yielder: &Yielder<Resume, Py<PyAny>>, start: Resu
     if shared.start_without_context.get() {
         start_without_context(py);
     }
-    let outcome = run_guarded(shared, py);
+    let returned = run_guarded(shared);
+    let outcome = attached(|py| shared.end_call(py, returned)).unwrap_or_else(|| {
+        // `end_call` panicked: the trampoline raised the panic as an exception.
+        Err(fetch_exception(py))
+    });
     finish_fiber(shared, py);
     outcome
 }
@@ -875,14 +919,15 @@ fn start_without_context(py: Python<'_>) {
     unsafe { crate::pystate::set_current_context(&py.None().into_bound(py)) };
 }
 
-/// Makes the fiber's call, turning a panic into an exception: a panic must not unwind out of
-/// the fiber's stack, as corosensei would carry it through the resumer's CPython frames.
+/// What the fiber's call came to: what [`Shared::run_call`] returned, or the payload of a
+/// panic in it.
+type CallReturn = Result<Option<*mut ffi::PyObject>, Box<dyn std::any::Any + Send>>;
+
+/// Makes the fiber's call, catching a panic: a panic must not unwind out of the fiber's
+/// stack, as corosensei would carry it through the resumer's CPython frames.
 #[inline(never)]
-fn run_guarded(shared: &Shared, py: Python<'_>) -> Outcome {
-    match catch_unwind(AssertUnwindSafe(|| shared.run_call(py))) {
-        Ok(outcome) => outcome,
-        Err(payload) => panic_outcome(py, payload),
-    }
+fn run_guarded(shared: &Shared) -> CallReturn {
+    catch_unwind(AssertUnwindSafe(|| shared.run_call()))
 }
 
 #[cold]
@@ -1113,11 +1158,46 @@ impl ActiveFiber {
         // SAFETY: the yielder lives on this fiber's stack for as long as its closure runs,
         // which it does: we are in it.
         let resumed = unsafe { &*yielder }.suspend(awaitable);
-        if switch_hooks_set(py) {
-            return report_resume_or_raise(py, args_end.callable, resumed);
-        }
-        resumed
+        report_resumed(py, args_end, resumed)
     }
+
+    /// Whether the running fiber can suspend (its body has started).
+    #[inline]
+    pub fn can_suspend(&self) -> bool {
+        !self.shared().yielder.get().is_null()
+    }
+
+    /// [`ActiveFiber::suspend_in_call`] for a switch's fast path, which checked that the
+    /// fiber can suspend ([`ActiveFiber::can_suspend`]) and that no switch hooks are set
+    /// (there is nothing to report), and drops nothing itself: it returns what the fiber is
+    /// resumed with before hooks are told of the resumption (the caller passes it through
+    /// [`report_resumed`]).
+    #[inline(never)]
+    pub fn suspend_unhooked(&self, value: Py<PyAny>, args_end: ArgsEnd) -> Resume {
+        let shared = self.shared();
+        let yielder = shared.yielder.get();
+        assert!(
+            !yielder.is_null(),
+            "suspend_unhooked on a fiber not started"
+        );
+        // SAFETY: on the fiber's stack (it is the running one), GIL held (a fast path is
+        // called by CPython with it), the switch follows immediately.
+        unsafe { shared.pystate.leave(args_end.end) };
+        // SAFETY: the yielder lives on this fiber's stack for as long as its closure runs,
+        // which it does: we are in it.
+        unsafe { &*yielder }.suspend(value)
+    }
+}
+
+/// Tells profile functions that the running fiber, suspended in the call `args_end`
+/// describes, came back, if any hook is set (see [`crate::pystate::report_resume`]): what it
+/// was resumed with, or a hook's error.
+#[inline]
+pub fn report_resumed(py: Python<'_>, args_end: ArgsEnd, resumed: Resume) -> Resume {
+    if switch_hooks_set(py) {
+        return report_resume_or_raise(py, args_end.callable, resumed);
+    }
+    resumed
 }
 
 /// Tells profile functions that a suspended fiber came back (see

@@ -50,6 +50,7 @@ extern "C" {
     fn awaitlet_compiled_python_version() -> std::ffi::c_ulong;
     fn awaitlet_interpreter_finalizing() -> std::ffi::c_int;
     fn awaitlet_switch_hooks_set() -> c_int;
+    fn awaitlet_unhooked_thread_id() -> u64;
     fn awaitlet_report_suspend(callable: *mut ffi::PyObject) -> c_int;
     fn awaitlet_report_resume(callable: *mut ffi::PyObject) -> c_int;
     fn awaitlet_report_switched_back();
@@ -318,6 +319,16 @@ pub fn interpreter_finalizing(_py: Python<'_>) -> bool {
 pub fn switch_hooks_set(_py: Python<'_>) -> bool {
     // SAFETY: GIL held (the token proves it); reads fields of the current thread state.
     unsafe { awaitlet_switch_hooks_set() != 0 }
+}
+
+/// The id of the calling thread state ([`crate::fiber::current_thread`]) if no switch hooks
+/// are set ([`switch_hooks_set`]), else None: one call for both checks of a switch's fast
+/// path.
+#[inline]
+pub fn unhooked_thread_id(_py: Python<'_>) -> Option<u64> {
+    // SAFETY: GIL held (the token proves it); reads fields of the current thread state.
+    let id = unsafe { awaitlet_unhooked_thread_id() };
+    (id != 0).then_some(id)
 }
 
 /// Reports to the thread's C-level trace and profile functions, and to a profiler on

@@ -1202,10 +1202,9 @@ profiler_listens(PyThreadState *ts, int event)
 /* Whether a trace or profile function, or a profiler on sys.monitoring, is set and not
  * running: the only case in which a switch has anything to report.  Cheap: read at every
  * switch. */
-int
-awaitlet_switch_hooks_set(void)
+static inline int
+switch_hooks_set(PyThreadState *ts)
 {
-    PyThreadState *ts = current_tstate();
     if (ts->tracing != 0) {
         return 0;
     }
@@ -1215,6 +1214,22 @@ awaitlet_switch_hooks_set(void)
     }
 #endif
     return ts->c_tracefunc != NULL || ts->c_profilefunc != NULL;
+}
+
+int
+awaitlet_switch_hooks_set(void)
+{
+    return switch_hooks_set(current_tstate());
+}
+
+/* The id of the calling thread state (PyThreadState_GetID) when no switch hooks are set (see
+ * above), else 0, which no thread state has (ids count from 1): the first check of a switch's
+ * fast path, which has nothing to report. */
+uint64_t
+awaitlet_unhooked_thread_id(void)
+{
+    PyThreadState *ts = current_tstate();
+    return switch_hooks_set(ts) ? 0 : ts->id;
 }
 
 /* Whether any hook set is one a switch is reported to (see above): not when the only ones are
