@@ -34,7 +34,6 @@ use crate::gil_cell::GilCell;
 use crate::method_def::{attached, MethodDef};
 use crate::pystate::{
     current_context, interpreter_finalizing, set_current_context, switch_hooks_set,
-    unhooked_thread_id,
 };
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -1435,13 +1434,18 @@ unsafe fn fast_switch(
     let handed = FastArgs { args, nargs };
     // A panic must not unwind into CPython.
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let id = unhooked_thread_id(py)?;
-        match ActiveFiber::running() {
-            Some(fiber) if resumed_by(fiber, &target) => {
-                switch_back_to_resumer(py, id, fiber, &target, handed)
+        let this = target.get();
+        if this.role == Role::Spawned {
+            // Not borrowed: not running, nor waiting for a greenlet it resumed.
+            if let Some(slot) = this.fiber.try_borrow_mut() {
+                return switch_into_suspended(py, target, slot, handed);
             }
-            _ => switch_into_suspended(py, id, target, handed),
         }
+        let fiber = ActiveFiber::running()?;
+        if !resumed_by(fiber, &target) {
+            return None;
+        }
+        switch_back_to_resumer(py, fiber, &target, handed)
     }));
     match outcome {
         Ok(result) => result,
@@ -1459,15 +1463,17 @@ struct FastArgs {
 
 impl FastArgs {
     /// What the switch hands over, as the general way makes it (see `Payload::into_result`):
-    /// the one argument, or the empty tuple (which CPython does not allocate).
+    /// the one argument, or the empty tuple.
     fn value(self, py: Python<'_>) -> Py<PyAny> {
-        if self.nargs == 1 {
-            // SAFETY: one valid value at `args` for the call (see the type).
-            unsafe { Borrowed::from_ptr(py, *self.args) }
-                .to_owned()
-                .unbind()
-        } else {
-            PyTuple::empty(py).into_any().unbind()
+        // SAFETY: GIL held (token), valid objects: the argument (see the type), or the empty
+        // tuple, a singleton that is never deallocated.
+        unsafe {
+            let value = if self.nargs == 1 {
+                *self.args
+            } else {
+                EMPTY_TUPLE.load(Ordering::Relaxed)
+            };
+            Bound::from_borrowed_ptr(py, value).unbind()
         }
     }
 
@@ -1476,9 +1482,22 @@ impl FastArgs {
     }
 }
 
+/// `()`, which CPython keeps as a singleton: what `switch()` without arguments hands over.
+/// Set (a reference kept for good) when the class is made, before any switch.
+static EMPTY_TUPLE: std::sync::atomic::AtomicPtr<ffi::PyObject> =
+    std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
+
+/// Gives back `value`, which a fast path made and then could not hand over: a reference
+/// released without going through PyO3 (see [`fast_switch`]); it is never the last one.
+fn give_back(value: Py<PyAny>) {
+    // SAFETY: GIL held (the fast paths run with it); the caller's argument, or the empty
+    // tuple, both kept alive by other references.
+    unsafe { ffi::Py_DECREF(value.into_ptr()) };
+}
+
 /// Whether `target` stands for the greenlet that resumed the running `fiber`: the one that
 /// owns (or stands for) the resuming fiber, or a main greenlet, for the thread's own stack
-/// (whose thread the caller checks).
+/// (whose thread is checked on the way).
 fn resumed_by(fiber: ActiveFiber, target: &Borrowed<'_, '_, Greenlet>) -> bool {
     match fiber.resumer() {
         None => target.get().role == Role::Main,
@@ -1487,25 +1506,22 @@ fn resumed_by(fiber: ActiveFiber, target: &Borrowed<'_, '_, Greenlet>) -> bool {
 }
 
 /// `target.switch(value)` from the running greenlet's `fiber` to `target`, the greenlet that
-/// resumed it (see [`fast_switch`]; `id` is the calling thread state's): the fiber suspends
-/// with the value as what it hands over and no switch requested, which its resumer's pending
-/// switch returns (see [`switch_to`] and [`switch_into_suspended`]), as it returns the value
-/// the general way hands it through the request (`switch_down`) when it arrives at `target`.
-/// None when [`switch_to`] would do anything else.
+/// resumed it (see [`fast_switch`]): the fiber suspends with the value as what it hands over
+/// and no switch requested, which its resumer's pending switch returns (see [`switch_to`] and
+/// [`switch_into_suspended`]) as it returns the value that the general way hands it through
+/// the request (`switch_down`) when it arrives at `target`. None when [`switch_to`] would do
+/// anything else.
 fn switch_back_to_resumer(
     py: Python<'_>,
-    id: u64,
     fiber: ActiveFiber,
     target: &Borrowed<'_, '_, Greenlet>,
     handed: FastArgs,
 ) -> Option<*mut ffi::PyObject> {
     let this = target.get();
     // What switch_to and switch_down check on their way to suspending the fiber with the
-    // switch as its request.
-    let refused = this.thread != id
-        || fiber.kind() != Kind::Greenlet
+    // switch as its request (the thread, and the hooks, are checked as it suspends).
+    let refused = fiber.kind() != Kind::Greenlet
         || fiber.is_closing()
-        || !fiber.can_suspend()
         || fiber.greenlet_ptr().is_null()
         || match this.role {
             Role::Main => this.thread_exited(),
@@ -1517,11 +1533,16 @@ fn switch_back_to_resumer(
     if refused {
         return None;
     }
-    let resumed = fiber.suspend_unhooked(handed.value(py), handed.end());
-    Some(match resumed {
-        Resume::Value(value) if TRACERS.load(Ordering::Relaxed) == 0 && !switch_hooks_set(py) => {
-            value.into_ptr()
+    let (resumed, hooks) = match fiber.suspend_unhooked(this.thread, handed.value(py), handed.end())
+    {
+        Ok(resumed) => resumed,
+        Err(value) => {
+            give_back(value);
+            return None;
         }
+    };
+    Some(match resumed {
+        Resume::Value(value) if !hooks && TRACERS.load(Ordering::Relaxed) == 0 => value.into_ptr(),
         // As suspend_in_call and switch_down go on.
         resumed => attached(|py| {
             let resumed = report_resumed(py, handed.end(), resumed);
@@ -1531,33 +1552,38 @@ fn switch_back_to_resumer(
     })
 }
 
-/// `target.switch(value)` into `target`, a greenlet whose fiber is suspended (see
-/// [`fast_switch`]; `id` is the calling thread state's): it is resumed with the value; if it
-/// switches back to the running greenlet (no switch requested) what it hands over is
-/// returned; anything else goes on as in [`switch_to`] (see [`after_transfer`]). None when
-/// [`switch_to`] would not resume it so.
-fn switch_into_suspended(
+/// `target.switch(value)` into `target`, a spawned greenlet whose fiber (in `slot`) is
+/// suspended (see [`fast_switch`]): it is resumed with the value; if it switches back to the
+/// running greenlet (no switch requested) what it hands over is returned; anything else goes
+/// on as in [`switch_to`] (see [`after_transfer`]). None when [`switch_to`] would not resume
+/// it so.
+fn switch_into_suspended<'a>(
     py: Python<'_>,
-    id: u64,
-    target: Borrowed<'_, '_, Greenlet>,
+    target: Borrowed<'a, '_, Greenlet>,
+    mut slot: RefMut<'a, FiberSlot>,
     handed: FastArgs,
 ) -> Option<*mut ffi::PyObject> {
     let this = target.get();
     // What switch_to and transfer check on their way to resuming the fiber (a suspended
-    // greenlet is not dead, nor the running one), and what Fiber::resume would do first.
-    if this.role != Role::Spawned || this.thread != id {
-        return None;
-    }
-    let mut slot = this.fiber.try_borrow_mut()?;
+    // greenlet is neither dead nor the running one; the calling thread state, and the hooks,
+    // are checked as it resumes), and what Fiber::resume would do first.
     let FiberSlot::Started(fiber) = &mut *slot else {
         return None;
     };
-    if !fiber.is_suspended() || fiber.thread() != id || fiber.owner().get().has_orphans() {
+    if !fiber.is_suspended() || fiber.thread() != this.thread || fiber.owner().get().has_orphans() {
         return None;
     }
-    // SAFETY: GIL held; the fiber is this thread state's and suspended, and no orphan waits
-    // (all checked just above).
-    let outcome = unsafe { fiber.resume_unchecked(py, Resume::Value(handed.value(py))) };
+    // SAFETY: GIL held; the fiber is suspended and no orphan of its owner waits (both checked
+    // just above).
+    let outcome = match unsafe { fiber.resume_unhooked(py, Resume::Value(handed.value(py))) } {
+        Ok(outcome) => outcome,
+        Err(input) => {
+            if let Resume::Value(value) = input {
+                give_back(value);
+            }
+            return None;
+        }
+    };
     Some(match outcome {
         Step::Suspended(value) if this.outgoing.try_borrow().is_some_and(|out| out.is_none()) => {
             drop(slot);
@@ -1758,6 +1784,8 @@ impl Greenlet {
 /// the same through `Greenlet::__del__`.
 pub fn install_finalizer(py: Python<'_>) -> PyResult<()> {
     let class = py.get_type::<Greenlet>();
+    // Kept for good (one reference to a singleton), before `switch` can be called.
+    EMPTY_TUPLE.store(PyTuple::empty(py).into_ptr(), Ordering::Relaxed);
     install_switch(&class)?;
     // SAFETY: the class was created by this module just now: no instance or subclass uses it
     // yet.

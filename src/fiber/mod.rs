@@ -372,6 +372,10 @@ struct Shared {
     final_context: Cell<Option<Py<PyAny>>>,
     /// Start with no context rather than the resumer's (greenlet's new greenlets).
     start_without_context: Cell<bool>,
+    /// Whether switch hooks were set ([`switch_hooks_set`]) at the last switch onto or off
+    /// this fiber's stack, as the side that switched saw it: the other side reads it right
+    /// after the switch (nothing runs in between) instead of asking again.
+    hooks_set: Cell<bool>,
 }
 
 impl Shared {
@@ -529,6 +533,7 @@ impl Fiber {
                 call: RefCell::new(Some(call)),
                 final_context: Cell::new(None),
                 start_without_context: Cell::new(false),
+                hooks_set: Cell::new(false),
             })
         };
         let shared_addr = shared.as_ptr() as usize;
@@ -599,27 +604,43 @@ impl Fiber {
         if self.owner.get().has_orphans() {
             FiberOwner::finish_orphans(&self.owner, py);
         }
-        // SAFETY: checked just above; the orphans were finished.
-        unsafe { self.resume_unchecked(py, input) }
+        // SAFETY: GIL held (token), on the fiber's thread, it is not running or finished
+        // (checked above), and the switch onto its stack follows immediately.
+        let hooks = unsafe { self.shared().pystate.enter() };
+        self.shared().hooks_set.set(hooks);
+        self.run_entered(py, input)
     }
 
-    /// [`Fiber::resume`] without its checks, for a switch's fast path that made them: drops
-    /// no Python reference (a fast path may run where PyO3 does not count the thread as
-    /// attached). Runs the fiber until it suspends or finishes.
+    /// [`Fiber::resume`] for a switch's fast path, which has nothing to report: only if the
+    /// fiber belongs to the calling thread state and no switch hooks are set; else it does
+    /// nothing and hands `input` back. Drops no Python reference (a fast path may run where
+    /// PyO3 does not count the thread as attached).
     ///
     /// # Safety
-    /// GIL held (the token); the fiber belongs to the calling thread state
-    /// ([`Fiber::thread`] is [`current_thread`]) and is suspended or not started; its owner
-    /// has no orphans waiting ([`FiberOwner::has_orphans`]), which `resume` would finish
-    /// first.
+    /// GIL held (the token); the fiber is suspended; its owner has no orphans waiting
+    /// ([`FiberOwner::has_orphans`]), which `resume` would finish first.
     #[inline]
-    pub unsafe fn resume_unchecked(&mut self, py: Python<'_>, input: Resume) -> Step {
+    pub unsafe fn resume_unhooked(
+        &mut self,
+        py: Python<'_>,
+        input: Resume,
+    ) -> Result<Step, Resume> {
+        // SAFETY: GIL held and the fiber suspended (guaranteed by the caller); it enters only
+        // on the fiber's thread state, and the switch onto its stack follows immediately.
+        if !unsafe { self.shared().pystate.enter_unhooked(self.thread()) } {
+            return Err(input);
+        }
+        self.shared().hooks_set.set(false);
+        Ok(self.run_entered(py, input))
+    }
+
+    /// Switches onto the fiber, whose interpreter state was just entered, and runs it until it
+    /// suspends or finishes.
+    #[inline]
+    fn run_entered(&mut self, py: Python<'_>, input: Resume) -> Step {
         let result = THREAD.with(|thread| {
             let previous = thread.current.replace(self.shared.as_ptr());
             self.shared().resumer.set(previous);
-            // SAFETY: GIL held (token), on the fiber's thread, it is not running or
-            // finished, and the switch onto its stack follows immediately.
-            unsafe { self.shared().pystate.enter() };
             self.status = Status::Running;
             let result = self.machine.resume(input);
             thread.current.set(previous);
@@ -628,7 +649,8 @@ impl Fiber {
         if !self.canary.intact() {
             stack_overflow_detected();
         }
-        if switch_hooks_set(py) {
+        // What the fiber saw as it switched back (nothing ran since).
+        if self.shared().hooks_set.get() {
             // SAFETY: GIL held (token), on the resumer's stack right after the switch back,
             // with the running fiber restored above.
             unsafe { report_switched_back(py) };
@@ -963,7 +985,8 @@ fn finish_fiber(shared: &Shared, py: Python<'_>) {
     }
     // SAFETY: on the fiber's stack, GIL held, the function has returned, and the fiber
     // returns right after.
-    unsafe { shared.pystate.finish() };
+    let hooks = unsafe { shared.pystate.finish() };
+    shared.hooks_set.set(hooks);
 }
 
 #[cold]
@@ -1154,38 +1177,40 @@ impl ActiveFiber {
             unsafe { report_suspend(py, args_end.callable) };
         }
         // SAFETY: on the fiber's stack, GIL held (token), the switch follows immediately.
-        unsafe { shared.pystate.leave(args_end.end) };
+        let hooks = unsafe { shared.pystate.leave(args_end.end) };
+        shared.hooks_set.set(hooks);
         // SAFETY: the yielder lives on this fiber's stack for as long as its closure runs,
         // which it does: we are in it.
         let resumed = unsafe { &*yielder }.suspend(awaitable);
         report_resumed(py, args_end, resumed)
     }
 
-    /// Whether the running fiber can suspend (its body has started).
-    #[inline]
-    pub fn can_suspend(&self) -> bool {
-        !self.shared().yielder.get().is_null()
-    }
-
-    /// [`ActiveFiber::suspend_in_call`] for a switch's fast path, which checked that the
-    /// fiber can suspend ([`ActiveFiber::can_suspend`]) and that no switch hooks are set
-    /// (there is nothing to report), and drops nothing itself: it returns what the fiber is
-    /// resumed with before hooks are told of the resumption (the caller passes it through
-    /// [`report_resumed`]).
+    /// [`ActiveFiber::suspend_in_call`] for a switch's fast path, which has nothing to report:
+    /// only if the fiber can suspend, the calling thread state's id is `thread` and no switch
+    /// hooks are set; else it does nothing and hands `value` back. Drops no Python reference
+    /// (a fast path may run where PyO3 does not count the thread as attached): it returns what
+    /// the fiber is resumed with, before hooks are told of the resumption, and whether any
+    /// are set (then the caller passes it through [`report_resumed`]).
     #[inline(never)]
-    pub fn suspend_unhooked(&self, value: Py<PyAny>, args_end: ArgsEnd) -> Resume {
+    pub fn suspend_unhooked(
+        &self,
+        thread: u64,
+        value: Py<PyAny>,
+        args_end: ArgsEnd,
+    ) -> Result<(Resume, bool), Py<PyAny>> {
         let shared = self.shared();
         let yielder = shared.yielder.get();
-        assert!(
-            !yielder.is_null(),
-            "suspend_unhooked on a fiber not started"
-        );
         // SAFETY: on the fiber's stack (it is the running one), GIL held (a fast path is
-        // called by CPython with it), the switch follows immediately.
-        unsafe { shared.pystate.leave(args_end.end) };
+        // called by CPython with it); if it leaves, the switch follows immediately.
+        if yielder.is_null() || !unsafe { shared.pystate.leave_unhooked(args_end.end, thread) } {
+            return Err(value);
+        }
+        shared.hooks_set.set(false);
         // SAFETY: the yielder lives on this fiber's stack for as long as its closure runs,
         // which it does: we are in it.
-        unsafe { &*yielder }.suspend(value)
+        let resumed = unsafe { &*yielder }.suspend(value);
+        // What the resumer saw as it switched here (nothing ran since).
+        Ok((resumed, shared.hooks_set.get()))
     }
 }
 
