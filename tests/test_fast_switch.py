@@ -178,6 +178,14 @@ def test_a_greenlet_resumed_fast_releases_its_call_when_it_finishes():
     assert_script_succeeded(run_script("fast_switch_hazards.py", "release"), ["release OK"])
 
 
+# On 3.12+, where PyEval_SetTrace/SetProfile are built on sys.monitoring, a hook installed
+# while greenlets are suspended gets a second "call" event for the innermost frame of one
+# that is resumed (the same through the general way, before the fast path existed): the
+# shadow-stack check does not hold there.
+@pytest.mark.skipif(
+    sys.version_info >= (3, 12),
+    reason="legacy hooks installed midway report resumed frames twice on 3.12+",
+)
 @pytest.mark.parametrize("kind", ["trace", "profile"])
 def test_c_level_hooks_set_while_greenlets_wait_in_fast_switches_see_calls_that_nest(kind):
     assert_script_succeeded(
