@@ -1191,7 +1191,7 @@ impl ActiveFiber {
     /// (a fast path may run where PyO3 does not count the thread as attached): it returns what
     /// the fiber is resumed with, before hooks are told of the resumption, and whether any
     /// are set (then the caller passes it through [`report_resumed`]).
-    #[inline(never)]
+    #[inline]
     pub fn suspend_unhooked(
         &self,
         thread: u64,
