@@ -1449,7 +1449,7 @@ unsafe fn fast_switch(
     }));
     match outcome {
         Ok(result) => result,
-        Err(payload) => Some(raise_attached(panic_to_pyerr(payload))),
+        Err(payload) => Some(raise_attached(py, panic_to_pyerr(payload))),
     }
 }
 
@@ -1544,7 +1544,7 @@ fn switch_back_to_resumer(
     Some(match resumed {
         Resume::Value(value) if !hooks && TRACERS.load(Ordering::Relaxed) == 0 => value.into_ptr(),
         // As suspend_in_call and switch_down go on.
-        resumed => attached(|py| {
+        resumed => attached(py, |py| {
             let resumed = report_resumed(py, handed.end(), resumed);
             c_result(py, arrived(py, resumed.into_result()))
         })
@@ -1589,7 +1589,7 @@ fn switch_into_suspended<'a>(
             drop(slot);
             value.into_ptr()
         }
-        outcome => attached(move |py| {
+        outcome => attached(py, move |py| {
             let target = target.to_owned();
             c_result(py, after_transfer(py, &target, slot, outcome, handed.end()))
         })
@@ -1648,8 +1648,8 @@ fn c_result(py: Python<'_>, result: PyResult<Py<PyAny>>) -> *mut ffi::PyObject {
 /// Raises `err` (with the thread counted as attached, see [`attached`]) and returns NULL.
 #[cold]
 #[inline(never)]
-fn raise_attached(err: PyErr) -> *mut ffi::PyObject {
-    attached(|py| err.restore(py));
+fn raise_attached(py: Python<'_>, err: PyErr) -> *mut ffi::PyObject {
+    attached(py, |py| err.restore(py));
     std::ptr::null_mut()
 }
 

@@ -75,10 +75,11 @@ pub fn add_static_function<'py>(
 /// is next entered), and with a panic turned into a raised exception (then None is returned,
 /// with the exception set). For code that CPython reached without a trampoline (a fast path)
 /// and that leaves its fast path.
-pub fn attached<R>(body: impl FnOnce(Python<'_>) -> R) -> Option<R> {
+pub fn attached<'py, R>(py: Python<'py>, body: impl FnOnce(Python<'py>) -> R) -> Option<R> {
     let mut body = Some(body);
     let mut out = None;
-    let mut run = |py: Python<'_>| {
+    // The token the trampoline makes is not needed: `py` is.
+    let mut run = |_: Python<'_>| {
         if let Some(body) = body.take() {
             out = Some(body(py));
         }
@@ -87,9 +88,9 @@ pub fn attached<R>(body: impl FnOnce(Python<'_>) -> R) -> Option<R> {
     // The trampoline of a slot with three object pointers (`__setattr__`'s), the first one
     // carrying `run`.
     let trampoline = pyo3::impl_::trampoline::get_trampoline_function!(setattrofunc, run_attached);
-    // SAFETY: GIL held (the callers of this module's entry points are called by CPython with
-    // it); the first pointer is `run`, alive and not otherwise used for the call, which is
-    // all `run_attached` reads; the other two are not read.
+    // SAFETY: GIL held (the token proves it); the first pointer is `run`, alive and not
+    // otherwise used for the call, which is all `run_attached` reads; the other two are not
+    // read.
     unsafe {
         trampoline(
             std::ptr::addr_of_mut!(run).cast(),

@@ -913,9 +913,9 @@ type Outcome = Result<NonNull<ffi::PyObject>, Py<pyo3::exceptions::PyBaseExcepti
 /// stay on the fiber's stack, in the pages a suspended fiber keeps resident.
 ///
 /// A fiber may be resumed by a switch's fast path, which enters from CPython without PyO3's
-/// trampoline (see `greenlet::switch_entry`): PyO3 need not count the thread as attached
-/// while the fiber's function returns, so the references released then are released inside
-/// [`attached`], at once rather than through PyO3's pool.
+/// trampoline (see `greenlet::switch_entry`): PyO3 may then not count the thread as attached
+/// when the fiber's function returns, so what is released then is released inside
+/// [`attached`], at once (in the fiber, as it is otherwise) rather than through PyO3's pool.
 #[inline(never)]
 fn fiber_main(shared: &Shared, yielder: &Yielder<Resume, Py<PyAny>>, start: Resume) -> Outcome {
     drop(start);
@@ -927,7 +927,7 @@ fn fiber_main(shared: &Shared, yielder: &Yielder<Resume, Py<PyAny>>, start: Resu
         start_without_context(py);
     }
     let returned = run_guarded(shared);
-    let outcome = attached(|py| shared.end_call(py, returned)).unwrap_or_else(|| {
+    let outcome = attached(py, |py| shared.end_call(py, returned)).unwrap_or_else(|| {
         // `end_call` panicked: the trampoline raised the panic as an exception.
         Err(fetch_exception(py))
     });
@@ -958,11 +958,16 @@ fn panic_outcome(py: Python<'_>, payload: Box<dyn std::any::Any + Send>) -> Outc
     Err(panic_to_pyerr(payload).into_value(py))
 }
 
-/// The exception set by a call that returned NULL, taken out of the thread state.
+/// The exception set by a call that returned NULL, taken out of the thread state. PyO3 turns
+/// a PanicException it fetches back into the panic it stands for: that panic comes back as a
+/// new PanicException, as a panic in the call would.
 #[cold]
 #[inline(never)]
 fn fetch_exception(py: Python<'_>) -> Py<pyo3::exceptions::PyBaseException> {
-    PyErr::fetch(py).into_value(py)
+    match catch_unwind(AssertUnwindSafe(|| PyErr::fetch(py).into_value(py))) {
+        Ok(exception) => exception,
+        Err(payload) => panic_to_pyerr(payload).into_value(py),
+    }
 }
 
 /// The `PyResult` an [`Outcome`] stands for.
