@@ -927,12 +927,19 @@ fn fiber_main(shared: &Shared, yielder: &Yielder<Resume, Py<PyAny>>, start: Resu
         start_without_context(py);
     }
     let returned = run_guarded(shared);
-    let outcome = attached(py, |py| shared.end_call(py, returned)).unwrap_or_else(|| {
-        // `end_call` panicked: the trampoline raised the panic as an exception.
-        Err(fetch_exception(py))
-    });
+    let outcome = end_call_attached(shared, py, returned);
     finish_fiber(shared, py);
     outcome
+}
+
+/// [`Shared::end_call`] inside [`attached`] (see [`fiber_main`]), out of `fiber_main`'s frame,
+/// which stays on the fiber's stack while it is suspended.
+#[inline(never)]
+fn end_call_attached(shared: &Shared, py: Python<'_>, returned: CallReturn) -> Outcome {
+    attached(py, |py| shared.end_call(py, returned)).unwrap_or_else(|| {
+        // `end_call` panicked: the trampoline raised the panic as an exception.
+        Err(fetch_exception(py))
+    })
 }
 
 #[inline(never)]
