@@ -10,16 +10,21 @@ operation, without the interpreter's start-up and the setup.
 Usage::
 
     python benches/callgrind.py --python /path/to/venv/bin/python [--loops 20000]
-        [--cases wait_sleep0,wait_ready,spawn_no_wait] [--keep DIR]
+        [--cases wait_sleep0,wait_ready,spawn_no_wait,greenlet_switch] [--keep DIR]
 
 ``--python`` must have this package installed (no greenlet: ``native`` and ``awaitlet-rs``
-are measured). ``--keep DIR`` keeps the callgrind output files of the large runs, for
-``callgrind_annotate``. Only the standard library is needed.
+are measured). ``greenlet_switch`` (not run unless asked for) is a round trip of two switches
+of the greenlet facade, main to a suspended child and back, as the loop of ``switch@1`` in
+``greenlet_family.py`` makes it; it has no ``native`` counterpart. The children run with
+``PYTHONHASHSEED=0``, so that a count does not move with the hash seed. ``--keep DIR`` keeps
+the callgrind output files of the large runs, for ``callgrind_annotate``. Only the standard
+library is needed.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import subprocess
 import sys
@@ -27,6 +32,8 @@ import tempfile
 from pathlib import Path
 
 CASES = ("wait_sleep0", "wait_ready", "spawn_no_wait")
+#: Cases measured only when named in ``--cases``.
+EXTRA_CASES = ("greenlet_switch",)
 IMPLS = ("native", "awaitlet-rs")
 
 #: The child: runs one case's loop ``loops`` times on a fresh event loop, after a warm-up
@@ -80,10 +87,29 @@ async def body(n):
         fn = sync_sleep0 if case == "wait_sleep0" else sync_ready
         await async_def(fn, n)
 
-loop = asyncio.new_event_loop()
-loop.run_until_complete(body(200))
-loop.run_until_complete(body(loops))
-loop.close()
+def switch_round_trips(n):
+    from awaitlet.greenlet import getcurrent, greenlet
+    main = getcurrent()
+    def run():
+        while True:
+            main.switch()
+    child = greenlet(run)
+    child.switch()
+    def loop(n):
+        switch = child.switch
+        for _ in range(n):
+            switch()
+    loop(200)
+    loop(n)
+    child.throw()
+
+if case == "greenlet_switch":
+    switch_round_trips(loops)
+else:
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(body(200))
+    loop.run_until_complete(body(loops))
+    loop.close()
 """
 
 COLLECTED = re.compile(r"Collected\s*:\s*(\d+)")
@@ -102,7 +128,8 @@ def instructions(python: str, case: str, impl: str, loops: int, out_file: str) -
         impl,
         str(loops),
     ]
-    result = subprocess.run(cmd, capture_output=True, text=True)
+    env = dict(os.environ, PYTHONHASHSEED="0")
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if result.returncode != 0:
         raise SystemExit(f"{' '.join(cmd[:4])} ... failed:\n{result.stderr[-3000:]}")
     match = COLLECTED.search(result.stderr)
@@ -120,7 +147,7 @@ def main() -> int:
     parser.add_argument("--keep", type=Path, help="directory for the callgrind output files")
     args = parser.parse_args()
     cases = [case for case in args.cases.split(",") if case]
-    unknown = set(cases) - set(CASES)
+    unknown = set(cases) - set(CASES) - set(EXTRA_CASES)
     if unknown:
         parser.error(f"unknown cases: {', '.join(sorted(unknown))}")
     with tempfile.TemporaryDirectory() as scratch:
@@ -130,13 +157,13 @@ def main() -> int:
         print("| --- | --- | ---: | ---: |")
         for case in cases:
             per_op: dict[str, float] = {}
-            for impl in IMPLS:
+            for impl in IMPLS if case in CASES else IMPLS[1:]:
                 base = instructions(args.python, case, impl, 0, str(Path(scratch) / "base.out"))
                 out = str(keep / f"callgrind.{case}.{impl}.out")
                 full = instructions(args.python, case, impl, args.loops, out)
                 per_op[impl] = (full - base) / args.loops
-                ratio = per_op[impl] / per_op["native"]
-                print(f"| {case} | {impl} | {per_op[impl]:,.0f} | {ratio:.2f}× |", flush=True)
+                ratio = f"{per_op[impl] / per_op['native']:.2f}×" if "native" in per_op else "—"
+                print(f"| {case} | {impl} | {per_op[impl]:,.0f} | {ratio} |", flush=True)
     return 0
 
 

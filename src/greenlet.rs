@@ -28,10 +28,10 @@ use crate::coroutine::{exception_from_throw_args, switch_to_resumer};
 use crate::exceptions::{GreenletError, GreenletExit};
 use crate::fiber::owner::{current_owner, finish_pending, FiberOwner};
 use crate::fiber::{
-    current_thread, panic_to_pyerr, ActiveFiber, ArgsEnd, Fiber, Kind, Resume, Step,
+    current_thread, panic_to_pyerr, report_resumed, ActiveFiber, ArgsEnd, Fiber, Kind, Resume, Step,
 };
 use crate::gil_cell::GilCell;
-use crate::method_def::MethodDef;
+use crate::method_def::{attached, MethodDef};
 use crate::pystate::{
     current_context, interpreter_finalizing, set_current_context, switch_hooks_set,
 };
@@ -347,13 +347,21 @@ fn step(py: Python<'_>, this: &Greenlet, slot: &mut FiberSlot, input: Resume) ->
     };
     let outcome = fiber.resume(py, input);
     if let Step::Finished(_) = &outcome {
+        bury(this, slot);
+    }
+    outcome
+}
+
+/// Marks the greenlet whose fiber (in `slot`) finished dead, keeping the context the fiber
+/// finished in for `gr_context`.
+fn bury(this: &Greenlet, slot: &mut FiberSlot) {
+    if let FiberSlot::Started(fiber) = slot {
         let context = fiber.take_final_context();
         *slot = FiberSlot::Dead;
         if let Some(mut saved) = this.final_context.try_borrow_mut() {
             *saved = context;
         }
     }
-    outcome
 }
 
 /// A greenlet starts only if its parent (which `run` may just have changed) is of its thread.
@@ -1455,12 +1463,301 @@ unsafe fn switch_fastcall(
     switch(&slf, payload, ArgsEnd::of(args, count)).map(Py::into_ptr)
 }
 
-static SWITCH_DEF: MethodDef = MethodDef::fastcall_with_keywords(
-    c"switch",
-    pyo3::impl_::trampoline::get_trampoline_function!(
+/// `switch()` as CPython calls it. The two switches of a greenlet's common round trip take
+/// [`fast_switch`], entered without PyO3's trampoline; everything else (and whatever the fast
+/// path turns down, before it does anything) takes [`switch_fastcall`], through it.
+///
+/// # Safety
+/// Called by CPython with the GIL held and the arguments of a `METH_FASTCALL |
+/// METH_KEYWORDS` method, as described for [`switch_fastcall`].
+unsafe extern "C" fn switch_entry(
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    if kwnames.is_null() && (nargs == 0 || nargs == 1) && TRACERS.load(Ordering::Relaxed) == 0 {
+        // SAFETY: as CPython passed them: no keyword argument, `nargs` (0 or 1) positional
+        // ones.
+        if let Some(result) = unsafe { fast_switch(slf, args, nargs) } {
+            return result;
+        }
+    }
+    // SAFETY: the arguments as CPython passed them.
+    unsafe { switch_general(slf, args, nargs, kwnames) }
+}
+
+/// [`switch_entry`]'s general way: [`switch_fastcall`] through PyO3's trampoline, which tells
+/// PyO3 the thread is attached (so that references dropped in the call are released at once,
+/// not queued in PyO3's pool) and turns an error or a panic into a raised exception.
+///
+/// # Safety
+/// As for [`switch_entry`].
+#[inline(never)]
+unsafe fn switch_general(
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    let general = pyo3::impl_::trampoline::get_trampoline_function!(
         fastcall_cfunction_with_keywords,
         switch_fastcall
-    ),
+    );
+    // SAFETY: the arguments as CPython passed them, to the wrapper made for them.
+    unsafe { general(slf, args, nargs, kwnames) }
+}
+
+/// The fast path of `switch()` with no keyword argument and at most one positional one, while
+/// no thread traces switches (`settrace`): a switch into a suspended greenlet
+/// ([`switch_into_suspended`]) and a running greenlet's switch back to the greenlet that
+/// resumed it ([`switch_back_to_resumer`]), taken only when no switch hook is set either and
+/// nothing applies that [`switch_to`] would handle otherwise. Returns None, having done
+/// nothing, when it does not apply; else what `switch()` returns (a new reference, or NULL
+/// with an exception set).
+///
+/// Entered without PyO3's trampoline, it runs where PyO3 may not count the thread as attached:
+/// it drops no `Py` reference itself (a `Py` dropped there would be queued in PyO3's pool
+/// rather than released), and whatever else the switch comes to runs inside [`attached`].
+///
+/// # Safety
+/// As for [`switch_entry`], with no keyword argument and `nargs` 0 or 1.
+unsafe fn fast_switch(
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+) -> Option<*mut ffi::PyObject> {
+    // SAFETY: CPython calls methods with the GIL held.
+    let py = unsafe { Python::assume_attached() };
+    // SAFETY: the method descriptor checked that `slf` is a greenlet; borrowed for the call,
+    // for which the caller keeps it alive.
+    let target = unsafe { Borrowed::from_ptr(py, slf).cast_unchecked::<Greenlet>() };
+    // The caller passes `nargs` (0 or 1) valid values at `args`.
+    let handed = FastArgs { args, nargs };
+    // A panic must not unwind into CPython.
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let this = target.get();
+        if this.role == Role::Spawned {
+            // Not borrowed: not running, nor waiting for a greenlet it resumed.
+            if let Some(slot) = this.fiber.try_borrow_mut() {
+                return switch_into_suspended(py, target, slot, handed);
+            }
+        }
+        let fiber = ActiveFiber::running()?;
+        if !resumed_by(fiber, &target) {
+            return None;
+        }
+        switch_back_to_resumer(py, fiber, &target, handed)
+    }));
+    match outcome {
+        Ok(result) => result,
+        Err(payload) => Some(raise_attached(py, panic_to_pyerr(payload))),
+    }
+}
+
+/// The arguments of a `switch()` that takes the fast path: `nargs` (0 or 1) values at `args`,
+/// valid for the call.
+#[derive(Clone, Copy)]
+struct FastArgs {
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+}
+
+impl FastArgs {
+    /// What the switch hands over, as the general way makes it (see `Payload::into_result`):
+    /// the one argument, or the empty tuple.
+    fn value(self, py: Python<'_>) -> Py<PyAny> {
+        // SAFETY: GIL held (token), valid objects: the argument (see the type), or the empty
+        // tuple, a singleton that is never deallocated.
+        unsafe {
+            let value = if self.nargs == 1 {
+                *self.args
+            } else {
+                EMPTY_TUPLE.load(Ordering::Relaxed)
+            };
+            Bound::from_borrowed_ptr(py, value).unbind()
+        }
+    }
+
+    fn end(self) -> ArgsEnd {
+        ArgsEnd::of(self.args, usize::try_from(self.nargs).unwrap_or(0))
+    }
+}
+
+/// `()`, which CPython keeps as a singleton: what `switch()` without arguments hands over.
+/// Set (a reference kept for good) when the class is made, before any switch.
+static EMPTY_TUPLE: std::sync::atomic::AtomicPtr<ffi::PyObject> =
+    std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
+
+/// Gives back `value`, which a fast path made and then could not hand over: a reference
+/// released without going through PyO3 (see [`fast_switch`]); it is never the last one.
+fn give_back(value: Py<PyAny>) {
+    // SAFETY: GIL held (the fast paths run with it); the caller's argument, or the empty
+    // tuple, both kept alive by other references.
+    unsafe { ffi::Py_DECREF(value.into_ptr()) };
+}
+
+/// Whether `target` stands for the greenlet that resumed the running `fiber`: the one that
+/// owns (or stands for) the resuming fiber, or a main greenlet, for the thread's own stack
+/// (whose thread is checked on the way).
+fn resumed_by(fiber: ActiveFiber, target: &Borrowed<'_, '_, Greenlet>) -> bool {
+    match fiber.resumer() {
+        None => target.get().role == Role::Main,
+        Some(resumer) => resumer.greenlet_ptr() == target.as_ptr(),
+    }
+}
+
+/// `target.switch(value)` from the running greenlet's `fiber` to `target`, the greenlet that
+/// resumed it (see [`fast_switch`]): the fiber suspends with the value as what it hands over
+/// and no switch requested, which its resumer's pending switch returns (see [`switch_to`] and
+/// [`switch_into_suspended`]) as it returns the value that the general way hands it through
+/// the request (`switch_down`) when it arrives at `target`. None when [`switch_to`] would do
+/// anything else.
+fn switch_back_to_resumer(
+    py: Python<'_>,
+    fiber: ActiveFiber,
+    target: &Borrowed<'_, '_, Greenlet>,
+    handed: FastArgs,
+) -> Option<*mut ffi::PyObject> {
+    let this = target.get();
+    // What switch_to and switch_down check on their way to suspending the fiber with the
+    // switch as its request (the thread, and the hooks, are checked as it suspends).
+    let refused = fiber.kind() != Kind::Greenlet
+        || fiber.is_closing()
+        || fiber.greenlet_ptr().is_null()
+        || match this.role {
+            Role::Main => this.thread_exited(),
+            // A greenlet that resumed another waits in a switch that holds its fiber borrowed
+            // (not dead, then).
+            Role::Spawned => this.fiber.try_borrow().is_some(),
+            Role::AsyncDef => false,
+        };
+    if refused {
+        return None;
+    }
+    let (resumed, hooks) = match fiber.suspend_unhooked(this.thread, handed.value(py), handed.end())
+    {
+        Ok(resumed) => resumed,
+        Err(value) => {
+            give_back(value);
+            return None;
+        }
+    };
+    Some(match resumed {
+        Resume::Value(value) if !hooks && TRACERS.load(Ordering::Relaxed) == 0 => value.into_ptr(),
+        // As suspend_in_call and switch_down go on.
+        resumed => attached(py, |py| {
+            let resumed = report_resumed(py, handed.end(), resumed);
+            c_result(py, arrived(py, resumed.into_result()))
+        })
+        .unwrap_or(std::ptr::null_mut()),
+    })
+}
+
+/// `target.switch(value)` into `target`, a spawned greenlet whose fiber (in `slot`) is
+/// suspended (see [`fast_switch`]): it is resumed with the value; if it switches back to the
+/// running greenlet (no switch requested) what it hands over is returned; anything else goes
+/// on as in [`switch_to`] (see [`after_transfer`]). None when [`switch_to`] would not resume
+/// it so.
+fn switch_into_suspended<'a>(
+    py: Python<'_>,
+    target: Borrowed<'a, '_, Greenlet>,
+    mut slot: RefMut<'a, FiberSlot>,
+    handed: FastArgs,
+) -> Option<*mut ffi::PyObject> {
+    let this = target.get();
+    // What switch_to and transfer check on their way to resuming the fiber (a suspended
+    // greenlet is neither dead nor the running one; the calling thread state, and the hooks,
+    // are checked as it resumes), and what Fiber::resume would do first.
+    let FiberSlot::Started(fiber) = &mut *slot else {
+        return None;
+    };
+    if !fiber.is_suspended() || fiber.thread() != this.thread || fiber.owner().get().has_orphans() {
+        return None;
+    }
+    // SAFETY: GIL held; the fiber is suspended and no orphan of its owner waits (both checked
+    // just above).
+    let outcome = match unsafe { fiber.resume_unhooked(py, Resume::Value(handed.value(py))) } {
+        Ok(outcome) => outcome,
+        Err(input) => {
+            if let Resume::Value(value) = input {
+                give_back(value);
+            }
+            return None;
+        }
+    };
+    Some(match outcome {
+        Step::Suspended(value) if this.outgoing.try_borrow().is_some_and(|out| out.is_none()) => {
+            drop(slot);
+            value.into_ptr()
+        }
+        outcome => attached(py, move |py| {
+            let target = target.to_owned();
+            c_result(py, after_transfer(py, &target, slot, outcome, handed.end()))
+        })
+        .unwrap_or(std::ptr::null_mut()),
+    })
+}
+
+/// What [`switch_to`] does once the greenlet `target` that it resumed (with its fiber's `slot`
+/// borrowed, as [`switch_into_suspended`] did) switched away or finished: a finished greenlet
+/// is marked dead, then the switch goes on where the greenlet switched to (or its result goes).
+fn after_transfer(
+    py: Python<'_>,
+    target: &Bound<'_, Greenlet>,
+    mut slot: RefMut<'_, FiberSlot>,
+    outcome: Step,
+    call: ArgsEnd,
+) -> PyResult<Py<PyAny>> {
+    let this = target.get();
+    if let Step::Finished(_) = &outcome {
+        bury(this, &mut slot);
+    }
+    drop(slot);
+    match outcome {
+        Step::Suspended(value) => {
+            let request = this
+                .outgoing
+                .try_borrow_mut()
+                .and_then(|mut out| out.take());
+            match request {
+                Some((next, payload)) => switch_to(py, next.into_bound(py), payload, call),
+                None => Ok(value),
+            }
+        }
+        Step::Finished(result) => {
+            let Some(parent) = this.parent_bound(py) else {
+                return result;
+            };
+            let payload = Payload::from_finish(py, result);
+            set_switch_origin(target);
+            switch_to(py, parent, payload, call)
+        }
+    }
+}
+
+/// What a C function returns for `result`: a new reference, or NULL with the exception set.
+fn c_result(py: Python<'_>, result: PyResult<Py<PyAny>>) -> *mut ffi::PyObject {
+    match result {
+        Ok(value) => value.into_ptr(),
+        Err(err) => {
+            err.restore(py);
+            std::ptr::null_mut()
+        }
+    }
+}
+
+/// Raises `err` (with the thread counted as attached, see [`attached`]) and returns NULL.
+#[cold]
+#[inline(never)]
+fn raise_attached(py: Python<'_>, err: PyErr) -> *mut ffi::PyObject {
+    attached(py, |py| err.restore(py));
+    std::ptr::null_mut()
+}
+
+static SWITCH_DEF: MethodDef = MethodDef::fastcall_with_keywords(
+    c"switch",
+    switch_entry,
     c"switch($self, /, *args, **kwargs)
 --
 
@@ -1589,6 +1886,8 @@ impl Greenlet {
 /// the same through `Greenlet::__del__`.
 pub fn install_finalizer(py: Python<'_>) -> PyResult<()> {
     let class = py.get_type::<Greenlet>();
+    // Kept for good (one reference to a singleton), before `switch` can be called.
+    EMPTY_TUPLE.store(PyTuple::empty(py).into_ptr(), Ordering::Relaxed);
     install_switch(&class)?;
     // SAFETY: the class was created by this module just now: no instance or subclass uses it
     // yet.

@@ -68,3 +68,52 @@ pub fn add_static_function<'py>(
     module.add(def.name.to_string_lossy(), function.clone())?;
     Ok(function)
 }
+
+/// Runs `body` as PyO3's trampolines run a function that CPython calls: with the thread
+/// counted as attached by PyO3, so that the Python references dropped in `body` are released
+/// at once (outside a trampoline PyO3 may queue them in its pool, to be released whenever it
+/// is next entered), and with a panic turned into a raised exception (then None is returned,
+/// with the exception set). For code that CPython reached without a trampoline (a fast path)
+/// and that leaves its fast path.
+pub fn attached<'py, R>(py: Python<'py>, body: impl FnOnce(Python<'py>) -> R) -> Option<R> {
+    let mut body = Some(body);
+    let mut out = None;
+    // The token the trampoline makes is not needed: `py` is.
+    let mut run = |_: Python<'_>| {
+        if let Some(body) = body.take() {
+            out = Some(body(py));
+        }
+    };
+    let mut run: &mut dyn FnMut(Python<'_>) = &mut run;
+    // The trampoline of a slot with three object pointers (`__setattr__`'s), the first one
+    // carrying `run`.
+    let trampoline = pyo3::impl_::trampoline::get_trampoline_function!(setattrofunc, run_attached);
+    // SAFETY: GIL held (the token proves it); the first pointer is `run`, alive and not
+    // otherwise used for the call, which is all `run_attached` reads; the other two are not
+    // read.
+    unsafe {
+        trampoline(
+            std::ptr::addr_of_mut!(run).cast(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        )
+    };
+    out
+}
+
+/// The body of [`attached`]'s trampoline: calls the closure `run` points to.
+///
+/// # Safety
+/// `run` points to a `&mut dyn FnMut(Python<'_>)`, alive and not otherwise borrowed for the
+/// call.
+unsafe fn run_attached(
+    py: Python<'_>,
+    run: *mut ffi::PyObject,
+    _: *mut ffi::PyObject,
+    _: *mut ffi::PyObject,
+) -> PyResult<std::ffi::c_int> {
+    // SAFETY: guaranteed by the caller.
+    let run = unsafe { &mut *run.cast::<&mut dyn FnMut(Python<'_>)>() };
+    run(py);
+    Ok(0)
+}

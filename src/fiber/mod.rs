@@ -39,6 +39,7 @@ use pyo3::types::{PyDict, PyString, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::exceptions::GreenletExit;
+use crate::method_def::attached;
 use crate::pystate::{
     interpreter_finalizing, report_resume, report_suspend, report_switched_back, switch_hooks_set,
     FiberPyState,
@@ -64,6 +65,16 @@ pub enum Resume {
     Value(Py<PyAny>),
     /// `awaitlet()` raises this exception.
     Throw(PyErr),
+}
+
+impl Resume {
+    /// What the call the fiber suspended in returns (or raises).
+    pub fn into_result(self) -> PyResult<Py<PyAny>> {
+        match self {
+            Self::Value(value) => Ok(value),
+            Self::Throw(err) => Err(err),
+        }
+    }
 }
 
 /// Where a resumed fiber stopped.
@@ -363,6 +374,10 @@ struct Shared {
     final_context: Cell<Option<Py<PyAny>>>,
     /// Start with no context rather than the resumer's (greenlet's new greenlets).
     start_without_context: Cell<bool>,
+    /// Whether switch hooks were set ([`switch_hooks_set`]) at the last switch onto or off
+    /// this fiber's stack, as the side that switched saw it: the other side reads it right
+    /// after the switch (nothing runs in between) instead of asking again.
+    hooks_set: Cell<bool>,
 }
 
 impl Shared {
@@ -374,14 +389,23 @@ impl Shared {
         }
     }
 
-    /// Makes the call stored in `self.call`, which keeps its references until it returns.
-    fn run_call(&self, py: Python<'_>) -> Outcome {
-        let result = match &*self.call.borrow() {
-            Some(call) => NonNull::new(call.invoke()).ok_or_else(|| fetch_exception(py)),
-            None => Err(no_call().into_value(py)),
+    /// Makes the call stored in `self.call`, which keeps its references until it returns:
+    /// what the call returned (a new reference, or NULL with an exception set), None if there
+    /// is no call to make. Drops nothing (see [`fiber_main`]).
+    fn run_call(&self) -> Option<*mut ffi::PyObject> {
+        self.call.borrow().as_ref().map(Call::invoke)
+    }
+
+    /// What [`Shared::run_call`] (or a panic in it) came to, once the call's references are
+    /// released.
+    fn end_call(&self, py: Python<'_>, returned: CallReturn) -> Outcome {
+        let outcome = match returned {
+            Ok(Some(result)) => NonNull::new(result).ok_or_else(|| fetch_exception(py)),
+            Ok(None) => Err(no_call().into_value(py)),
+            Err(payload) => panic_outcome(py, payload),
         };
         self.drop_call();
-        result
+        outcome
     }
 
     /// Releases the call's references, outside any borrow: dropping them can run any code.
@@ -512,6 +536,7 @@ impl Fiber {
                 call: RefCell::new(Some(call)),
                 final_context: Cell::new(None),
                 start_without_context: Cell::new(false),
+                hooks_set: Cell::new(false),
             })
         };
         let shared_addr = shared.as_ptr() as usize;
@@ -582,12 +607,43 @@ impl Fiber {
         if self.owner.get().has_orphans() {
             FiberOwner::finish_orphans(&self.owner, py);
         }
+        // SAFETY: GIL held (token), on the fiber's thread, it is not running or finished
+        // (checked above), and the switch onto its stack follows immediately.
+        let hooks = unsafe { self.shared().pystate.enter() };
+        self.shared().hooks_set.set(hooks);
+        self.run_entered(py, input)
+    }
+
+    /// [`Fiber::resume`] for a switch's fast path, which has nothing to report: only if the
+    /// fiber belongs to the calling thread state and no switch hooks are set; else it does
+    /// nothing and hands `input` back. Drops no Python reference (a fast path may run where
+    /// PyO3 does not count the thread as attached).
+    ///
+    /// # Safety
+    /// GIL held (the token); the fiber is suspended; its owner has no orphans waiting
+    /// ([`FiberOwner::has_orphans`]), which `resume` would finish first.
+    #[inline]
+    pub unsafe fn resume_unhooked(
+        &mut self,
+        py: Python<'_>,
+        input: Resume,
+    ) -> Result<Step, Resume> {
+        // SAFETY: GIL held and the fiber suspended (guaranteed by the caller); it enters only
+        // on the fiber's thread state, and the switch onto its stack follows immediately.
+        if !unsafe { self.shared().pystate.enter_unhooked(self.thread()) } {
+            return Err(input);
+        }
+        self.shared().hooks_set.set(false);
+        Ok(self.run_entered(py, input))
+    }
+
+    /// Switches onto the fiber, whose interpreter state was just entered, and runs it until it
+    /// suspends or finishes.
+    #[inline]
+    fn run_entered(&mut self, py: Python<'_>, input: Resume) -> Step {
         let result = THREAD.with(|thread| {
             let previous = thread.current.replace(self.shared.as_ptr());
             self.shared().resumer.set(previous);
-            // SAFETY: GIL held (token), on the fiber's thread, it is not running or
-            // finished, and the switch onto its stack follows immediately.
-            unsafe { self.shared().pystate.enter() };
             self.status = Status::Running;
             let result = self.machine.resume(input);
             thread.current.set(previous);
@@ -596,7 +652,8 @@ impl Fiber {
         if !self.canary.intact() {
             stack_overflow_detected();
         }
-        if switch_hooks_set(py) {
+        // What the fiber saw as it switched back (nothing ran since).
+        if self.shared().hooks_set.get() {
             // SAFETY: GIL held (token), on the resumer's stack right after the switch back,
             // with the running fiber restored above.
             unsafe { report_switched_back(py) };
@@ -859,6 +916,11 @@ type Outcome = Result<NonNull<ffi::PyObject>, Py<pyo3::exceptions::PyBaseExcepti
 /// The body of every fiber. It and the functions it calls on the way to the Python call keep
 /// small stack frames, with what they do before and after the call out of line: their frames
 /// stay on the fiber's stack, in the pages a suspended fiber keeps resident.
+///
+/// A fiber may be resumed by a switch's fast path, which enters from CPython without PyO3's
+/// trampoline (see `greenlet::switch_entry`): PyO3 may then not count the thread as attached
+/// when the fiber's function returns, so what is released then is released inside
+/// [`attached`], at once (in the fiber, as it is otherwise) rather than through PyO3's pool.
 #[inline(never)]
 fn fiber_main(shared: &Shared, yielder: &Yielder<Resume, Py<PyAny>>, start: Resume) -> Outcome {
     drop(start);
@@ -869,9 +931,20 @@ fn fiber_main(shared: &Shared, yielder: &Yielder<Resume, Py<PyAny>>, start: Resu
     if shared.start_without_context.get() {
         start_without_context(py);
     }
-    let outcome = run_guarded(shared, py);
+    let returned = run_guarded(shared);
+    let outcome = end_call_attached(shared, py, returned);
     finish_fiber(shared, py);
     outcome
+}
+
+/// [`Shared::end_call`] inside [`attached`] (see [`fiber_main`]), out of `fiber_main`'s frame,
+/// which stays on the fiber's stack while it is suspended.
+#[inline(never)]
+fn end_call_attached(shared: &Shared, py: Python<'_>, returned: CallReturn) -> Outcome {
+    attached(py, |py| shared.end_call(py, returned)).unwrap_or_else(|| {
+        // `end_call` panicked: the trampoline raised the panic as an exception.
+        Err(fetch_exception(py))
+    })
 }
 
 #[inline(never)]
@@ -880,14 +953,15 @@ fn start_without_context(py: Python<'_>) {
     unsafe { crate::pystate::set_current_context(&py.None().into_bound(py)) };
 }
 
-/// Makes the fiber's call, turning a panic into an exception: a panic must not unwind out of
-/// the fiber's stack, as corosensei would carry it through the resumer's CPython frames.
+/// What the fiber's call came to: what [`Shared::run_call`] returned, or the payload of a
+/// panic in it.
+type CallReturn = Result<Option<*mut ffi::PyObject>, Box<dyn std::any::Any + Send>>;
+
+/// Makes the fiber's call, catching a panic: a panic must not unwind out of the fiber's
+/// stack, as corosensei would carry it through the resumer's CPython frames.
 #[inline(never)]
-fn run_guarded(shared: &Shared, py: Python<'_>) -> Outcome {
-    match catch_unwind(AssertUnwindSafe(|| shared.run_call(py))) {
-        Ok(outcome) => outcome,
-        Err(payload) => panic_outcome(py, payload),
-    }
+fn run_guarded(shared: &Shared) -> CallReturn {
+    catch_unwind(AssertUnwindSafe(|| shared.run_call()))
 }
 
 #[cold]
@@ -896,11 +970,16 @@ fn panic_outcome(py: Python<'_>, payload: Box<dyn std::any::Any + Send>) -> Outc
     Err(panic_to_pyerr(payload).into_value(py))
 }
 
-/// The exception set by a call that returned NULL, taken out of the thread state.
+/// The exception set by a call that returned NULL, taken out of the thread state. PyO3 turns
+/// a PanicException it fetches back into the panic it stands for: that panic comes back as a
+/// new PanicException, as a panic in the call would.
 #[cold]
 #[inline(never)]
 fn fetch_exception(py: Python<'_>) -> Py<pyo3::exceptions::PyBaseException> {
-    PyErr::fetch(py).into_value(py)
+    match catch_unwind(AssertUnwindSafe(|| PyErr::fetch(py).into_value(py))) {
+        Ok(exception) => exception,
+        Err(payload) => panic_to_pyerr(payload).into_value(py),
+    }
 }
 
 /// The `PyResult` an [`Outcome`] stands for.
@@ -923,7 +1002,8 @@ fn finish_fiber(shared: &Shared, py: Python<'_>) {
     }
     // SAFETY: on the fiber's stack, GIL held, the function has returned, and the fiber
     // returns right after.
-    unsafe { shared.pystate.finish() };
+    let hooks = unsafe { shared.pystate.finish() };
+    shared.hooks_set.set(hooks);
 }
 
 #[cold]
@@ -1128,15 +1208,52 @@ impl ActiveFiber {
             unsafe { report_suspend(py, args_end.callable) };
         }
         // SAFETY: on the fiber's stack, GIL held (token), the switch follows immediately.
-        unsafe { shared.pystate.leave(args_end.end) };
+        let hooks = unsafe { shared.pystate.leave(args_end.end) };
+        shared.hooks_set.set(hooks);
         // SAFETY: the yielder lives on this fiber's stack for as long as its closure runs,
         // which it does: we are in it.
         let resumed = unsafe { &*yielder }.suspend(awaitable);
-        if switch_hooks_set(py) {
-            return report_resume_or_raise(py, args_end.callable, resumed);
-        }
-        resumed
+        report_resumed(py, args_end, resumed)
     }
+
+    /// [`ActiveFiber::suspend_in_call`] for a switch's fast path, which has nothing to report:
+    /// only if the fiber can suspend, the calling thread state's id is `thread` and no switch
+    /// hooks are set; else it does nothing and hands `value` back. Drops no Python reference
+    /// (a fast path may run where PyO3 does not count the thread as attached): it returns what
+    /// the fiber is resumed with, before hooks are told of the resumption, and whether any
+    /// are set (then the caller passes it through [`report_resumed`]).
+    #[inline]
+    pub fn suspend_unhooked(
+        &self,
+        thread: u64,
+        value: Py<PyAny>,
+        args_end: ArgsEnd,
+    ) -> Result<(Resume, bool), Py<PyAny>> {
+        let shared = self.shared();
+        let yielder = shared.yielder.get();
+        // SAFETY: on the fiber's stack (it is the running one), GIL held (a fast path is
+        // called by CPython with it); if it leaves, the switch follows immediately.
+        if yielder.is_null() || !unsafe { shared.pystate.leave_unhooked(args_end.end, thread) } {
+            return Err(value);
+        }
+        shared.hooks_set.set(false);
+        // SAFETY: the yielder lives on this fiber's stack for as long as its closure runs,
+        // which it does: we are in it.
+        let resumed = unsafe { &*yielder }.suspend(value);
+        // What the resumer saw as it switched here (nothing ran since).
+        Ok((resumed, shared.hooks_set.get()))
+    }
+}
+
+/// Tells profile functions that the running fiber, suspended in the call `args_end`
+/// describes, came back, if any hook is set (see [`crate::pystate::report_resume`]): what it
+/// was resumed with, or a hook's error.
+#[inline]
+pub fn report_resumed(py: Python<'_>, args_end: ArgsEnd, resumed: Resume) -> Resume {
+    if switch_hooks_set(py) {
+        return report_resume_or_raise(py, args_end.callable, resumed);
+    }
+    resumed
 }
 
 /// Tells profile functions that a suspended fiber came back (see

@@ -29,11 +29,20 @@ extern "C" {
     fn awaitlet_root_chunk_size() -> usize;
     fn awaitlet_fiber_state_free(state: *mut RawFiberState);
     fn awaitlet_fiber_state_release_abandoned(state: *mut RawFiberState) -> c_int;
-    fn awaitlet_enter_fiber(state: *mut RawFiberState);
-    fn awaitlet_leave_fiber(state: *mut RawFiberState, call_args_end: *const *mut ffi::PyObject);
+    fn awaitlet_enter_fiber(state: *mut RawFiberState) -> c_int;
+    fn awaitlet_enter_fiber_unhooked(state: *mut RawFiberState, thread_id: u64) -> c_int;
+    fn awaitlet_leave_fiber(
+        state: *mut RawFiberState,
+        call_args_end: *const *mut ffi::PyObject,
+    ) -> c_int;
+    fn awaitlet_leave_fiber_unhooked(
+        state: *mut RawFiberState,
+        call_args_end: *const *mut ffi::PyObject,
+        thread_id: u64,
+    ) -> c_int;
     fn awaitlet_swap_resumer_context(state: *mut RawFiberState);
     fn awaitlet_swap_resumer_stack_limits(state: *mut RawFiberState);
-    fn awaitlet_finish_fiber(state: *mut RawFiberState);
+    fn awaitlet_finish_fiber(state: *mut RawFiberState) -> c_int;
     fn awaitlet_fiber_top_frame(state: *mut RawFiberState) -> *mut ffi::PyObject;
     fn awaitlet_fiber_context(state: *mut RawFiberState) -> *mut ffi::PyObject;
     fn awaitlet_fiber_traverse(
@@ -110,15 +119,30 @@ impl FiberPyState {
         }
     }
 
-    /// Saves the resumer's interpreter state and installs the fiber's.
+    /// Saves the resumer's interpreter state and installs the fiber's. Returns whether switch
+    /// hooks are set ([`switch_hooks_set`]), which the fiber needs to know right after the
+    /// switch.
     ///
     /// # Safety
     /// GIL held, on the fiber's thread, immediately before switching onto the fiber's stack;
     /// the fiber is not running and has not finished.
     #[inline]
-    pub unsafe fn enter(&self) {
+    pub unsafe fn enter(&self) -> bool {
         // SAFETY: guaranteed by the caller.
-        unsafe { awaitlet_enter_fiber(self.raw.as_ptr()) }
+        unsafe { awaitlet_enter_fiber(self.raw.as_ptr()) != 0 }
+    }
+
+    /// [`FiberPyState::enter`] for a switch's fast path, which has nothing to report: only if
+    /// the calling thread state's id is `thread` and no switch hooks are set. Returns whether
+    /// it entered (else it did nothing).
+    ///
+    /// # Safety
+    /// As for [`FiberPyState::enter`], except that the thread is checked here: `thread` is
+    /// the id of the thread state the fiber belongs to.
+    #[inline]
+    pub unsafe fn enter_unhooked(&self, thread: u64) -> bool {
+        // SAFETY: guaranteed by the caller; the thread state is checked on the C side first.
+        unsafe { awaitlet_enter_fiber_unhooked(self.raw.as_ptr(), thread) != 0 }
     }
 
     /// Saves the fiber's interpreter state and reinstalls the resumer's. `call_args_end` is
@@ -126,13 +150,32 @@ impl FiberPyState {
     /// call with the vectorcall convention (else null): before 3.14 it is the only record of
     /// which value-stack slots of the innermost frame hold references while it is suspended.
     ///
+    /// Returns whether switch hooks are set ([`switch_hooks_set`]), which the resumer needs to
+    /// know right after the switch.
+    ///
     /// # Safety
     /// GIL held, on the fiber's stack, immediately before suspending it.
     #[inline]
-    pub unsafe fn leave(&self, call_args_end: *const *mut ffi::PyObject) {
+    pub unsafe fn leave(&self, call_args_end: *const *mut ffi::PyObject) -> bool {
         // SAFETY: guaranteed by the caller; the pointer is only compared, never dereferenced,
         // unless it proves to point into the innermost frame's value stack.
-        unsafe { awaitlet_leave_fiber(self.raw.as_ptr(), call_args_end) }
+        unsafe { awaitlet_leave_fiber(self.raw.as_ptr(), call_args_end) != 0 }
+    }
+
+    /// [`FiberPyState::leave`] for a switch's fast path, which has nothing to report: only if
+    /// the calling thread state's id is `thread` and no switch hooks are set. Returns whether
+    /// it left (else it did nothing).
+    ///
+    /// # Safety
+    /// As for [`FiberPyState::leave`].
+    #[inline]
+    pub unsafe fn leave_unhooked(
+        &self,
+        call_args_end: *const *mut ffi::PyObject,
+        thread: u64,
+    ) -> bool {
+        // SAFETY: as for `leave`.
+        unsafe { awaitlet_leave_fiber_unhooked(self.raw.as_ptr(), call_args_end, thread) != 0 }
     }
 
     /// Swaps the running fiber's context and handled-exception state with its resumer's;
@@ -161,15 +204,16 @@ impl FiberPyState {
 
     /// Releases what the finished fiber's interpreter state owns and reinstalls the
     /// resumer's. May run Python code (it drops the fiber's context reference) before the
-    /// switch of state.
+    /// switch of state. Returns whether switch hooks are set, which the resumer needs to know
+    /// right after the switch.
     ///
     /// # Safety
     /// GIL held, on the fiber's stack, after its Python function returned, immediately
     /// before the fiber returns.
     #[inline]
-    pub unsafe fn finish(&self) {
+    pub unsafe fn finish(&self) -> bool {
         // SAFETY: guaranteed by the caller.
-        unsafe { awaitlet_finish_fiber(self.raw.as_ptr()) }
+        unsafe { awaitlet_finish_fiber(self.raw.as_ptr()) != 0 }
     }
 
     /// Drops the references the saved state of a suspended fiber holds (its context, the

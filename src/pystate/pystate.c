@@ -515,11 +515,11 @@ awaitlet_fiber_state_release_abandoned(awaitlet_fiber_state *s)
     return 1;
 }
 
-/* Called on the resumer's stack right before switching into the fiber. */
-void
-awaitlet_enter_fiber(awaitlet_fiber_state *s)
+static inline int switch_hooks_set(PyThreadState *ts);
+
+static inline void
+enter_fiber(awaitlet_fiber_state *s, PyThreadState *ts)
 {
-    PyThreadState *ts = current_tstate();
     CARRY_TRACING_BEGIN(ts);
     save(&s->parent, ts);
     if (!s->started) {
@@ -530,14 +530,34 @@ awaitlet_enter_fiber(awaitlet_fiber_state *s)
     CARRY_TRACING_END(ts);
 }
 
-/* Called on the fiber's stack right before switching back to the resumer.  `call_args_end`
- * is where the arguments of the call the fiber suspends in end, if that call came from
- * Python code with the vectorcall convention (awaitlet()), else NULL; it is only checked
- * when the collector asks (awaitlet_fiber_traverse). */
-void
-awaitlet_leave_fiber(awaitlet_fiber_state *s, PyObject *const *call_args_end)
+/* Called on the resumer's stack right before switching into the fiber.  Returns whether
+ * switch hooks are set (awaitlet_switch_hooks_set), for the fiber to know right after the
+ * switch without asking. */
+int
+awaitlet_enter_fiber(awaitlet_fiber_state *s)
 {
     PyThreadState *ts = current_tstate();
+    enter_fiber(s, ts);
+    return switch_hooks_set(ts);
+}
+
+/* awaitlet_enter_fiber for a switch's fast path, which has nothing to report: only if the
+ * calling thread state's id is `thread_id` and no switch hooks are set (then it returns 1);
+ * else it does nothing and returns 0. */
+int
+awaitlet_enter_fiber_unhooked(awaitlet_fiber_state *s, uint64_t thread_id)
+{
+    PyThreadState *ts = current_tstate();
+    if (ts->id != thread_id || switch_hooks_set(ts)) {
+        return 0;
+    }
+    enter_fiber(s, ts);
+    return 1;
+}
+
+static inline void
+leave_fiber(awaitlet_fiber_state *s, PyThreadState *ts, PyObject *const *call_args_end)
+{
 #if AWAITLET_PY314
     /* 3.14+ store every frame's stack pointer before a call that can run other code. */
     (void)call_args_end;
@@ -550,10 +570,39 @@ awaitlet_leave_fiber(awaitlet_fiber_state *s, PyObject *const *call_args_end)
     CARRY_TRACING_END(ts);
 }
 
+/* Called on the fiber's stack right before switching back to the resumer.  `call_args_end`
+ * is where the arguments of the call the fiber suspends in end, if that call came from
+ * Python code with the vectorcall convention (awaitlet()), else NULL; it is only checked
+ * when the collector asks (awaitlet_fiber_traverse).  Returns whether switch hooks are set,
+ * for the resumer to know right after the switch without asking. */
+int
+awaitlet_leave_fiber(awaitlet_fiber_state *s, PyObject *const *call_args_end)
+{
+    PyThreadState *ts = current_tstate();
+    leave_fiber(s, ts, call_args_end);
+    return switch_hooks_set(ts);
+}
+
+/* awaitlet_leave_fiber for a switch's fast path, which has nothing to report: only if the
+ * calling thread state's id is `thread_id` and no switch hooks are set (then it returns 1);
+ * else it does nothing and returns 0. */
+int
+awaitlet_leave_fiber_unhooked(awaitlet_fiber_state *s, PyObject *const *call_args_end,
+                              uint64_t thread_id)
+{
+    PyThreadState *ts = current_tstate();
+    if (ts->id != thread_id || switch_hooks_set(ts)) {
+        return 0;
+    }
+    leave_fiber(s, ts, call_args_end);
+    return 1;
+}
+
 /* Called on the fiber's stack when its function has returned, right before switching back
  * to the resumer for the last time.  Releases what the fiber's thread-state view owns;
- * dropping the context may run Python code, which still runs as the fiber. */
-void
+ * dropping the context may run Python code, which still runs as the fiber.  Returns whether
+ * switch hooks are set, for the resumer to know right after the switch without asking. */
+int
 awaitlet_finish_fiber(awaitlet_fiber_state *s)
 {
     PyThreadState *ts = current_tstate();
@@ -573,6 +622,7 @@ awaitlet_finish_fiber(awaitlet_fiber_state *s)
     /* The thread state's context reference was released above; the resumer's comes back. */
     load(&s->parent, ts);
     CARRY_TRACING_END(ts);
+    return switch_hooks_set(ts);
 }
 
 /* Swaps the running fiber's current context and handled-exception state with those of its
@@ -1207,10 +1257,9 @@ profiler_listens(PyThreadState *ts, int event)
 /* Whether a trace or profile function, or a profiler on sys.monitoring, is set and not
  * running: the only case in which a switch has anything to report.  Cheap: read at every
  * switch. */
-int
-awaitlet_switch_hooks_set(void)
+static inline int
+switch_hooks_set(PyThreadState *ts)
 {
-    PyThreadState *ts = current_tstate();
     if (ts->tracing != 0) {
         return 0;
     }
@@ -1220,6 +1269,12 @@ awaitlet_switch_hooks_set(void)
     }
 #endif
     return ts->c_tracefunc != NULL || ts->c_profilefunc != NULL;
+}
+
+int
+awaitlet_switch_hooks_set(void)
+{
+    return switch_hooks_set(current_tstate());
 }
 
 /* Whether any hook set is one a switch is reported to (see above): not when the only ones are
