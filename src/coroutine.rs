@@ -28,7 +28,7 @@ use crate::fiber::{
 };
 use crate::gil_cell::GilCell;
 use crate::method_def::{add_static_function, MethodDef};
-use crate::pystate::{coroutine_origin_tracking_depth, is_iterable_coroutine};
+use crate::pystate::{coroutine_origin_tracking_depth, is_iterable_coroutine, optional_attr};
 
 enum State {
     /// Not started: `fn` has not run.
@@ -1466,20 +1466,24 @@ fn real_greenlet_module(py: Python<'_>) -> PyResult<Option<Bound<'_, PyAny>>> {
     if greenlet.as_ptr() == KNOWN_FACADE.load(Ordering::Relaxed) || greenlet.is_none() {
         return Ok(None);
     }
-    if greenlet.hasattr(pyo3::intern!(py, "__awaitlet_facade__"))? {
-        let old = KNOWN_FACADE.swap(greenlet.into_ptr(), Ordering::Relaxed);
-        if !old.is_null() {
-            // SAFETY: GIL held; the strong reference the static held.
-            unsafe { ffi::Py_DECREF(old) };
-        }
-        return Ok(None);
+    if greenlet.as_ptr() == KNOWN_REAL.load(Ordering::Relaxed) {
+        return Ok(Some(greenlet));
     }
-    Ok(Some(greenlet))
+    let facade = optional_attr(&greenlet, pyo3::intern!(py, "__awaitlet_facade__"))?.is_some();
+    let known = if facade { &KNOWN_FACADE } else { &KNOWN_REAL };
+    let old = known.swap(greenlet.clone().into_ptr(), Ordering::Relaxed);
+    if !old.is_null() {
+        // SAFETY: GIL held; the strong reference the static held.
+        unsafe { ffi::Py_DECREF(old) };
+    }
+    Ok((!facade).then_some(greenlet))
 }
 
-/// The facade module last found as `sys.modules["greenlet"]` (a strong reference, so that no
-/// other object can take its address), which [`real_greenlet_module`] then knows at once.
+/// The facade module, and the real greenlet module, last found as `sys.modules["greenlet"]`
+/// (strong references, so that no other object can take their addresses), which
+/// [`real_greenlet_module`] then knows at once, with no attribute lookup.
 static KNOWN_FACADE: AtomicPtr<ffi::PyObject> = AtomicPtr::new(std::ptr::null_mut());
+static KNOWN_REAL: AtomicPtr<ffi::PyObject> = AtomicPtr::new(std::ptr::null_mut());
 
 /// The running greenlet of the real greenlet package, if that package is in use and the
 /// greenlet awaits on behalf of its code.
@@ -1494,10 +1498,13 @@ fn real_greenlet_provider(py: Python<'_>) -> PyResult<Option<Bound<'_, PyAny>>> 
 /// Whether a greenlet marks itself as one that awaits on behalf of its code (SQLAlchemy's
 /// greenlet subclass does).
 fn is_awaitlet_provider(py: Python<'_>, greenlet: &Bound<'_, PyAny>) -> PyResult<bool> {
-    match greenlet.getattr(pyo3::intern!(py, "__sqlalchemy_greenlet_provider__")) {
-        Ok(flag) => flag.is_truthy(),
-        Err(err) if err.is_instance_of::<pyo3::exceptions::PyAttributeError>(py) => Ok(false),
-        Err(err) => Err(err),
+    // Missing on most greenlets (a thread's main one): no AttributeError made for them.
+    match optional_attr(
+        greenlet,
+        pyo3::intern!(py, "__sqlalchemy_greenlet_provider__"),
+    )? {
+        Some(flag) => flag.is_truthy(),
+        None => Ok(false),
     }
 }
 

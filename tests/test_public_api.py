@@ -74,3 +74,35 @@ def test_in_async_def_tells_where_awaitlet_would_suspend():
 
     assert in_async_def() is False
     assert asyncio.run(main()) == (False, True)
+
+
+def test_in_async_def_with_another_greenlet_module_in_use(monkeypatch):
+    """With a greenlet package other than the facade in use (the real one, with SQLAlchemy),
+    its running greenlet decides; the module is told apart from the facade once, not at each
+    call (a failed lookup on a module makes an AttributeError, about a microsecond)."""
+    import sys
+    import types
+
+    from awaitlet.util import in_async_def
+
+    lookups: list[str] = []
+
+    class Provider:
+        __sqlalchemy_greenlet_provider__ = True
+
+    class Plain:
+        pass
+
+    class GreenletModule(types.ModuleType):
+        def __getattr__(self, name):
+            lookups.append(name)
+            raise AttributeError(name)
+
+    module = GreenletModule("greenlet")
+    running = [Plain()]
+    module.getcurrent = lambda: running[0]
+    monkeypatch.setitem(sys.modules, "greenlet", module)
+    assert [in_async_def() for _ in range(100)] == [False] * 100
+    running[0] = Provider()
+    assert in_async_def() is True
+    assert lookups == ["__awaitlet_facade__"]

@@ -62,10 +62,33 @@ extern "C" {
     fn awaitlet_report_suspend(callable: *mut ffi::PyObject) -> c_int;
     fn awaitlet_report_resume(callable: *mut ffi::PyObject) -> c_int;
     fn awaitlet_report_switched_back();
+    fn awaitlet_optional_attr(
+        object: *mut ffi::PyObject,
+        name: *mut ffi::PyObject,
+        result: *mut *mut ffi::PyObject,
+    ) -> c_int;
     #[cfg(Py_3_13)]
     fn awaitlet_asyncio_running_loop() -> *mut ffi::PyObject;
     #[cfg(Py_3_13)]
     fn awaitlet_set_asyncio_running_loop(event_loop: *mut ffi::PyObject);
+}
+
+/// `getattr(object, name)`, or None where that raises AttributeError, which is then not made
+/// at all (see `awaitlet_optional_attr` in pystate.c).
+pub fn optional_attr<'py>(
+    object: &Bound<'py, PyAny>,
+    name: &Bound<'py, pyo3::types::PyString>,
+) -> PyResult<Option<Bound<'py, PyAny>>> {
+    let py = object.py();
+    let mut result = std::ptr::null_mut();
+    // SAFETY: GIL held (the references prove it); both objects are alive for the call; on 1
+    // `result` holds a new reference, on 0 NULL, on -1 an exception is set.
+    match unsafe { awaitlet_optional_attr(object.as_ptr(), name.as_ptr(), &mut result) } {
+        // SAFETY: a new reference (see above).
+        1 => Ok(Some(unsafe { Bound::from_owned_ptr(py, result) })),
+        0 => Ok(None),
+        _ => Err(PyErr::fetch(py)),
+    }
 }
 
 /// asyncio's running loop as the thread state keeps it (3.13+): a borrowed reference, or
