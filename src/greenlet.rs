@@ -494,31 +494,50 @@ fn switch_to<'py>(
                 (payload, _) => return switch_down(py, running, target, payload, call),
             },
         };
-        match outcome {
-            Step::Suspended(value) => {
-                let request = this
-                    .outgoing
-                    .try_borrow_mut()
-                    .and_then(|mut out| out.take());
-                match request {
-                    Some((next, next_payload)) => {
-                        target = next.into_bound(py);
-                        payload = next_payload;
-                    }
-                    // Suspended by awaitlet() in a greenlet that awaits for its code: a switch
-                    // to the fiber that resumed it, this one.
-                    None => return Ok(value),
-                }
+        match onward(py, target, outcome) {
+            Onward::To(next, next_payload) => {
+                target = next;
+                payload = next_payload;
             }
-            Step::Finished(result) => {
-                let dead = target;
-                target = match dead.get().parent_bound(py) {
-                    Some(parent) => parent,
-                    None => return result,
-                };
-                payload = Payload::from_finish(py, result);
-                set_switch_origin(&dead);
+            Onward::Back(result) => return result,
+        }
+    }
+}
+
+/// Where a switch goes once the greenlet it handed over to has switched away or finished
+/// (see [`switch_to`]).
+enum Onward<'py> {
+    /// On: to the greenlet it switched to, or, when it finished, to its parent with its
+    /// result.
+    To(Bound<'py, Greenlet>, Payload),
+    /// Back to the running greenlet's pending switch: what the greenlet handed over (it
+    /// suspended with no switch requested: `awaitlet()` in a greenlet that awaits for its
+    /// code, or a switch to the fiber that resumed it), or the result of one with no parent.
+    Back(PyResult<Py<PyAny>>),
+}
+
+/// Where the switch goes after `target`, which the running greenlet resumed, came to
+/// `outcome` (a finished greenlet already marked dead).
+fn onward<'py>(py: Python<'py>, target: Bound<'py, Greenlet>, outcome: Step) -> Onward<'py> {
+    let this = target.get();
+    match outcome {
+        Step::Suspended(value) => {
+            let request = this
+                .outgoing
+                .try_borrow_mut()
+                .and_then(|mut out| out.take());
+            match request {
+                Some((next, payload)) => Onward::To(next.into_bound(py), payload),
+                None => Onward::Back(Ok(value)),
             }
+        }
+        Step::Finished(result) => {
+            let Some(parent) = this.parent_bound(py) else {
+                return Onward::Back(result);
+            };
+            let payload = Payload::from_finish(py, result);
+            set_switch_origin(&target);
+            Onward::To(parent, payload)
         }
     }
 }
@@ -616,33 +635,14 @@ pub fn await_below(
     awaitable: Py<PyAny>,
     call: ArgsEnd,
 ) -> PyResult<Py<PyAny>> {
-    if fiber.is_closing() {
-        return Err(PyRuntimeError::new_err(
-            "greenlet ignored GreenletExit and switched again while being killed",
-        ));
-    }
-    {
-        // Dropped before the fiber suspends (see `switch_down`).
-        let current = fiber_greenlet(py, fiber)?;
-        let main = main_greenlet(py)?;
-        let mut outgoing = current
-            .get()
-            .outgoing
-            .try_borrow_mut()
-            .ok_or_else(|| GreenletError::new_err("greenlet is busy"))?;
-        let reply_to = current.clone().unbind();
-        *outgoing = Some((
-            main.unbind(),
-            Payload::Await {
-                awaitable,
-                reply_to,
-            },
-        ));
-    }
-    match fiber.suspend_in_call(py, py.None(), call) {
-        Resume::Value(value) => Ok(value),
-        Resume::Throw(err) => Err(err),
-    }
+    // Sent as a switch to the main greenlet is: `switch_down` passes it on, fiber by fiber,
+    // to the first `async_def` code, which `switch_to` hands it to (see `await_for`).
+    let reply_to = fiber_greenlet(py, fiber)?.unbind();
+    let payload = Payload::Await {
+        awaitable,
+        reply_to,
+    };
+    switch_down(py, Some(fiber), main_greenlet(py)?, payload, call)
 }
 
 /// Where a request of [`await_below`] arrives: in `async_def` code running on `fiber`, whose
@@ -1692,8 +1692,10 @@ fn switch_into_suspended<'a>(
             value.into_ptr()
         }
         outcome => attached(py, move |py| {
-            let target = target.to_owned();
-            c_result(py, after_transfer(py, &target, slot, outcome, handed.end()))
+            c_result(
+                py,
+                after_transfer(py, target.to_owned(), slot, outcome, handed.end()),
+            )
         })
         .unwrap_or(std::ptr::null_mut()),
     })
@@ -1704,35 +1706,18 @@ fn switch_into_suspended<'a>(
 /// is marked dead, then the switch goes on where the greenlet switched to (or its result goes).
 fn after_transfer(
     py: Python<'_>,
-    target: &Bound<'_, Greenlet>,
+    target: Bound<'_, Greenlet>,
     mut slot: RefMut<'_, FiberSlot>,
     outcome: Step,
     call: ArgsEnd,
 ) -> PyResult<Py<PyAny>> {
-    let this = target.get();
     if let Step::Finished(_) = &outcome {
-        bury(this, &mut slot);
+        bury(target.get(), &mut slot);
     }
     drop(slot);
-    match outcome {
-        Step::Suspended(value) => {
-            let request = this
-                .outgoing
-                .try_borrow_mut()
-                .and_then(|mut out| out.take());
-            match request {
-                Some((next, payload)) => switch_to(py, next.into_bound(py), payload, call),
-                None => Ok(value),
-            }
-        }
-        Step::Finished(result) => {
-            let Some(parent) = this.parent_bound(py) else {
-                return result;
-            };
-            let payload = Payload::from_finish(py, result);
-            set_switch_origin(target);
-            switch_to(py, parent, payload, call)
-        }
+    match onward(py, target, outcome) {
+        Onward::To(next, payload) => switch_to(py, next, payload, call),
+        Onward::Back(result) => result,
     }
 }
 
