@@ -445,54 +445,47 @@ def _fetch(client, address, path):
         connection.close()
 
 
-def test_trio_green_http_requests_at_once_keep_the_run_responsive(green_http_client):
-    client, address = green_http_client
+def _requests_at_once(run, open_group, client, address, prefix):
+    """20 green HTTP requests, each in a task of a group from ``open_group()`` (a Trio
+    nursery or an anyio task group), under ``run``: all answered, together, with the run
+    responsive meanwhile."""
     count = 20
 
     async def main():
         results = {}
 
         async def one(index):
-            results[index] = await async_def(_fetch, client, address, f"/slow/{index}")
+            results[index] = await async_def(_fetch, client, address, f"/slow/{prefix}{index}")
 
         async with Ticker() as ticker:
             start = time.perf_counter()
-            async with trio.open_nursery() as nursery:
-                for index in range(count):
-                    nursery.start_soon(one, index)
-            elapsed = time.perf_counter() - start
-        return results, elapsed, ticker.late
-
-    results, elapsed, late = trio.run(main)
-    assert results == {i: (200, f"you asked for /slow/{i}".encode()) for i in range(count)}
-    # One after the other they would take count * SLOW_HTTP_DELAY = 1 s.
-    assert elapsed < count * SLOW_HTTP_DELAY / 3, elapsed
-    assert late < MAX_LATENESS, late
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_anyio_green_http_requests_at_once(green_http_client, backend):
-    client, address = green_http_client
-    count = 20
-
-    async def main():
-        results = {}
-
-        async def one(index):
-            results[index] = await async_def(_fetch, client, address, f"/slow/a{index}")
-
-        async with Ticker() as ticker:
-            start = time.perf_counter()
-            async with anyio.create_task_group() as group:
+            async with open_group() as group:
                 for index in range(count):
                     group.start_soon(one, index)
             elapsed = time.perf_counter() - start
         return results, elapsed, ticker.late
 
-    results, elapsed, late = anyio.run(main, backend=backend)
-    assert results == {i: (200, f"you asked for /slow/a{i}".encode()) for i in range(count)}
+    results, elapsed, late = run(main)
+    expected = {i: (200, f"you asked for /slow/{prefix}{i}".encode()) for i in range(count)}
+    assert results == expected
+    # One after the other they would take count * SLOW_HTTP_DELAY = 1 s.
     assert elapsed < count * SLOW_HTTP_DELAY / 3, elapsed
     assert late < MAX_LATENESS, late
+
+
+def test_trio_green_http_requests_at_once_keep_the_run_responsive(green_http_client):
+    client, address = green_http_client
+    _requests_at_once(trio.run, trio.open_nursery, client, address, "")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_anyio_green_http_requests_at_once(green_http_client, backend):
+    client, address = green_http_client
+
+    def run(main):
+        return anyio.run(main, backend=backend)
+
+    _requests_at_once(run, anyio.create_task_group, client, address, "a")
 
 
 def test_trio_green_socket_echo_large_transfer_and_timeout():
