@@ -1133,44 +1133,105 @@ impl AsyncDefFunction {
         assert_await_occurs: bool,
         kwargs: Option<Bound<'_, PyDict>>,
     ) -> PyResult<Py<PyAny>> {
-        let py = r#fn.py();
-        if !r#fn.is_callable() {
-            let name = r#fn
-                .get_type()
-                .name()
-                .map(|name| name.to_string())
-                .unwrap_or_default();
-            return Err(PyTypeError::new_err(format!(
-                "async_def() argument 'fn' must be callable, not {name}"
-            )));
-        }
-        if real_greenlet_module(py)?.is_some() {
-            // The process uses the greenlet package, whose greenlets SQLAlchemy's await_only()
-            // requires: run the sync code in one of those.
-            static ON_GREENLET: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-            let on_greenlet =
-                ON_GREENLET.import(py, "awaitlet._real_greenlet", "async_def_on_greenlet")?;
-            let call_args: Vec<Bound<'_, PyAny>> =
-                std::iter::once(r#fn).chain(args.iter()).collect();
-            let call_args = PyTuple::new(py, call_args)?;
-            let call_kwargs = kwargs.unwrap_or_else(|| PyDict::new(py));
-            call_kwargs.set_item("assert_await_occurs", assert_await_occurs)?;
-            return on_greenlet
-                .call(call_args, Some(&call_kwargs))
-                .map(Bound::unbind);
-        }
-        let mut coroutine = AsyncDefCoroutine::new(
-            r#fn.unbind(),
-            args.unbind(),
-            kwargs.map(Bound::unbind),
-            assert_await_occurs,
-        );
-        let depth = coroutine_origin_tracking_depth(py);
-        if depth > 0 {
-            coroutine.origin = Some(creation_origin(py, depth)?);
-        }
-        Ok(Py::new(py, coroutine)?.into_any())
+        start_on_fiber(&r#fn, &args, kwargs.as_ref(), assert_await_occurs)
     }
+}
+
+/// What `async_def(fn, *args, assert_await_occurs=..., **kwargs)` returns, given its
+/// arguments already parsed: the coroutine that runs `fn(*args, **kwargs)` on a fiber (or,
+/// where the process uses the real greenlet package, in one of its greenlets).
+fn start_on_fiber(
+    r#fn: &Bound<'_, PyAny>,
+    args: &Bound<'_, PyTuple>,
+    kwargs: Option<&Bound<'_, PyDict>>,
+    assert_await_occurs: bool,
+) -> PyResult<Py<PyAny>> {
+    let py = r#fn.py();
+    if !r#fn.is_callable() {
+        let name = r#fn
+            .get_type()
+            .name()
+            .map(|name| name.to_string())
+            .unwrap_or_default();
+        return Err(PyTypeError::new_err(format!(
+            "async_def() argument 'fn' must be callable, not {name}"
+        )));
+    }
+    if real_greenlet_module(py)?.is_some() {
+        return start_on_real_greenlet(r#fn, args, kwargs, assert_await_occurs);
+    }
+    let mut coroutine = AsyncDefCoroutine::new(
+        r#fn.clone().unbind(),
+        args.clone().unbind(),
+        kwargs.map(|kwargs| kwargs.clone().unbind()),
+        assert_await_occurs,
+    );
+    let depth = coroutine_origin_tracking_depth(py);
+    if depth > 0 {
+        coroutine.origin = Some(creation_origin(py, depth)?);
+    }
+    Ok(Py::new(py, coroutine)?.into_any())
+}
+
+/// [`start_on_fiber`] in a process that uses the greenlet package, whose greenlets
+/// SQLAlchemy's `await_only()` requires: the sync code runs in one of those.
+#[inline(never)]
+fn start_on_real_greenlet(
+    r#fn: &Bound<'_, PyAny>,
+    args: &Bound<'_, PyTuple>,
+    kwargs: Option<&Bound<'_, PyDict>>,
+    assert_await_occurs: bool,
+) -> PyResult<Py<PyAny>> {
+    let py = r#fn.py();
+    static ON_GREENLET: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let on_greenlet = ON_GREENLET.import(py, "awaitlet._real_greenlet", "async_def_on_greenlet")?;
+    let keyword = pyo3::intern!(py, "assert_await_occurs");
+    if let Some(kwargs) = kwargs.filter(|kwargs| kwargs.contains(keyword).unwrap_or(true)) {
+        // `fn` takes a keyword that async_def_on_greenlet() reserves: bind its arguments
+        // first.
+        static PARTIAL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        let partial = PARTIAL.import(py, "functools", "partial")?;
+        let call_args = with_first(r#fn, args)?;
+        let bound = partial.call(call_args, Some(kwargs))?;
+        return start_on_real_greenlet(&bound, &PyTuple::empty(py), None, assert_await_occurs);
+    }
+    let call_args = with_first(r#fn, args)?;
+    let call_kwargs = match kwargs {
+        Some(kwargs) => kwargs.copy()?,
+        None => PyDict::new(py),
+    };
+    call_kwargs.set_item(keyword, assert_await_occurs)?;
+    on_greenlet
+        .call(call_args, Some(&call_kwargs))
+        .map(Bound::unbind)
+}
+
+/// `(first, *rest)`.
+fn with_first<'py>(
+    first: &Bound<'py, PyAny>,
+    rest: &Bound<'py, PyTuple>,
+) -> PyResult<Bound<'py, PyTuple>> {
+    let items: Vec<Bound<'py, PyAny>> = std::iter::once(first.clone()).chain(rest.iter()).collect();
+    PyTuple::new(first.py(), items)
+}
+
+/// `_call_on_fiber(fn, args, kwargs=None)`: `async_def(fn, *args, **kwargs)` for callers that
+/// hold the arguments as a tuple and a dict already (the decorators' wrappers), without
+/// unpacking them into a call, and without reserving any keyword for async_def itself:
+/// every item of `kwargs` goes to `fn`.
+#[pyfunction]
+#[pyo3(name = "_call_on_fiber", signature = (r#fn, args, kwargs = None, /))]
+pub fn call_on_fiber(
+    r#fn: &Bound<'_, PyAny>,
+    args: &Bound<'_, PyTuple>,
+    kwargs: Option<&Bound<'_, PyDict>>,
+) -> PyResult<Py<PyAny>> {
+    start_on_fiber(
+        r#fn,
+        args,
+        kwargs.filter(|kwargs| !kwargs.is_empty()),
+        false,
+    )
 }
 
 /// `awaitlet(awaitable)`: from sync code running under `async_def` (or under a greenlet

@@ -46,6 +46,7 @@ fn _awaitlet(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<coroutine::AsyncDefFunction>()?;
     m.add("async_def", coroutine::AsyncDefFunction)?;
     coroutine::add_awaitlet(m)?;
+    m.add_function(wrap_pyfunction!(coroutine::call_on_fiber, m)?)?;
     m.add_function(wrap_pyfunction!(coroutine::in_async_def, m)?)?;
     m.add(
         "NoAwaitletContext",

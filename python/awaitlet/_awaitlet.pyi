@@ -29,6 +29,7 @@ __all__ = [
     "_portal_drive",
     "_first_step",
     "_wait_for",
+    "_call_on_fiber",
     "await_",
     "_set_thread_bridge",
     "_BridgeState",
@@ -51,6 +52,12 @@ def in_async_def() -> bool:
     """Whether ``awaitlet()`` called here would suspend rather than raise
     :class:`NoAwaitletContext`: the caller runs below ``async_def()`` (or in a greenlet that
     awaits on behalf of its code, as SQLAlchemy's does)."""
+
+def _call_on_fiber(
+    fn: Callable[..., _T], args: tuple[Any, ...], kwargs: dict[str, Any] | None = None, /
+) -> async_def_coroutine[_T]:
+    """``async_def(fn, *args, **kwargs)``, with the arguments given as a tuple and a dict;
+    every item of ``kwargs`` goes to ``fn`` (none is reserved for ``async_def``)."""
 
 def _first_step(
     loop: asyncio.AbstractEventLoop,

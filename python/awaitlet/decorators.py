@@ -29,7 +29,7 @@ import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast, overload
 
-from ._awaitlet import NoAwaitletContext, _wait_for, async_def, awaitlet
+from ._awaitlet import NoAwaitletContext, _call_on_fiber, _wait_for, async_def, awaitlet
 from ._awaitlet import await_ as _native_await_
 from ._thread_loop import close_thread_loop as _close_thread_loop
 from ._thread_loop import run_on_thread_loop
@@ -56,16 +56,6 @@ class AwaitInEventLoopError(NoAwaitletContext, RuntimeError):
     the thread, and blocking it would deadlock).  Run the sync code with ``async_`` instead.
     A :class:`RuntimeError`, as greenletio raises, and a :class:`awaitlet.NoAwaitletContext`.
     """
-
-
-def _run_on_fiber(
-    fn: Callable[..., _T], args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> Coroutine[Any, Any, _T]:
-    # async_def reserves the keyword `assert_await_occurs`; a function that takes one gets
-    # its arguments bound first.
-    if "assert_await_occurs" in kwargs:
-        return async_def(functools.partial(fn, *args, **kwargs))
-    return async_def(fn, *args, **kwargs)
 
 
 def _write_back(context: contextvars.Context) -> None:
@@ -106,7 +96,7 @@ def _make_async(fn: Callable[_P, _T], with_context: bool) -> Callable[_P, Corout
 
     @functools.wraps(fn)
     async def call_on_fiber(*args: _P.args, **kwargs: _P.kwargs) -> _T:
-        return await _run_on_fiber(fn, args, kwargs)
+        return await _call_on_fiber(fn, args, kwargs)
 
     return call_on_fiber
 
@@ -281,4 +271,5 @@ def spawn(fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> async
             "spawn() needs a running asyncio event loop: call it from a coroutine or from"
             " sync code run by async_()"
         ) from None
-    return loop.create_task(_run_on_fiber(fn, args, kwargs), name=getattr(fn, "__qualname__", None))
+    name = getattr(fn, "__qualname__", None)
+    return loop.create_task(_call_on_fiber(fn, args, kwargs), name=name)

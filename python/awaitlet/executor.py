@@ -30,7 +30,7 @@ import types
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any, ParamSpec, TypeVar
 
-from ._awaitlet import async_def
+from ._awaitlet import _call_on_fiber
 
 __all__ = [
     "UVLOOP_ENVIRONMENT_VARIABLE",
@@ -387,11 +387,7 @@ class AsyncExecutor(concurrent.futures.Executor):
         if blocking:
             call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
             return self._loop.run_in_executor(self._thread_pool, call)
-        if "assert_await_occurs" in kwargs:
-            coroutine = async_def(functools.partial(fn, *args, **kwargs))
-        else:
-            coroutine = async_def(fn, *args, **kwargs)
-        return self._loop.create_task(coroutine)
+        return self._loop.create_task(_call_on_fiber(fn, args, kwargs))
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop accepting work; stop the loop once every task on it is done.

@@ -258,6 +258,26 @@ async def test_sqlalchemy_await_inside_async_def_drives_the_async_api(async_url)
         assert await async_def(sync_code, engine) == len(LIBRARY)
 
 
+@pytest.mark.parametrize("name", sorted(SQLALCHEMY_AWAIT))
+async def test_decorators_pass_every_argument_through_on_this_greenlet(name, async_url):
+    """awaitlet.decorators' async_ and spawn hand their arguments to the sync function
+    unchanged (a keyword named like async_def's own `assert_await_occurs` included), on the
+    facade and on the real greenlet alike, and the function can use SQLAlchemy's await."""
+    from awaitlet.decorators import async_, spawn
+
+    sqlalchemy_await = SQLALCHEMY_AWAIT[name]
+
+    def sync_code(engine, label, *, assert_await_occurs, suffix="!"):
+        return (label, assert_await_occurs, sqlalchemy_await(count_authors(engine)), suffix)
+
+    async with new_engine(async_url) as engine:
+        await seed(engine)
+        expected = ("async_", "kept", len(LIBRARY), "!")
+        assert await async_(sync_code)(engine, "async_", assert_await_occurs="kept") == expected
+        spawned = spawn(sync_code, engine, "spawn", assert_await_occurs=None, suffix="?")
+        assert await spawned == ("spawn", None, len(LIBRARY), "?")
+
+
 # --- cancellation --------------------------------------------------------------------------
 
 
