@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicPtr, Ordering};
 use pyo3::exceptions::{PyGeneratorExit, PyRuntimeError, PyStopIteration, PyTypeError};
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::PyModule;
+use pyo3::types::{PyModule, PyType};
 use pyo3::{Borrowed, PyTraverseError, PyVisit};
 
 use crate::coroutine::switch_to_resumer;
@@ -208,9 +208,131 @@ static PORTAL_DRIVE_FUNCTION: AtomicPtr<ffi::PyObject> = AtomicPtr::new(std::ptr
 /// Adds `_portal_drive()` and its hand-off class to `module`.
 pub fn add_to_module(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<Handoff>()?;
+    module.add_class::<TaskCoroField>()?;
     let function = add_static_function(module, &PORTAL_DRIVE_DEF)?;
     // Kept for good (the module keeps it anyway): profile functions are told about calls of
     // it at switches (see `ArgsEnd::with_callable`).
     PORTAL_DRIVE_FUNCTION.store(function.into_ptr(), Ordering::Relaxed);
     Ok(())
+}
+
+/// Where asyncio's C `Task` keeps its coroutine: its `task_coro` field, private to
+/// `Modules/_asynciomodule.c` (in no header), so not known from a layout but found once,
+/// against a Task made for the purpose, as the one pointer-sized word of the object that
+/// points to the Task's known coroutine (see `awaitlet.portal._CTaskCoroField`).
+#[pyclass(frozen, module = "awaitlet._awaitlet", name = "_TaskCoroField")]
+pub struct TaskCoroField {
+    /// The Task type the offset was found in: it holds for that type and its subclasses.
+    task_type: Py<PyType>,
+    /// The field's offset from the start of the object.
+    offset: usize,
+}
+
+const WORD: usize = std::mem::size_of::<*mut ffi::PyObject>();
+
+/// The object's basic size, as its type states it (`__basicsize__`).
+fn basic_size(object: &Bound<'_, PyAny>) -> usize {
+    // SAFETY: GIL held; an object's type is a live type object, whose `tp_basicsize` is a
+    // plain field of the public (non-limited) PyTypeObject.
+    let size = unsafe { (*ffi::Py_TYPE(object.as_ptr())).tp_basicsize };
+    usize::try_from(size).unwrap_or(0)
+}
+
+/// The word at `offset` in `object`.
+///
+/// # Safety
+/// `offset` is pointer-aligned and `offset + WORD` is within the object's basic size.
+unsafe fn word_at(object: &Bound<'_, PyAny>, offset: usize) -> *mut ffi::PyObject {
+    // SAFETY: the object occupies at least its basic size from its address, and objects
+    // are pointer-aligned, so this word is inside it and aligned (the caller's promise).
+    unsafe {
+        object
+            .as_ptr()
+            .cast::<u8>()
+            .add(offset)
+            .cast::<*mut ffi::PyObject>()
+            .read()
+    }
+}
+
+#[pymethods]
+impl TaskCoroField {
+    /// Finds the field in `task`, a Task (of a type implemented in C) created with `coro`
+    /// that has not run: the one word past the object header that points to `coro`.
+    ///
+    /// Raises RuntimeError if `coro`'s address occurs in the object other than exactly once.
+    #[new]
+    #[pyo3(signature = (task, coro, /))]
+    fn locate(task: &Bound<'_, PyAny>, coro: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let header = std::mem::size_of::<ffi::PyObject>();
+        let size = basic_size(task);
+        let found: Vec<usize> = (header..size.saturating_sub(WORD - 1))
+            .step_by(WORD)
+            // SAFETY: `offset` is a multiple of the word size (the header is a whole
+            // number of words) and `offset + WORD <= size`.
+            .filter(|&offset| unsafe { word_at(task, offset) } == coro.as_ptr())
+            .collect();
+        match found.as_slice() {
+            [offset] => Ok(Self {
+                task_type: task.get_type().unbind(),
+                offset: *offset,
+            }),
+            _ => Err(PyRuntimeError::new_err(format!(
+                "the Task's coroutine pointer occurs {} times in the Task object",
+                found.len()
+            ))),
+        }
+    }
+
+    /// The field's offset in the object.
+    #[getter]
+    fn offset(&self) -> usize {
+        self.offset
+    }
+
+    /// Makes `task` (an instance of the Task type the field was found in, or of a subclass)
+    /// hold `new` in the field instead of `old`, which the field must hold, and which the
+    /// caller must keep a reference to (so that dropping the field's runs no finalizer).
+    #[pyo3(signature = (task, old, new, /))]
+    fn replace(
+        &self,
+        task: &Bound<'_, PyAny>,
+        old: &Bound<'_, PyAny>,
+        new: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let py = task.py();
+        if !task.get_type().is_subclass(self.task_type.bind(py))? {
+            return Err(PyTypeError::new_err(format!(
+                "expected a {} (or a subclass), not {}",
+                self.task_type.bind(py).qualname()?,
+                task.get_type().qualname()?
+            )));
+        }
+        // A subclass's instances start with the base's layout, as long as the base's.
+        debug_assert!(self.offset + WORD <= basic_size(task));
+        // SAFETY: `task` is an instance of the type (or a subclass of it) in whose basic size
+        // `locate` found this aligned offset.
+        if unsafe { word_at(task, self.offset) } != old.as_ptr() {
+            return Err(PyRuntimeError::new_err(
+                "cannot give this asyncio Task a portal: its coroutine field is not where it was",
+            ));
+        }
+        // SAFETY: as above, the word is the Task's coroutine field, which owns a reference:
+        // it takes a new one to `new` and gives up its own to `old` (not the last: the caller
+        // holds one, so no finalizer runs here). GIL held throughout.
+        unsafe {
+            let field = task
+                .as_ptr()
+                .cast::<u8>()
+                .add(self.offset)
+                .cast::<*mut ffi::PyObject>();
+            field.write(new.clone().into_ptr());
+            ffi::Py_DECREF(old.as_ptr());
+        }
+        Ok(())
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.task_type)
+    }
 }

@@ -581,6 +581,53 @@ def test_pure_python_task_subclass() -> None:
     assert asyncio.run(main()) == 6
 
 
+@pytest.mark.skipif(
+    asyncio.Task is getattr(asyncio.tasks, "_PyTask", None), reason="asyncio.Task is not the C Task"
+)
+def test_the_c_task_coroutine_field_is_found_replaced_and_checked() -> None:
+    """The native locator of the C Task's coroutine field: found once in a Task that has not
+    run, replaced with the references moved, and refusing what it must not touch."""
+    from awaitlet._awaitlet import _TaskCoroField
+
+    async def original() -> str:
+        return "original"
+
+    async def replacement() -> str:
+        return "replacement"
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        old, new = original(), replacement()
+        task = asyncio.Task(old, loop=loop)
+        field = _TaskCoroField(task, old)
+        assert field.offset >= object.__basicsize__
+        assert field.offset % 8 == 0 or field.offset % 4 == 0
+        old_count, new_count = sys.getrefcount(old), sys.getrefcount(new)
+        field.replace(task, old, new)
+        assert task.get_coro() is new
+        assert sys.getrefcount(old) == old_count - 1
+        assert sys.getrefcount(new) == new_count + 1
+        # The field holds `new` now: replacing `old` again is refused, and nothing changes.
+        with pytest.raises(RuntimeError, match="its coroutine field is not where it was"):
+            field.replace(task, old, new)
+        assert sys.getrefcount(new) == new_count + 1
+        assert task.get_coro() is new
+        # Only instances of the Task type it was found in (or of subclasses).
+        future = loop.create_future()
+        with pytest.raises(TypeError, match="not _asyncio.Future|not Future"):
+            field.replace(future, old, new)
+        future.cancel()
+        old.close()
+        assert await task == "replacement"
+        # Not found: the coroutine's address is nowhere in the object.
+        stranger = original()
+        with pytest.raises(RuntimeError, match="occurs 0 times"):
+            _TaskCoroField(asyncio.Task(replacement(), loop=loop), stranger)
+        stranger.close()
+
+    asyncio.run(main())
+
+
 def test_c_task_subclass() -> None:
     class MyTask(asyncio.Task):  # type: ignore[type-arg]
         pass

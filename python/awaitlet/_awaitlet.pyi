@@ -27,6 +27,7 @@ __all__ = [
     "GreenletError",
     "_PortalHandoff",
     "_portal_drive",
+    "_TaskCoroField",
     "_first_step",
     "_wait_for",
     "_call_on_fiber",
@@ -246,6 +247,18 @@ class _PortalHandoff:
     def __iter__(self) -> Self: ...
     def __next__(self) -> Any: ...
     def send(self, value: Any) -> Any: ...
+
+@final
+class _TaskCoroField:
+    """Where asyncio's C ``Task`` keeps its coroutine, found in ``task`` (created with
+    ``coro``, not run) as the one word of the object that points to ``coro``; raises
+    ``RuntimeError`` if there is not exactly one."""
+
+    def __new__(cls, task: asyncio.Task[Any], coro: Coroutine[Any, Any, Any], /) -> Self: ...
+    @property
+    def offset(self) -> int: ...
+    def replace(self, task: asyncio.Task[Any], old: object, new: object, /) -> None:
+        """Make ``task`` hold ``new`` as its coroutine instead of ``old``, which it must hold."""
 
 def _portal_drive(
     coro: Coroutine[Any, Any, _T],

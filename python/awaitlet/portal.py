@@ -20,7 +20,6 @@ import asyncio
 import collections.abc
 import contextlib
 import contextvars
-import ctypes
 import importlib
 import sys
 import types
@@ -28,7 +27,7 @@ import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Generator
 from typing import Any, NoReturn, TypeVar, cast
 
-from ._awaitlet import _portal_drive, async_def, awaitlet
+from ._awaitlet import _portal_drive, _TaskCoroField, async_def, awaitlet
 
 __all__ = [
     "AutoPortalInstrument",
@@ -219,12 +218,12 @@ class _InertLoop:
 class _CTaskCoroField:
     """Where the C ``asyncio.Task`` keeps its coroutine (``task_coro``), found once.
 
-    The field is private: its offset is found by creating a Task for the purpose with a
-    known coroutine and finding the one pointer-aligned word of the object that points to
-    it.  All memory access of this module is in this class.
+    The field is private to asyncio's C module: the native ``_TaskCoroField`` finds its
+    offset in a Task created for the purpose with a known coroutine, as the one
+    pointer-sized word of the object that points to it, and replaces coroutines there.
     """
 
-    offset: int | None = None
+    field: _TaskCoroField | None = None
     why_not: str = ""
 
     @classmethod
@@ -247,47 +246,23 @@ class _CTaskCoroField:
         try:
             # A Task that never runs is not worth the "destroyed but pending" log.
             task._log_destroy_pending = False  # type: ignore[attr-defined]
-            word = ctypes.sizeof(ctypes.c_void_p)
-            # Sound to read: the object is alive (`task` refers to it) and occupies at least
-            # its type's basic size from its address (id() is the address in CPython).
-            words = (ctypes.c_void_p * (type(task).__basicsize__ // word)).from_address(id(task))
-            found = [index * word for index, pointer in enumerate(words) if pointer == id(coro)]
-            if len(found) != 1:
-                cls.why_not = (
-                    f"the Task's coroutine pointer occurs {len(found)} times in the Task object"
-                )
-            elif task.get_coro() is not coro:  # pragma: no cover - depends on the interpreter
+            if task.get_coro() is not coro:  # pragma: no cover - depends on the interpreter
                 cls.why_not = "Task.get_coro() does not give the Task's coroutine"
             else:
-                cls.offset = found[0]
+                cls.field = _TaskCoroField(task, coro)
+        except RuntimeError as error:  # pragma: no cover - depends on the interpreter
+            cls.why_not = str(error)
         finally:
             coro.close()
             del task
 
-    # Own function objects for the reference-count calls: setting argtypes on the shared
-    # ctypes.pythonapi entries could clash with other code doing the same.
-    _incref = ctypes.PYFUNCTYPE(None, ctypes.py_object)(("Py_IncRef", ctypes.pythonapi))
-    _decref = ctypes.PYFUNCTYPE(None, ctypes.py_object)(("Py_DecRef", ctypes.pythonapi))
-
     @classmethod
     def replace(cls, task: Any, old: object, new: object) -> None:
         """Make ``task`` run ``new`` instead of ``old`` (its current coroutine)."""
-        if cls.offset is None:
+        if cls.field is None:
             raise RuntimeError(f"cannot give this asyncio Task a portal: {cls.why_not}")
-        # Within the basic size of the C Task type found by locate(), which `task` is an
-        # instance of (checked by the caller), so within the object.
-        field = ctypes.c_void_p.from_address(id(task) + cls.offset)
-        if field.value != id(old):
-            raise RuntimeError(
-                "cannot give this asyncio Task a portal: its coroutine field is not where it was"
-            )
-        # The field owns a reference: take one for `new` before it is stored, and drop the
-        # field's reference to `old` after (our caller still holds `old`, so this is not
-        # its last reference and runs no finalizer).  The GIL is held throughout.
-        cls._incref(new)
-        field.value = id(new)
-        cls._decref(old)
-        if task.get_coro() is not new:  # pragma: no cover - the field was checked above
+        cls.field.replace(task, old, new)
+        if task.get_coro() is not new:  # pragma: no cover - the field was checked
             raise RuntimeError("replacing the asyncio Task's coroutine failed")
 
 
