@@ -238,20 +238,22 @@ fn basic_size(object: &Bound<'_, PyAny>) -> usize {
     usize::try_from(size).unwrap_or(0)
 }
 
-/// The word at `offset` in `object`.
+/// The word at `offset` in `object`, as an address.
 ///
 /// # Safety
 /// `offset` is pointer-aligned and `offset + WORD` is within the object's basic size.
-unsafe fn word_at(object: &Bound<'_, PyAny>, offset: usize) -> *mut ffi::PyObject {
+unsafe fn word_at(object: &Bound<'_, PyAny>, offset: usize) -> usize {
     // SAFETY: the object occupies at least its basic size from its address, and objects
-    // are pointer-aligned, so this word is inside it and aligned (the caller's promise).
+    // are pointer-aligned, so this word is inside it and aligned (the caller's promise). The
+    // memory was allocated and filled by C code; a word may be padding of asyncio's struct,
+    // so it is read volatile, as an opaque integer that is only compared.
     unsafe {
         object
             .as_ptr()
             .cast::<u8>()
             .add(offset)
-            .cast::<*mut ffi::PyObject>()
-            .read()
+            .cast::<usize>()
+            .read_volatile()
     }
 }
 
@@ -270,7 +272,7 @@ impl TaskCoroField {
             .step_by(WORD)
             // SAFETY: `offset` is a multiple of the word size (the header is a whole
             // number of words) and `offset + WORD <= size`.
-            .filter(|&offset| unsafe { word_at(task, offset) } == coro.as_ptr())
+            .filter(|&offset| unsafe { word_at(task, offset) } == coro.as_ptr() as usize)
             .collect();
         match found.as_slice() {
             [offset] => Ok(Self {
@@ -312,7 +314,7 @@ impl TaskCoroField {
         debug_assert!(self.offset + WORD <= basic_size(task));
         // SAFETY: `task` is an instance of the type (or a subclass of it) in whose basic size
         // `locate` found this aligned offset.
-        if unsafe { word_at(task, self.offset) } != old.as_ptr() {
+        if unsafe { word_at(task, self.offset) } != old.as_ptr() as usize {
             return Err(PyRuntimeError::new_err(
                 "cannot give this asyncio Task a portal: its coroutine field is not where it was",
             ));
