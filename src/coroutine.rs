@@ -1186,16 +1186,17 @@ fn start_on_real_greenlet(
     static ON_GREENLET: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
     let on_greenlet = ON_GREENLET.import(py, "awaitlet._real_greenlet", "async_def_on_greenlet")?;
     let keyword = pyo3::intern!(py, "assert_await_occurs");
-    if let Some(kwargs) = kwargs.filter(|kwargs| kwargs.contains(keyword).unwrap_or(true)) {
-        // `fn` takes a keyword that async_def_on_greenlet() reserves: bind its arguments
-        // first.
-        static PARTIAL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-        let partial = PARTIAL.import(py, "functools", "partial")?;
-        let call_args = with_first(r#fn, args)?;
-        let bound = partial.call(call_args, Some(kwargs))?;
-        return start_on_real_greenlet(&bound, &PyTuple::empty(py), None, assert_await_occurs);
-    }
     let call_args = with_first(r#fn, args)?;
+    if let Some(kwargs) = kwargs {
+        if kwargs.contains(keyword)? {
+            // `fn` takes a keyword that async_def_on_greenlet() reserves: bind its arguments
+            // first.
+            static PARTIAL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+            let partial = PARTIAL.import(py, "functools", "partial")?;
+            let bound = partial.call(call_args, Some(kwargs))?;
+            return start_on_real_greenlet(&bound, &PyTuple::empty(py), None, assert_await_occurs);
+        }
+    }
     let call_kwargs = match kwargs {
         Some(kwargs) => kwargs.copy()?,
         None => PyDict::new(py),

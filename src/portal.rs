@@ -238,6 +238,15 @@ fn basic_size(object: &Bound<'_, PyAny>) -> usize {
     usize::try_from(size).unwrap_or(0)
 }
 
+/// Where the word at `offset` in `object` is (computing it reads nothing).
+fn word_address(object: &Bound<'_, PyAny>, offset: usize) -> *mut *mut ffi::PyObject {
+    object
+        .as_ptr()
+        .cast::<u8>()
+        .wrapping_add(offset)
+        .cast::<*mut ffi::PyObject>()
+}
+
 /// The word at `offset` in `object`, as an address.
 ///
 /// # Safety
@@ -247,14 +256,7 @@ unsafe fn word_at(object: &Bound<'_, PyAny>, offset: usize) -> usize {
     // are pointer-aligned, so this word is inside it and aligned (the caller's promise). The
     // memory was allocated and filled by C code; a word may be padding of asyncio's struct,
     // so it is read volatile, as an opaque integer that is only compared.
-    unsafe {
-        object
-            .as_ptr()
-            .cast::<u8>()
-            .add(offset)
-            .cast::<usize>()
-            .read_volatile()
-    }
+    unsafe { word_address(object, offset).cast::<usize>().read_volatile() }
 }
 
 #[pymethods]
@@ -323,12 +325,7 @@ impl TaskCoroField {
         // it takes a new one to `new` and gives up its own to `old` (not the last: the caller
         // holds one, so no finalizer runs here). GIL held throughout.
         unsafe {
-            let field = task
-                .as_ptr()
-                .cast::<u8>()
-                .add(self.offset)
-                .cast::<*mut ffi::PyObject>();
-            field.write(new.clone().into_ptr());
+            word_address(task, self.offset).write(new.clone().into_ptr());
             ffi::Py_DECREF(old.as_ptr());
         }
         Ok(())
